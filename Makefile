@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create .venv if needed, install tfm, run the demo into demo_output/
+#   make test   create .venv if needed, install tfm with test extras, run the default test suite
+# Other targets: make test-slow (the slow tests too), make bench (benchmarks), make clean.
+# Choose the interpreter with PYTHON=/path/to/python3 (default: scripts/find-python).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tfm-installed
+# A persistent JAX compilation cache shared by tests, demo and benchmarks.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
+export PYVISTA_OFF_SCREEN ?= true
+export VTK_DEFAULT_OPENGL_WINDOW ?= vtkEGLRenderWindow
+
+.PHONY: demo test test-slow bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  base=$$(PYTHON="$(PYTHON)" sh scripts/find-python) || exit 1; \
+	  echo "creating $(VENV) with $$base ($$($$base --version))"; \
+	  "$$base" -m venv $(VENV) || exit 1; \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+demo: $(STAMP)
+	$(PY) examples/demo.py --out demo_output
+
+bench: $(STAMP)
+	$(PY) benchmarks/fttc.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) .cache demo_output .pytest_cache

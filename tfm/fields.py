@@ -1,0 +1,164 @@
+"""Derivatives of fields sampled on a :class:`~tfm.grid.Grid`: gradient, strain,
+divergence, divergence of stress and the Navier operator.
+
+Layout: a vector field is ``(..., *grid.shape, C)`` (components last, component ``i``
+along grid axis ``i``); a tensor field is ``(..., *grid.shape, C, D)``. Leading axes
+(a batch) are allowed. ``gradient(u)[..., i, j] = d u_i / d x_j``.
+
+Two discretisations share one per-axis derivative primitive (:func:`derivative`):
+
+* ``method="fd"``: second-order finite differences; central in the interior,
+  second-order one-sided at the faces (the compact 3-point second difference is used
+  for pure second derivatives, so the Navier operator has no odd-even decoupling).
+* ``method="spectral"``: Fourier differentiation along each axis (exact for smooth
+  periodic fields; the Nyquist mode of odd-order derivatives is set to zero).
+
+Sign convention of forces: the matrix is in equilibrium with the body-force density
+``f`` applied by the cell, ``div sigma(u) + f = 0``, so ``f = -navier(u)`` where
+``navier(u) = mu lap u + (lambda + mu) grad div u`` for a linear-elastic matrix.
+With u in µm and moduli in Pa, f is in Pa/µm = pN/µm³.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from .grid import Grid
+
+METHODS = ("fd", "spectral")
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _fd(f, axis: int, h: float, order: int):
+    n = f.shape[axis]
+    if n < 4:
+        raise ValueError(f"finite differences need at least 4 points along each axis, got {n} on axis {axis}")
+    f = jnp.moveaxis(f, axis, -1)
+    if order == 1:
+        interior = (f[..., 2:] - f[..., :-2]) / (2 * h)
+        first = (-3 * f[..., 0] + 4 * f[..., 1] - f[..., 2]) / (2 * h)
+        last = (3 * f[..., -1] - 4 * f[..., -2] + f[..., -3]) / (2 * h)
+    elif order == 2:
+        interior = (f[..., 2:] - 2 * f[..., 1:-1] + f[..., :-2]) / h**2
+        first = (2 * f[..., 0] - 5 * f[..., 1] + 4 * f[..., 2] - f[..., 3]) / h**2
+        last = (2 * f[..., -1] - 5 * f[..., -2] + 4 * f[..., -3] - f[..., -4]) / h**2
+    else:
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    out = jnp.concatenate([first[..., None], interior, last[..., None]], axis=-1)
+    return jnp.moveaxis(out, -1, axis)
+
+
+def _spectral(f, axis: int, h: float, order: int):
+    n = f.shape[axis]
+    k = 2 * jnp.pi * jnp.fft.rfftfreq(n, d=h)
+    if order == 1:
+        factor = 1j * k
+        if n % 2 == 0:
+            factor = factor.at[-1].set(0.0)
+    elif order == 2:
+        factor = -(k**2)
+    else:
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    shape = [1] * f.ndim
+    shape[axis] = k.shape[0]
+    fh = jnp.fft.rfft(f, axis=axis) * factor.reshape(shape)
+    return jnp.fft.irfft(fh, n=n, axis=axis).astype(f.dtype)
+
+
+def derivative(f, axis: int, spacing: float, order: int = 1, method: str = "fd"):
+    """d^order f / d x^order along array axis ``axis`` with grid spacing ``spacing`` (µm)."""
+    _check_method(method)
+    f = jnp.asarray(f)
+    if not jnp.issubdtype(f.dtype, jnp.floating):
+        f = f.astype(jnp.float32)
+    return (_fd if method == "fd" else _spectral)(f, axis, float(spacing), order)
+
+
+def _spatial_axes(f, grid: Grid, trailing: int) -> tuple:
+    """Array axes of the grid dimensions of ``f``, given ``trailing`` component axes."""
+    nd = grid.ndim
+    start = f.ndim - trailing - nd
+    if start < 0 or tuple(f.shape[start : start + nd]) != grid.shape:
+        raise ValueError(
+            f"field of shape {tuple(f.shape)} does not hold the grid shape {grid.shape} before its last {trailing} axes"
+        )
+    return tuple(range(start, start + nd))
+
+
+def gradient(field, grid: Grid, method: str = "fd"):
+    """Gradient of a scalar ``(..., *shape)`` -> ``(..., *shape, d)`` or of a vector
+    field ``(..., *shape, C)`` -> ``(..., *shape, C, d)`` with ``[..., i, j] = d f_i / d x_j``.
+
+    A field whose trailing axes equal the grid shape is a scalar; otherwise the last axis
+    holds components.
+    """
+    f = jnp.asarray(field)
+    nd = grid.ndim
+    scalar = tuple(f.shape[-nd:]) == grid.shape and not (
+        f.ndim > nd and tuple(f.shape[-nd - 1 : -1]) == grid.shape
+    )
+    if scalar:
+        f = f[..., None]
+    axes = _spatial_axes(f, grid, 1)
+    g = jnp.stack([derivative(f, a, h, 1, method) for a, h in zip(axes, grid.spacing_um)], axis=-1)
+    return g[..., 0, :] if scalar else g
+
+
+def strain(displacement, grid: Grid, method: str = "fd"):
+    """Small-strain tensor ``eps = (grad u + grad u^T) / 2``, shape ``(..., *shape, d, d)``."""
+    g = gradient(displacement, grid, method)
+    return 0.5 * (g + jnp.swapaxes(g, -1, -2))
+
+
+def divergence(field, grid: Grid, method: str = "fd"):
+    """Divergence of a vector field ``(..., *shape, d)`` -> ``(..., *shape)``, or of a
+    tensor field ``(..., *shape, d, d)`` -> ``(..., *shape, d)`` with
+    ``(div T)_i = sum_j d T_ij / d x_j``."""
+    t = jnp.asarray(field)
+    nd = grid.ndim
+    tensor = t.ndim >= nd + 2 and tuple(t.shape[-nd - 2 : -2]) == grid.shape
+    trailing = 2 if tensor else 1
+    axes = _spatial_axes(t, grid, trailing)
+    if t.shape[-1] != nd:
+        raise ValueError(f"divergence needs {nd} components along the last axis, got {t.shape[-1]}")
+    return sum(derivative(t[..., j], axes[j], grid.spacing_um[j], 1, method) for j in range(nd))
+
+
+def stress_divergence(displacement, grid: Grid, material, method: str = "fd"):
+    """``div sigma(u)`` computed as the divergence of the stress of the strain of u.
+
+    This composes first derivatives (a wide stencil under finite differences); for a
+    linear matrix :func:`navier` gives the same operator with compact stencils.
+    """
+    return divergence(material.stress(strain(displacement, grid, method)), grid, method)
+
+
+def navier(displacement, grid: Grid, material, method: str = "fd"):
+    """Navier operator ``mu lap u + (lambda + mu) grad(div u)`` of a linear-elastic
+    matrix (Pa/µm), shape ``(..., *shape, d)``. Equals ``div sigma(u)``."""
+    u = jnp.asarray(displacement)
+    axes = _spatial_axes(u, grid, 1)
+    nd = grid.ndim
+    if u.shape[-1] != nd:
+        raise ValueError(f"displacement must have {nd} components along the last axis, got {u.shape[-1]}")
+    h = grid.spacing_um
+    mu, lam = material.shear_modulus_pa, material.lame_lambda_pa
+    lap = sum(derivative(u, axes[a], h[a], 2, method) for a in range(nd))
+    d1 = [derivative(u[..., j], axes[j], h[j], 1, method) for j in range(nd)]  # d u_j / d x_j
+    graddiv = []
+    for i in range(nd):
+        terms = [derivative(u[..., i], axes[i], h[i], 2, method)]
+        terms += [derivative(d1[j], axes[i], h[i], 1, method) for j in range(nd) if j != i]
+        graddiv.append(sum(terms))
+    return mu * lap + (lam + mu) * jnp.stack(graddiv, axis=-1)
+
+
+def force_density(displacement, grid: Grid, material, method: str = "fd"):
+    """Body-force density (pN/µm³) that holds the matrix in the displacement u:
+    ``f = -div sigma(u)``. No regularisation: noise is amplified as k²; use
+    :func:`tfm.reconstruct_forces` for measured displacements."""
+    return -navier(displacement, grid, material, method)

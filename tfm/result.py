@@ -1,0 +1,123 @@
+"""The result of a reconstruction: fields on a grid plus what was done to get them.
+
+Integrated quantities (all sums over grid points times the voxel volume, µm³):
+
+* ``net_force()``: ``sum f dV`` (pN) -- about zero for a cell in equilibrium.
+* ``contractility()``: ``sum f . (c - x)/|c - x| dV`` (pN), the force magnitudes
+  projected on the direction to the force centroid ``c`` (the ``|f|``-weighted mean
+  position); positive when the cell pulls the matrix inward.
+* ``dipole_moment()``: ``M_ij = sum (x - c)_i f_j dV`` (pN µm); its trace is negative
+  for a contractile cell (``-F d`` for a dipole of two forces F at distance d).
+* ``strain_energy()``: ``1/2 sum u . f dV`` (pN µm = 1e-18 J), the work the cell did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .grid import Grid
+
+
+@dataclasses.dataclass
+class Result:
+    """Fields of a reconstruction, all sampled on ``grid``.
+
+    Attributes:
+      grid: where the samples lie (µm).
+      displacement: (*shape, d) µm, components in axis order, or None.
+      force: (*shape, d) body-force density in pN/µm³ (3D), or None.
+      info: parameters, choices (e.g. regularisation parameter) and timings.
+    """
+
+    grid: Grid
+    displacement: np.ndarray | None = None
+    force: np.ndarray | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("displacement", "force"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value)
+                self.grid.check_field(value, name, components=self.grid.ndim)
+                setattr(self, name, value)
+
+    def _need_force(self) -> np.ndarray:
+        if self.force is None:
+            raise ValueError("this Result holds no force field (run a force reconstruction first)")
+        return self.force.astype(np.float64)
+
+    def _weights(self, mask):
+        if mask is None:
+            return np.ones(self.grid.shape)
+        m = np.asarray(mask)
+        if m.shape != self.grid.shape:
+            raise ValueError(f"mask must have the grid shape {self.grid.shape}, got {m.shape}")
+        return m.astype(np.float64)
+
+    def force_magnitude(self) -> np.ndarray:
+        """|f| at every point, pN/µm³."""
+        return np.linalg.norm(self._need_force(), axis=-1)
+
+    def net_force(self, mask=None) -> np.ndarray:
+        """Sum of the force over the (masked) grid, pN, components in axis order."""
+        f = self._need_force() * self._weights(mask)[..., None]
+        return f.reshape(-1, self.grid.ndim).sum(0) * self.grid.voxel_volume_um3
+
+    def total_force(self, mask=None) -> float:
+        """Sum of force magnitudes, pN."""
+        return float(np.sum(self.force_magnitude() * self._weights(mask)) * self.grid.voxel_volume_um3)
+
+    def force_centroid_um(self, mask=None) -> np.ndarray:
+        """|f|-weighted mean position, µm."""
+        w = self.force_magnitude() * self._weights(mask)
+        if not np.sum(w) > 0:
+            raise ValueError("force field is zero everywhere: no centroid")
+        x = self.grid.coordinates_um()
+        return np.tensordot(w, x, axes=w.ndim) / np.sum(w)
+
+    def contractility(self, mask=None, center_um=None) -> float:
+        """Force projected on the direction to ``center_um`` (default: the force
+        centroid), summed, pN. Positive for a contractile cell."""
+        c = self.force_centroid_um(mask) if center_um is None else np.asarray(center_um, float)
+        d = c - self.grid.coordinates_um()
+        n = np.linalg.norm(d, axis=-1, keepdims=True)
+        e = np.divide(d, n, out=np.zeros_like(d), where=n > 0)
+        proj = np.sum(self._need_force() * e, axis=-1) * self._weights(mask)
+        return float(np.sum(proj) * self.grid.voxel_volume_um3)
+
+    def dipole_moment(self, mask=None, center_um=None) -> np.ndarray:
+        """First moment of the force about ``center_um`` (default: centroid), pN µm."""
+        c = self.force_centroid_um(mask) if center_um is None else np.asarray(center_um, float)
+        x = self.grid.coordinates_um() - c
+        f = self._need_force() * self._weights(mask)[..., None]
+        d = self.grid.ndim
+        return np.einsum("ni,nj->ij", x.reshape(-1, d), f.reshape(-1, d)) * self.grid.voxel_volume_um3
+
+    def strain_energy(self, mask=None) -> float:
+        """1/2 sum u . f dV, pN µm (1 pN µm = 1e-18 J)."""
+        if self.displacement is None:
+            raise ValueError("this Result holds no displacement field")
+        w = self._weights(mask)
+        return float(0.5 * np.sum(np.sum(self.displacement * self._need_force(), axis=-1) * w) * self.grid.voxel_volume_um3)
+
+    def summary(self) -> dict:
+        """The headline numbers as a JSON-ready dict."""
+        out = {"grid_shape": list(self.grid.shape), "spacing_um": list(self.grid.spacing_um)}
+        if self.displacement is not None:
+            mag = np.linalg.norm(self.displacement, axis=-1)
+            out.update(max_displacement_um=float(mag.max()), rms_displacement_um=float(np.sqrt(np.mean(mag**2))))
+        if self.force is not None:
+            out.update(
+                net_force_pn=[float(v) for v in self.net_force()],
+                total_force_pn=self.total_force(),
+                contractility_pn=self.contractility() if np.any(self.force) else 0.0,
+            )
+            if self.displacement is not None:
+                out["strain_energy_pn_um"] = self.strain_energy()
+        for key in ("alpha", "regularization_rule", "cutoff_wavelength_um", "time_total_s"):
+            if key in self.info:
+                out[key] = self.info[key]
+        return out
