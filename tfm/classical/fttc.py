@@ -112,6 +112,21 @@ def pad_displacement(u, pad_width: tuple, mode: str):
     return out
 
 
+def _check_regularization(regularization):
+    """None for a rule to apply, else the fixed alpha as a float."""
+    if isinstance(regularization, str):
+        if regularization not in ("auto",) + reg.RULES:
+            raise ValueError(f"regularization must be 'auto', one of {reg.RULES} or a float >= 0, got {regularization!r}")
+        return None
+    try:
+        alpha = float(regularization)
+    except (TypeError, ValueError):
+        raise ValueError(f"regularization must be 'auto', one of {reg.RULES} or a float >= 0, got {regularization!r}") from None
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"regularization must be a finite float >= 0, got {alpha}")
+    return alpha
+
+
 def _pad_widths(shape, pad: str, pad_fraction: float) -> tuple:
     if pad == "none":
         return (0,) * len(shape)
@@ -185,8 +200,9 @@ def fttc_3d(
     """
     t0 = time.perf_counter()
     u = _check_inputs(displacement, grid, material)
+    alpha = _check_regularization(regularization)
     widths = _pad_widths(grid.shape, pad, pad_fraction)
-    up = pad_displacement(jnp.asarray(u, dtype=jnp.result_type(u.dtype, jnp.float32)), widths, pad)
+    up = pad_displacement(jnp.asarray(u), widths, pad)  # float32 unless x64 is on
     pgrid = grid.with_shape(up.shape[:3])
     k_axes = tuple(jnp.asarray(k, dtype=up.dtype) for k in pgrid.wavevector_axes(rfft=True))
     mu = material.shear_modulus_pa
@@ -194,7 +210,7 @@ def fttc_3d(
     t_fft = time.perf_counter()
 
     info = {"pad": pad, "pad_fraction": pad_fraction, "padded_shape": tuple(int(n) for n in up.shape[:3])}
-    if isinstance(regularization, str):
+    if alpha is None:
         w = jnp.broadcast_to(_rfft_weights(up.shape[:3]), s_long.shape)
         problem = reg.DiagonalProblem(
             s=jnp.concatenate([s_long.ravel(), s_trans.ravel()]),
@@ -205,12 +221,6 @@ def fttc_3d(
         info["regularization_rule"] = rinfo.pop("rule")
         info.update({f"regularization_{k}": v for k, v in rinfo.items()})
     else:
-        try:
-            alpha = float(regularization)
-        except (TypeError, ValueError):
-            raise ValueError(f"regularization must be 'auto', 'gcv', 'lcurve' or a float >= 0, got {regularization!r}") from None
-        if not (math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"regularization must be a finite float >= 0, got {alpha}")
         info["regularization_rule"] = "fixed"
     t_reg = time.perf_counter()
 

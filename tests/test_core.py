@@ -1,0 +1,131 @@
+"""Grid, material and field operators: conventions, exactness, convergence order, errors."""
+
+import numpy as np
+import pytest
+
+import tfm
+from tfm import analytic as A
+from tfm import fields
+
+
+# ----------------------------------------------------------------------------- Grid
+def test_grid_coordinates_follow_zyx_convention():
+    g = tfm.Grid((4, 5, 6), spacing_um=(2.0, 0.5, 0.25), origin_um=(1.0, -1.0, 3.0))
+    x = g.coordinates_um()
+    assert x.shape == (4, 5, 6, 3)
+    assert np.allclose(x[2, 3, 4], (1.0 + 2 * 2.0, -1.0 + 3 * 0.5, 3.0 + 4 * 0.25))
+    assert g.extent_um == (8.0, 2.5, 1.5) and g.voxel_volume_um3 == 0.25
+
+
+def test_wavevectors_are_radians_per_um():
+    g = tfm.Grid((8, 16, 32), spacing_um=0.5)
+    k = g.wavevectors()
+    assert k.shape == (8, 16, 32, 3)
+    # The first non-zero mode along x completes one cycle over the box: k = 2 pi / L.
+    assert k[0, 0, 1, 2] == pytest.approx(2 * np.pi / (32 * 0.5))
+    assert g.wavevectors(rfft=True).shape == (8, 16, 17, 3)
+    # exp(i k x) sampled on the grid is periodic and differentiates to i k exp(i k x).
+    f = np.sin(k[0, 0, 3, 2] * g.coordinates_um()[..., 2])
+    df = np.asarray(fields.derivative(f, 2, 0.5, method="spectral"))
+    assert np.allclose(df, k[0, 0, 3, 2] * np.cos(k[0, 0, 3, 2] * g.coordinates_um()[..., 2]), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(shape=(4, 4, 4), spacing_um=0.0), "spacing_um"),
+        (dict(shape=(4, 4, 4), spacing_um=(1.0, -1.0, 1.0)), "spacing_um"),
+        (dict(shape=(4, 4, 4), spacing_um=(1.0, 1.0)), "spacing_um"),
+        (dict(shape=(4, 0, 4), spacing_um=1.0), "shape"),
+        (dict(shape=(4,), spacing_um=1.0), "shape"),
+        (dict(shape=(4, 4, 4), spacing_um=float("nan")), "spacing_um"),
+    ],
+)
+def test_grid_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfm.Grid(**kwargs)
+
+
+# ------------------------------------------------------------------------- Material
+def test_lame_parameters_and_hooke_law():
+    m = tfm.LinearElastic(youngs_modulus_pa=2600.0, poisson_ratio=0.3)
+    assert m.shear_modulus_pa == pytest.approx(1000.0)
+    assert m.lame_lambda_pa == pytest.approx(1500.0)
+    assert m.bulk_modulus_pa == pytest.approx(m.lame_lambda_pa + 2 / 3 * m.shear_modulus_pa)
+    # Uniaxial stress: sigma_xx = E eps_xx with lateral strains -nu eps_xx.
+    eps = np.diag([-0.3e-2, -0.3e-2, 1e-2])
+    sig = np.asarray(m.stress(eps))
+    assert sig[2, 2] == pytest.approx(2600.0 * 1e-2, rel=1e-6)
+    assert np.allclose(sig[:2, :2], 0.0, atol=1e-6)
+    assert float(m.strain_energy_density(eps)) == pytest.approx(0.5 * np.sum(sig * eps), rel=1e-6)
+
+
+@pytest.mark.parametrize("E, nu, match", [(0.0, 0.3, "youngs_modulus_pa"), (-5.0, 0.3, "youngs_modulus_pa"),
+                                          (1e3, 0.5, "poisson_ratio"), (1e3, -1.0, "poisson_ratio"),
+                                          (float("nan"), 0.3, "youngs_modulus_pa"), ("soft", 0.3, "numbers")])
+def test_material_rejects_bad_input(E, nu, match):
+    with pytest.raises(ValueError, match=match):
+        tfm.LinearElastic(E, nu)
+
+
+# --------------------------------------------------------------------------- fields
+MAT = tfm.LinearElastic(1000.0, 0.45)
+
+
+def periodic_field(g):
+    z, y, x = np.moveaxis(g.coordinates_um(), -1, 0)
+    L = g.extent_um
+    a, b, c = (2 * np.pi / l for l in L)
+    return np.stack([np.sin(a * z) * np.cos(c * x), np.cos(b * y + a * z), np.sin(2 * c * x) * np.sin(b * y)], -1)
+
+
+def test_gradient_layout_and_spectral_exactness():
+    g = tfm.Grid((16, 12, 20), spacing_um=(0.8, 0.5, 0.3))
+    u = periodic_field(g)
+    z, y, x = np.moveaxis(g.coordinates_um(), -1, 0)
+    a, b, c = (2 * np.pi / l for l in g.extent_um)
+    grad = np.asarray(fields.gradient(u, g, method="spectral"))
+    assert grad.shape == (16, 12, 20, 3, 3)
+    assert np.allclose(grad[..., 0, 0], a * np.cos(a * z) * np.cos(c * x), atol=1e-4)  # d u_z / d z
+    assert np.allclose(grad[..., 0, 2], -c * np.sin(a * z) * np.sin(c * x), atol=1e-4)  # d u_z / d x
+    assert np.allclose(grad[..., 1, 1], -b * np.sin(b * y + a * z), atol=1e-4)  # d u_y / d y
+    div = np.asarray(fields.divergence(u, g, method="spectral"))
+    assert np.allclose(div, np.trace(grad, axis1=-2, axis2=-1), atol=1e-4)
+
+
+def test_navier_equals_divergence_of_stress_spectrally_and_batches():
+    g = tfm.Grid((16, 16, 16), spacing_um=0.7)
+    u = periodic_field(g)
+    nav = np.asarray(fields.navier(u, g, MAT, method="spectral"))
+    div_sig = np.asarray(fields.stress_divergence(u, g, MAT, method="spectral"))
+    assert np.allclose(nav, div_sig, atol=1e-3 * np.abs(nav).max())
+    batch = np.asarray(fields.navier(np.stack([u, 2 * u]), g, MAT, method="spectral"))
+    assert np.allclose(batch[1], 2 * nav, atol=1e-3 * np.abs(nav).max())
+
+
+def test_fd_navier_converges_at_second_order_to_kelvinlet_force(x64):
+    """-navier(u) of the regularised Kelvinlet -> its exact body force, error ~ h^2."""
+    L = 8.0
+    errors, hs = [], []
+    for n in (17, 33, 65):
+        g = tfm.Grid((n, n, n), spacing_um=L / (n - 1), origin_um=(-L / 2,) * 3)
+        sol = A.KelvinPointForce((30.0, -10.0, 20.0), (0.1, -0.2, 0.15), MAT, core_radius_um=1.2)
+        x = g.coordinates_um()
+        f_fd = np.asarray(fields.force_density(np.asarray(sol.displacement(x)), g, MAT, method="fd"))
+        f_true = np.asarray(sol.body_force(x))
+        errors.append(np.linalg.norm(f_fd - f_true) / np.linalg.norm(f_true))
+        hs.append(g.spacing_um[0])
+    order = np.polyfit(np.log(hs), np.log(errors), 1)[0]  # 1.81 measured: pre-asymptotic
+    finest = np.log(errors[-2] / errors[-1]) / np.log(hs[-2] / hs[-1])  # 1.92 measured
+    assert errors[-1] < 0.03
+    assert abs(order - 2) < 0.3 and abs(finest - 2) < 0.15, f"orders {order:.2f} / {finest:.2f}, errors {errors}"
+
+
+def test_field_shape_errors_name_the_problem():
+    g = tfm.Grid((8, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="grid shape"):
+        fields.gradient(np.zeros((8, 8, 7, 3)), g)
+    with pytest.raises(ValueError, match="method"):
+        fields.gradient(np.zeros((8, 8, 8, 3)), g, method="fem")
+    with pytest.raises(ValueError, match="3 components"):
+        fields.navier(np.zeros((8, 8, 8, 2)), g, MAT)
