@@ -212,7 +212,7 @@ def fttc_3d(
     info = {"pad": pad, "pad_fraction": pad_fraction, "padded_shape": tuple(int(n) for n in up.shape[:3])}
     if alpha is None:
         w = jnp.broadcast_to(_rfft_weights(up.shape[:3]), s_long.shape)
-        problem = reg.DiagonalProblem(
+        problem = reg.DiagonalProblem.from_modes(
             s=jnp.concatenate([s_long.ravel(), s_trans.ravel()]),
             b2=jnp.concatenate([b2_long.ravel(), b2_trans.ravel()]),
             weights=jnp.concatenate([w.ravel(), 2.0 * w.ravel()]),

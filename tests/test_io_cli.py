@@ -1,0 +1,159 @@
+"""Files and the command line: voxel sizes from TIFF metadata, HDF5 round trips,
+atomic writes, VTK axis order, and `tfm forces` end to end."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+import tfm
+from tfm import cli, io
+
+
+def test_imagej_tiff_round_trip_keeps_voxel_size(tmp_path):
+    vol = np.random.default_rng(0).integers(0, 255, (6, 10, 12), dtype=np.uint8)
+    io.write_volume(tmp_path / "v.tif", vol, (0.8, 0.29286, 0.3))
+    back, spacing = io.read_volume(tmp_path / "v.tif")
+    assert np.array_equal(back, vol)
+    assert np.allclose(spacing, (0.8, 0.29286, 0.3), rtol=1e-5)
+
+
+def test_ome_tiff_voxel_size_with_units(tmp_path):
+    vol = np.zeros((5, 8, 9), np.uint16)
+    tifffile.imwrite(tmp_path / "v.ome.tif", vol, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 1500.0, "PhysicalSizeZUnit": "nm",
+                               "PhysicalSizeY": 0.25, "PhysicalSizeX": 0.25})
+    _, spacing = io.read_volume(tmp_path / "v.ome.tif")
+    assert np.allclose(spacing, (1.5, 0.25, 0.25))
+
+
+def test_missing_voxel_size_is_never_guessed(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((4, 6, 6), np.uint8), photometric="minisblack")
+    with pytest.raises(ValueError, match="spacing_um"):
+        io.read_volume(tmp_path / "plain.tif")
+    vol, spacing = io.read_volume(tmp_path / "plain.tif", spacing_um=(2, 1, 1))
+    assert spacing == (2.0, 1.0, 1.0) and vol.shape == (4, 6, 6)
+
+
+@pytest.mark.parametrize("content, match", [(None, "not found"), (b"not a tiff", "cannot read")])
+def test_unreadable_volume_files(tmp_path, content, match):
+    p = tmp_path / "bad.tif"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        io.read_volume(p, spacing_um=1.0)
+
+
+def test_multichannel_stack_needs_a_channel(tmp_path):
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((4, 2, 6, 6), np.uint8), imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(ValueError, match="channel"):
+        io.read_volume(tmp_path / "c.tif", spacing_um=1.0)
+    vol, _ = io.read_volume(tmp_path / "c.tif", spacing_um=1.0, channel=1)
+    assert vol.shape == (4, 6, 6)
+
+
+def test_real_fmtrack_stack_has_no_voxel_size(shared_data):
+    path = shared_data / "fmtrack_avic_3d" / "CytoD_Beads.tif"
+    with pytest.raises(ValueError, match="spacing_um"):
+        io.read_volume(path)
+    vol, spacing = io.read_volume(path, spacing_um=(0.8, 0.29286, 0.29286))
+    assert vol.shape == (176, 512, 512) and vol.dtype == np.uint8
+
+
+def _small_result():
+    g = tfm.Grid((6, 7, 8), spacing_um=(2.0, 1.0, 0.5), origin_um=(1.0, 2.0, 3.0))
+    rng = np.random.default_rng(1)
+    return tfm.Result(g, rng.standard_normal((6, 7, 8, 3)).astype(np.float32),
+                      rng.standard_normal((6, 7, 8, 3)).astype(np.float32), {"alpha": 1e-3, "note": "x"})
+
+
+def test_result_hdf5_round_trip_with_units_and_provenance(tmp_path):
+    res = _small_result()
+    io.write_result(tmp_path / "r.h5", res, provenance={"input": "a.npy"})
+    back = io.read_result(tmp_path / "r.h5")
+    assert back.grid == res.grid
+    assert np.array_equal(back.displacement, res.displacement) and np.array_equal(back.force, res.force)
+    assert back.info["alpha"] == 1e-3 and back.info["provenance"] == {"input": "a.npy"}
+    with h5py.File(tmp_path / "r.h5") as h:
+        assert h["force"].attrs["units"] == "pN/um^3" and h["displacement"].attrs["units"] == "um"
+        assert h["displacement"].attrs["components"] == "z,y,x"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.h5"]  # no temporary left behind
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_non_results_fails_clearly(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as h:
+        h["x"] = 1
+    with pytest.raises(ValueError, match="not a tfm result"):
+        io.read_result(tmp_path / "other.h5")
+    with pytest.raises(FileNotFoundError):
+        io.read_result(tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match="no dataset"):
+        io.read_displacement(tmp_path / "other.h5")
+
+
+def test_vtk_export_orders_axes_for_paraview(tmp_path):
+    res = _small_result()
+    io.write_vtk(tmp_path / "r.vti", res)
+    import pyvista as pv
+
+    img = pv.read(tmp_path / "r.vti")
+    assert tuple(img.dimensions) == (8, 7, 6) and np.allclose(img.spacing, (0.5, 1.0, 2.0))
+    # Point (k, j, i) = (2, 3, 4): VTK index i + 8 * (j + 7 * k), vector in (x, y, z).
+    p = img.find_closest_point(np.array(res.grid.coordinates_um()[2, 3, 4][::-1]))
+    assert p == 4 + 8 * (3 + 7 * 2)
+    assert np.allclose(img.point_data["force_pN_per_um3"][p], res.force[2, 3, 4][::-1])
+    with pytest.raises(ValueError, match=".vti"):
+        io.write_vtk(tmp_path / "r.vtk", res)
+
+
+def test_cli_forces_end_to_end(tmp_path, capsys):
+    g = tfm.Grid((24, 24, 24), 1.0)
+    mat = tfm.LinearElastic(500.0, 0.45)
+    sol = tfm.analytic.EshelbySphere(3.0, -0.05, g.center_um(), mat)
+    np.save(tmp_path / "u.npy", np.asarray(sol.sample(g), np.float32))
+    rc = cli.main(["forces", str(tmp_path / "u.npy"), "--spacing-um", "1", "1", "1", "--youngs-modulus-pa", "500",
+                   "-o", str(tmp_path / "f.h5"), "--vtk", str(tmp_path / "f.vti")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    res = io.read_result(tmp_path / "f.h5")
+    assert summary["regularization_rule"] == "gcv"
+    assert res.info["provenance"]["command"] == "tfm forces" and res.info["youngs_modulus_pa"] == 500.0
+    assert res.contractility() > 0 and (tmp_path / "f.vti").is_file()
+    # The result file is itself a valid input (e.g. a DVC result re-run with another modulus).
+    assert cli.main(["forces", str(tmp_path / "f.h5"), "--youngs-modulus-pa", "1000", "-o", str(tmp_path / "g.h5"), "--quiet"]) == 0
+    assert io.read_result(tmp_path / "g.h5").total_force() == pytest.approx(2 * res.total_force(), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--youngs-modulus-pa", "500"], "spacing_um"),
+        (["--youngs-modulus-pa", "-5", "--spacing-um", "1", "1", "1"], "youngs_modulus_pa"),
+        (["--youngs-modulus-pa", "500", "--poisson-ratio", "0.5", "--spacing-um", "1", "1", "1"], "poisson_ratio"),
+        (["--youngs-modulus-pa", "500", "--spacing-um", "1", "0", "1"], "spacing_um"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_message(tmp_path, capsys, args, match):
+    np.save(tmp_path / "u.npy", np.zeros((8, 8, 8, 3), np.float32))
+    rc = cli.main(["forces", str(tmp_path / "u.npy"), "-o", str(tmp_path / "o.h5"), *args])
+    assert rc == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_cli_help_is_usable(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["forces", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--youngs-modulus-pa" in out and "pN/µm³" in out and "examples:" in out
