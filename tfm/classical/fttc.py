@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,7 @@ from ..material import LinearElastic
 from . import regularization as reg
 
 PADS = ("taper", "zero", "none")
+N_BINS = 8192  # eigenvalue bins for choosing alpha (see regularization.DiagonalProblem)
 
 
 def _check_inputs(displacement, grid: Grid, material) -> np.ndarray:
@@ -112,6 +114,11 @@ def pad_displacement(u, pad_width: tuple, mode: str):
     return out
 
 
+@partial(jax.jit, static_argnums=(1, 2))
+def _padded_rfft(u, widths, pad):
+    return jnp.fft.rfftn(pad_displacement(u, widths, pad), axes=(0, 1, 2))
+
+
 def _check_regularization(regularization):
     """None for a rule to apply, else the fixed alpha as a float."""
     if isinstance(regularization, str):
@@ -140,20 +147,16 @@ def _pad_widths(shape, pad: str, pad_fraction: float) -> tuple:
     return tuple(out)
 
 
-@jax.jit
-def _spectra(u, k_axes, lam2mu, mu):
-    """rFFT of u, its longitudinal part, and the Green's eigenvalues per wavevector."""
-    uh = jnp.fft.rfftn(u, axes=(0, 1, 2))
+def _modes(k_axes, lam2mu, mu):
+    """Unit wavevectors and the Green's eigenvalues (inf at k = 0) on the rFFT grid."""
     kz, ky, kx = jnp.meshgrid(*k_axes, indexing="ij")
     kvec = jnp.stack([kz, ky, kx], axis=-1)
     k2 = jnp.sum(kvec**2, axis=-1)
-    khat = kvec / jnp.sqrt(jnp.where(k2 > 0, k2, 1.0))[..., None]
-    ul = jnp.sum(khat * uh, axis=-1)  # k_hat . u_hat
-    s_long = jnp.where(k2 > 0, 1.0 / (lam2mu * jnp.where(k2 > 0, k2, 1.0)), jnp.inf)
-    s_trans = jnp.where(k2 > 0, 1.0 / (mu * jnp.where(k2 > 0, k2, 1.0)), jnp.inf)
-    b2_long = jnp.abs(ul) ** 2
-    b2_trans = jnp.maximum(jnp.sum(jnp.abs(uh) ** 2, axis=-1) - b2_long, 0.0)
-    return uh, khat, ul, s_long, s_trans, b2_long, b2_trans
+    safe = jnp.where(k2 > 0, k2, 1.0)
+    khat = kvec / jnp.sqrt(safe)[..., None]
+    s_long = jnp.where(k2 > 0, 1.0 / (lam2mu * safe), jnp.inf)
+    s_trans = jnp.where(k2 > 0, 1.0 / (mu * safe), jnp.inf)
+    return khat, s_long, s_trans
 
 
 def _rfft_weights(shape) -> jax.Array:
@@ -166,13 +169,30 @@ def _rfft_weights(shape) -> jax.Array:
     return jnp.asarray(w)
 
 
-@jax.jit
-def _solve(uh, khat, ul, s_long, s_trans, alpha):
+@partial(jax.jit, static_argnums=(4, 5))
+def _spectrum_summary(uh, k_axes, lam2mu, mu, shape, n_bins):
+    """The data's power per eigenvalue bin, for choosing alpha (no full-size outputs)."""
+    khat, s_long, s_trans = _modes(k_axes, lam2mu, mu)
+    b2_long = jnp.abs(jnp.sum(khat * uh, axis=-1)) ** 2
+    b2_trans = jnp.maximum(jnp.sum(jnp.abs(uh) ** 2, axis=-1) - b2_long, 0.0)
+    w = jnp.broadcast_to(_rfft_weights(shape), s_long.shape)
+    return reg.bin_modes(
+        jnp.concatenate([s_long.ravel(), s_trans.ravel()]),
+        jnp.concatenate([b2_long.ravel(), b2_trans.ravel()]),
+        jnp.concatenate([w.ravel(), 2.0 * w.ravel()]),
+        n_bins,
+    )
+
+
+@partial(jax.jit, static_argnums=(5,))
+def _solve(uh, k_axes, lam2mu, mu, alpha, shape):
+    """Tikhonov solution per wavevector, back to real space on the padded grid."""
+    khat, s_long, s_trans = _modes(k_axes, lam2mu, mu)
     g_long = jnp.where(jnp.isinf(s_long), 0.0, s_long / (s_long**2 + alpha))
     g_trans = jnp.where(jnp.isinf(s_trans), 0.0, s_trans / (s_trans**2 + alpha))
-    long = khat * ul[..., None]
+    long = khat * jnp.sum(khat * uh, axis=-1, keepdims=True)
     fh = g_long[..., None] * long + g_trans[..., None] * (uh - long)
-    return fh
+    return jnp.fft.irfftn(fh, s=shape, axes=(0, 1, 2))
 
 
 def fttc_3d(
@@ -202,21 +222,15 @@ def fttc_3d(
     u = _check_inputs(displacement, grid, material)
     alpha = _check_regularization(regularization)
     widths = _pad_widths(grid.shape, pad, pad_fraction)
-    up = pad_displacement(jnp.asarray(u), widths, pad)  # float32 unless x64 is on
-    pgrid = grid.with_shape(up.shape[:3])
-    k_axes = tuple(jnp.asarray(k, dtype=up.dtype) for k in pgrid.wavevector_axes(rfft=True))
-    mu = material.shear_modulus_pa
-    uh, khat, ul, s_long, s_trans, b2_long, b2_trans = _spectra(up, k_axes, material.p_wave_modulus_pa, mu)
+    uh = _padded_rfft(jnp.asarray(u), widths, pad)  # float32 unless x64 is on
+    shape = tuple(n + 2 * p for n, p in zip(grid.shape, widths))
+    k_axes = tuple(jnp.asarray(k, dtype=uh.real.dtype) for k in grid.with_shape(shape).wavevector_axes(rfft=True))
+    mu, lam2mu = material.shear_modulus_pa, material.p_wave_modulus_pa
     t_fft = time.perf_counter()
 
-    info = {"pad": pad, "pad_fraction": pad_fraction, "padded_shape": tuple(int(n) for n in up.shape[:3])}
+    info = {"pad": pad, "pad_fraction": pad_fraction, "padded_shape": shape}
     if alpha is None:
-        w = jnp.broadcast_to(_rfft_weights(up.shape[:3]), s_long.shape)
-        problem = reg.DiagonalProblem.from_modes(
-            s=jnp.concatenate([s_long.ravel(), s_trans.ravel()]),
-            b2=jnp.concatenate([b2_long.ravel(), b2_trans.ravel()]),
-            weights=jnp.concatenate([w.ravel(), 2.0 * w.ravel()]),
-        )
+        problem = reg.DiagonalProblem.from_bins(*_spectrum_summary(uh, k_axes, lam2mu, mu, shape, N_BINS))
         alpha, rinfo = reg.choose(problem, regularization)
         info["regularization_rule"] = rinfo.pop("rule")
         info.update({f"regularization_{k}": v for k, v in rinfo.items()})
@@ -224,10 +238,10 @@ def fttc_3d(
         info["regularization_rule"] = "fixed"
     t_reg = time.perf_counter()
 
-    fh = _solve(uh, khat, ul, s_long, s_trans, jnp.asarray(alpha, up.dtype))
-    f = jnp.fft.irfftn(fh, s=up.shape[:3], axes=(0, 1, 2))
+    f = _solve(uh, k_axes, lam2mu, mu, jnp.asarray(alpha, uh.real.dtype), shape)
+    del uh
     sl = tuple(slice(p, p + n) for p, n in zip(widths, grid.shape))
-    force = np.asarray(f[sl], dtype=up.dtype)
+    force = np.asarray(f[sl])
     t_end = time.perf_counter()
     info.update(
         {

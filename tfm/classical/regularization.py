@@ -40,6 +40,22 @@ from scipy.optimize import minimize_scalar
 RULES = ("gcv", "lcurve")
 
 
+def bin_modes(s, b2, w, n_bins: int):
+    """Group modes in ``n_bins`` equal bins of ``log s`` (jit-able; ``n_bins`` static).
+
+    Returns ``(sum w s, sum w b2, sum w)`` per bin and the weight of the modes with
+    ``s = inf`` or ``s <= 0`` (fitted exactly)."""
+    finite = jnp.isfinite(s) & (s > 0)
+    n_exact = jnp.sum(jnp.where(finite, 0.0, w))
+    logs = jnp.log(jnp.where(finite, s, 1.0))
+    lo = jnp.min(jnp.where(finite, logs, jnp.inf))
+    hi = jnp.max(jnp.where(finite, logs, -jnp.inf))
+    idx = jnp.clip(((logs - lo) / jnp.maximum(hi - lo, 1e-12) * (n_bins - 1)).astype(jnp.int32), 0, n_bins - 1)
+    idx = jnp.where(finite, idx, n_bins)  # a spill bin for the exact modes, dropped
+    seg = lambda v: jax.ops.segment_sum(v, idx, n_bins + 1)[:n_bins]  # noqa: E731
+    return seg(w * jnp.where(finite, s, 0.0)), seg(w * b2), seg(w), n_exact
+
+
 @dataclasses.dataclass(frozen=True)
 class DiagonalProblem:
     """A Tikhonov problem diagonal in some basis, summarised for parameter choice.
@@ -66,21 +82,18 @@ class DiagonalProblem:
         ``s``. ``n_bins=None`` keeps every mode (exact, slower on large grids).
         """
         s, b2, w = (jnp.ravel(jnp.asarray(a)) for a in (s, b2, weights))
-        finite = jnp.isfinite(s) & (s > 0)
-        n_exact = jnp.sum(jnp.where(finite, 0.0, w))
         if n_bins is None:
-            keep = np.asarray(finite)
-            return cls._of(s[keep], (w * b2)[keep], w[keep], n_exact)
-        logs = jnp.log(jnp.where(finite, s, 1.0))
-        lo = jnp.min(jnp.where(finite, logs, jnp.inf))
-        hi = jnp.max(jnp.where(finite, logs, -jnp.inf))
-        idx = jnp.clip(((logs - lo) / jnp.maximum(hi - lo, 1e-12) * (n_bins - 1)).astype(jnp.int32), 0, n_bins - 1)
-        idx = jnp.where(finite, idx, n_bins)  # a spill bin for the exact modes, dropped below
-        wsum = jax.ops.segment_sum(w, idx, n_bins + 1)[:n_bins]
-        wb2 = jax.ops.segment_sum(w * b2, idx, n_bins + 1)[:n_bins]
-        ws = jax.ops.segment_sum(w * jnp.where(finite, s, 0.0), idx, n_bins + 1)[:n_bins]
-        keep = np.asarray(wsum > 0)
-        return cls._of(ws[keep] / wsum[keep], wb2[keep], wsum[keep], n_exact)
+            finite = np.asarray(jnp.isfinite(s) & (s > 0))
+            n_exact = jnp.sum(jnp.where(finite, 0.0, w))
+            return cls._of(s[finite], (w * b2)[finite], w[finite], n_exact)
+        return cls.from_bins(*jax.jit(bin_modes, static_argnums=3)(s, b2, w, n_bins))
+
+    @classmethod
+    def from_bins(cls, s_weighted, wb2, wsum, n_exact) -> "DiagonalProblem":
+        """From the output of :func:`bin_modes` (drops empty bins)."""
+        keep = np.asarray(wsum) > 0
+        s_weighted, wb2, wsum = (np.asarray(a, dtype=np.float64)[keep] for a in (s_weighted, wb2, wsum))
+        return cls._of(s_weighted / wsum, wb2, wsum, n_exact)
 
     @classmethod
     def _of(cls, s, wb2, weights, n_exact):
