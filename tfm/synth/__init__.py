@@ -1,0 +1,1 @@
+"""Synthetic ground truth: bead rendering (and, later, FEM and random cells)."""
