@@ -5,12 +5,15 @@ forces pN. Arrays: scalar volumes (Z, Y, X); vector fields (Z, Y, X, 3) with
 components (u_z, u_y, u_x).
 """
 
-from . import analytic, fields
-from .api import reconstruct_forces
+from . import analytic, fields, segment
+from .api import measure_displacement, reconstruct, reconstruct_forces
 from .grid import Grid
 from .material import LinearElastic, Material
 from .result import Result
 
 __version__ = "0.1.0"
 
-__all__ = ["Grid", "LinearElastic", "Material", "Result", "analytic", "fields", "reconstruct_forces", "__version__"]
+__all__ = [
+    "Grid", "LinearElastic", "Material", "Result", "analytic", "fields", "measure_displacement", "reconstruct",
+    "reconstruct_forces", "segment", "__version__",
+]

@@ -3,12 +3,16 @@ its output in a :class:`~tfm.result.Result`."""
 
 from __future__ import annotations
 
+import time
+
+from .classical import dvc
 from .classical.fttc import fttc_3d
 from .grid import Grid
 from .material import LinearElastic
 from .result import Result
 
 FORCE_METHODS = ("fttc",)
+RECONSTRUCT_METHODS = ("classical",)
 
 
 def reconstruct_forces(displacement, grid: Grid, material: LinearElastic, method: str = "fttc", regularization="auto", **options) -> Result:
@@ -32,3 +36,46 @@ def reconstruct_forces(displacement, grid: Grid, material: LinearElastic, method
     force, info = fttc_3d(displacement, grid, material, regularization=regularization, **options)
     info = {"method": method, "youngs_modulus_pa": material.youngs_modulus_pa, "poisson_ratio": material.poisson_ratio, **info}
     return Result(grid=grid, displacement=displacement, force=force, info=info)
+
+
+def measure_displacement(reference, deformed, spacing_um, mask=None, progress: bool = True, **options) -> Result:
+    """3D displacement between a relaxed (``reference``) and a loaded (``deformed``) bead
+    volume by digital volume correlation (:mod:`tfm.classical.dvc`).
+
+    Args:
+      reference, deformed: (Z, Y, X) volumes of the same shape, any real dtype.
+      spacing_um: voxel size (z, y, x), µm.
+      mask: optional boolean (Z, Y, X), True inside the cell (excluded).
+      progress: progress bar on stderr.
+      **options: fields of :class:`~tfm.classical.dvc.DVCConfig` (``windows``,
+        ``overlap``, ``iterations``, ``drift``, ``min_quality``, ...).
+
+    Returns:
+      :class:`~tfm.result.Result` with ``displacement`` (µm) on the grid of window
+      centres, ``force=None``, and ``info`` holding the window sizes, the passes, a
+      per-window ``quality`` (correlation peak) and ``valid`` map, and the drift removed.
+    """
+    config = dvc.DVCConfig(**options)
+    u, grid, info = dvc.correlate(reference, deformed, spacing_um, mask=mask, config=config, progress=progress)
+    return Result(grid=grid, displacement=u, info={"method": "dvc", **info})
+
+
+def reconstruct(reference, deformed, spacing_um, material: LinearElastic, method: str = "classical", mask=None,
+                regularization="auto", progress: bool = True, dvc_options: dict | None = None) -> Result:
+    """Bead volume pair -> displacement and force density in one call.
+
+    ``method="classical"``: :func:`measure_displacement` (DVC), then
+    :func:`reconstruct_forces` (3D FTTC) on the DVC grid.
+
+    Returns a :class:`~tfm.result.Result` with ``displacement`` (µm) and ``force``
+    (pN/µm³) on the grid of DVC window centres; ``info`` holds both steps' info
+    (``info["dvc"]``, the FTTC keys at top level) and the timings.
+    """
+    if method not in RECONSTRUCT_METHODS:
+        raise ValueError(f"method must be one of {RECONSTRUCT_METHODS}, got {method!r}")
+    t0 = time.perf_counter()
+    disp = measure_displacement(reference, deformed, spacing_um, mask=mask, progress=progress, **(dvc_options or {}))
+    t1 = time.perf_counter()
+    forces = reconstruct_forces(disp.displacement, disp.grid, material, regularization=regularization)
+    info = {**forces.info, "method": method, "dvc": disp.info, "time_dvc_s": t1 - t0, "time_fttc_s": time.perf_counter() - t1}
+    return Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info)

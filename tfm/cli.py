@@ -30,6 +30,36 @@ def _regularization(text: str):
     return value
 
 
+EPILOG_DISPLACEMENT = """\
+input: two 3D stacks of the same shape: REFERENCE (relaxed, e.g. after cytochalasin D
+or trypsin) and DEFORMED (the cell pulling). The voxel size comes from the files' OME or
+ImageJ metadata, or from --spacing-um (required when the files have none).
+output: displacement in µm on the grid of correlation-window centres, components
+(u_z, u_y, u_x); a bead at X in REFERENCE sits at X + u(X) in DEFORMED.
+
+example (the FM-Track stacks, which store no voxel size):
+  tfm displacement CytoD_Beads.tif Normal_Beads.tif --spacing-um 0.8 0.29286 0.29286 \\
+      --cell Normal_Cell.tif --windows 16 32 32 --windows 12 24 24 -o disp.h5
+"""
+
+
+def _add_volume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reference", help="relaxed bead stack (TIFF / OME-TIFF)")
+    p.add_argument("deformed", help="deformed bead stack, same shape")
+    p.add_argument("-o", "--output", required=True, help="result file to write (.h5)")
+    p.add_argument("--spacing-um", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in µm (overrides the files' metadata)")
+    p.add_argument("--cell", help="cell-channel stack: the thresholded cell is excluded from correlation")
+    p.add_argument("--cell-threshold", type=float, help="intensity threshold of the cell channel (default: Otsu)")
+    p.add_argument("--cell-dilate-um", type=float, default=0.0, help="grow the cell mask by this distance, µm")
+    p.add_argument("--windows", type=int, nargs="+", action="append", metavar="W",
+                   help="window size of one pass, voxels: W (cubic) or WZ WY WX; repeat per pass (default 32, 24, 16)")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
+    p.add_argument("--drift", choices=("rigid", "median", "affine", "none"), default="rigid",
+                   help="drift removed: rigid shift, far-field median, far-field affine (also uniform strain), none (default rigid)")
+    p.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -56,7 +86,82 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
     f.add_argument("--quiet", action="store_true", help="print nothing on success")
     f.set_defaults(run=_cmd_forces)
+
+    d = sub.add_parser("displacement", help="3D displacement from a bead volume pair (digital volume correlation)",
+                       description="Measure the 3D displacement field between two bead stacks by iterative, "
+                       "window-deforming digital volume correlation.",
+                       epilog=EPILOG_DISPLACEMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_volume_args(d)
+    d.set_defaults(run=_cmd_displacement)
+
+    r = sub.add_parser("reconstruct", help="displacement and forces from a bead volume pair",
+                       description="Bead stacks -> displacement (DVC) -> body-force density (3D FTTC) in one run.",
+                       epilog=EPILOG_FORCES.split("examples:")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_volume_args(r)
+    r.add_argument("--youngs-modulus-pa", type=float, required=True, help="Young's modulus of the gel, Pa")
+    r.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
+    r.add_argument("--method", choices=("classical",), default="classical", help="reconstruction method (default classical: DVC + FTTC)")
+    r.add_argument("--regularization", type=_regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
+    r.set_defaults(run=_cmd_reconstruct)
     return p
+
+
+def _load_pair(args):
+    from . import io, segment
+
+    ref, sp_ref = io.read_volume(args.reference, spacing_um=args.spacing_um)
+    dfm, sp_def = io.read_volume(args.deformed, spacing_um=args.spacing_um)
+    if args.spacing_um is None and any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(sp_ref, sp_def)):
+        raise ValueError(f"the two stacks record different voxel sizes: {sp_ref} and {sp_def}; pass --spacing-um")
+    mask = None
+    if args.cell:
+        cell, _ = io.read_volume(args.cell, spacing_um=sp_ref)
+        mask = segment.cell_mask(cell, sp_ref, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)
+    options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap}
+    if args.windows:
+        for w in args.windows:
+            if len(w) not in (1, 3):
+                raise ValueError(f"--windows takes 1 or 3 sizes per pass, got {w}")
+        options["windows"] = tuple(w[0] if len(w) == 1 else tuple(w) for w in args.windows)
+    return ref, dfm, sp_ref, mask, options
+
+
+def _finish(args, result, command):
+    from . import io
+
+    info = dict(result.info)
+    provenance = {"command": command, "argv": sys.argv[1:], "reference": str(args.reference), "deformed": str(args.deformed),
+                  "cell": args.cell}
+    io.write_result(args.output, result, provenance)
+    if args.vtk:
+        io.write_vtk(args.vtk, result)
+    if not args.quiet:
+        summary = result.summary()
+        dvc_info = info.get("dvc", info)
+        summary["drift_removed_voxels"] = dvc_info.get("drift_removed_voxels")
+        summary["valid_windows"] = float(dvc_info["valid"].mean()) if "valid" in dvc_info else None
+        print(json.dumps(summary, indent=2))
+        print(f"wrote {args.output}" + (f" and {args.vtk}" if args.vtk else ""))
+    return 0
+
+
+def _cmd_displacement(args) -> int:
+    from .api import measure_displacement
+
+    ref, dfm, sp, mask, options = _load_pair(args)
+    result = measure_displacement(ref, dfm, sp, mask=mask, progress=not args.quiet, **options)
+    return _finish(args, result, "tfm displacement")
+
+
+def _cmd_reconstruct(args) -> int:
+    from .api import reconstruct
+    from .material import LinearElastic
+
+    material = LinearElastic(args.youngs_modulus_pa, args.poisson_ratio)
+    ref, dfm, sp, mask, options = _load_pair(args)
+    result = reconstruct(ref, dfm, sp, material, method=args.method, mask=mask, regularization=args.regularization,
+                         progress=not args.quiet, dvc_options=options)
+    return _finish(args, result, "tfm reconstruct")
 
 
 def _cmd_forces(args) -> int:

@@ -166,6 +166,25 @@ def write_volume(path, volume, spacing_um) -> None:
 
 
 # ----------------------------------------------------------------------------- HDF5
+def _split_arrays(obj, path: str, out: list):
+    """Replace arrays of more than 8 elements by ``{"__dataset__": path}`` placeholders,
+    collecting ``(path, array)`` in ``out``; the rest must be JSON-serialisable."""
+    if isinstance(obj, dict):
+        return {str(k): _split_arrays(v, f"{path}/{k}", out) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray) and obj.size > 8:
+        out.append((path, obj))
+        return {"__dataset__": path}
+    return _jsonable(obj)
+
+
+def _join_arrays(obj, h):
+    if isinstance(obj, dict):
+        if set(obj) == {"__dataset__"}:
+            return h[obj["__dataset__"]][...]
+        return {k: _join_arrays(v, h) for k, v in obj.items()}
+    return obj
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -190,7 +209,10 @@ def write_result(path, result: Result, provenance: dict | None = None) -> Path:
         h.attrs["format_version"] = FORMAT_VERSION
         h.attrs["tfm_version"] = __version__
         h.attrs["created_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        h.attrs["info_json"] = json.dumps(_jsonable(result.info))
+        arrays: list = []
+        h.attrs["info_json"] = json.dumps(_split_arrays(result.info, "info", arrays))
+        for name, arr in arrays:
+            h.create_dataset(name, data=arr, compression="gzip", compression_opts=4)
         h.attrs["provenance_json"] = json.dumps(_jsonable(provenance or {}))
         g = h.create_group("grid")
         g.attrs["shape"] = result.grid.shape
@@ -227,7 +249,7 @@ def read_result(path) -> Result:
         grid = Grid(tuple(int(v) for v in g["shape"]), tuple(g["spacing_um"]), tuple(g["origin_um"]))
         disp = h["displacement"][...] if "displacement" in h else None
         force = h["force"][...] if "force" in h else None
-        info = json.loads(h.attrs.get("info_json", "{}"))
+        info = _join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
         info["provenance"] = json.loads(h.attrs.get("provenance_json", "{}"))
     return Result(grid=grid, displacement=disp, force=force, info=info)
 

@@ -1,5 +1,5 @@
 """Classical (non-learned) reconstruction methods."""
 
-from . import fttc, regularization
+from . import dvc, fttc, regularization
 
-__all__ = ["fttc", "regularization"]
+__all__ = ["dvc", "fttc", "regularization"]

@@ -1,0 +1,240 @@
+"""Benchmark of tfm's digital volume correlation (and saenopy's PIV where installed).
+
+    python benchmarks/dvc.py --out benchmarks/results                 # everything
+    python benchmarks/dvc.py --out /tmp/b --skip-sizes --skip-sweeps  # the 96³ headline only
+    python benchmarks/dvc.py --saenopy-python /path/to/venv/bin/python  # add saenopy side by side
+
+Writes ``dvc.json`` and ``dvc.md``.
+
+Data: beads rendered by forward projection (each bead drawn at X and at X + u(X); no
+image interpolation), Gaussian PSF sigma (1.2, 0.8, 0.8) voxels (wider in z), shot noise
+(200 photons at a bead's peak), read noise and background (tfm.synth.beads).
+
+* headline: 96³, ~8,800 beads, smooth field of 1.4 voxel RMS with maximum strain 5 %
+  (u_i = a sin(k x_j + phi_i), a = 1.14 voxel, wavelength 143 voxels). This is the case on
+  which saenopy 1.0.8's PIV was measured on this machine class (48 s, 0.40 voxel RMS
+  error; from ../shared/STACK-NOTES.md) and, with --saenopy-python, re-measured here.
+* sweeps around the headline: bead density, noise, strain, final window size.
+* sizes: time and peak memory (RSS of a fresh process) against volume size, up to the
+  FM-Track stacks' 176 x 512 x 512, each in its own subprocess.
+
+Times: "cold" includes JIT compilation (first call in a process), "warm" is a second
+call in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PSF = (1.2, 0.8, 0.8)
+WAVELENGTH = 143.0
+AMPLITUDE = 1.14  # voxels: field RMS 1.4 voxel, max strain 2 pi a / lambda = 5 %
+
+
+def field(q, amplitude=AMPLITUDE, wavelength=WAVELENGTH):
+    k = 2 * np.pi / wavelength
+    z, y, x = q[..., 0], q[..., 1], q[..., 2]
+    return np.stack([amplitude * np.sin(k * x + 0.3), amplitude * np.sin(k * z + 1.1), amplitude * np.sin(k * y + 2.0)], -1)
+
+
+def make_pair(shape, density=0.0099, photons=200.0, amplitude=AMPLITUDE, seed=0):
+    import tfm
+    from tfm.synth import beads
+
+    grid = tfm.Grid(shape, 1.0)
+    rng = np.random.default_rng(seed)
+    pos = beads.random_positions(grid, density, rng, margin_um=6)
+    ref, dfm = beads.render_pair(grid, pos, lambda q: field(q, amplitude), psf_sigma_um=PSF)
+    if photons:
+        ref, dfm = beads.add_noise(ref, rng, photons=photons), beads.add_noise(dfm, rng, photons=photons)
+    return ref, dfm, len(pos)
+
+
+def score(u_vox, grid):
+    truth = field(grid.coordinates_um())
+    err = u_vox - truth
+    rms = float(np.sqrt(np.mean(np.sum(err**2, -1))))
+    inner = err[1:-1, 1:-1, 1:-1]
+    gain = float(np.sum(u_vox * truth) / np.sum(truth * truth))
+    return {"rms_error_voxels": rms, "rms_error_inner_voxels": float(np.sqrt(np.mean(np.sum(inner**2, -1)))), "gain": gain}
+
+
+def run_tfm(ref, dfm, windows=(32, 24, 16), repeat=True):
+    import tfm
+
+    t0 = time.perf_counter()
+    res = tfm.measure_displacement(ref, dfm, 1.0, progress=False, windows=windows, drift=None)
+    cold = time.perf_counter() - t0
+    warm = None
+    if repeat:
+        t0 = time.perf_counter()
+        res = tfm.measure_displacement(ref, dfm, 1.0, progress=False, windows=windows, drift=None)
+        warm = time.perf_counter() - t0
+    return res, {"cold_s": cold, "warm_s": warm, **score(res.displacement, res.grid),
+                 "iterations": [p["iterations"] for p in res.info["passes"]]}
+
+
+SAENOPY_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import saenopy
+from saenopy.get_deformations import get_displacements_from_stacks
+ref = np.load(sys.argv[1]); dfm = np.load(sys.argv[2])
+# saenopy's Stack takes (Y, X, Z) arrays with voxel size (x, y, z).
+s_ref = saenopy.Stack(ref.transpose(1, 2, 0)[..., None], [1.0, 1.0, 1.0])
+s_def = saenopy.Stack(dfm.transpose(1, 2, 0)[..., None], [1.0, 1.0, 1.0])
+t0 = time.perf_counter()
+mesh = get_displacements_from_stacks(s_ref, s_def, window_size=float(sys.argv[3]), element_size=float(sys.argv[4]),
+                                     signal_to_noise=1.1, drift_correction=False)
+el = time.perf_counter() - t0
+nodes = np.asarray(mesh.nodes); disp = np.asarray(mesh.displacements_measured)
+json.dump({"time_s": el, "nodes_xyz": nodes.tolist(), "u_xyz": disp.tolist()}, open(sys.argv[5], "w"))
+"""
+
+
+def run_saenopy(python, ref, dfm, window=12.0, element=4.0):
+    """saenopy's PIV in its own interpreter; error scored at its mesh nodes (voxel units)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/r.npy", ref)
+        np.save(f"{tmp}/d.npy", dfm)
+        Path(f"{tmp}/s.py").write_text(SAENOPY_SCRIPT)
+        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/r.npy", f"{tmp}/d.npy", str(window), str(element), f"{tmp}/o.json"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": proc.stderr[-1500:]}
+        out = json.loads(Path(f"{tmp}/o.json").read_text())
+    nodes = np.asarray(out["nodes_xyz"])
+    u = np.asarray(out["u_xyz"])
+    ok = np.all(np.isfinite(u), axis=1)
+    # saenopy's nodes are in µm (= voxels here) about the stack centre, in (x, y, z) order.
+    centre = (np.asarray(ref.shape[::-1]) - 1) / 2
+    q = (nodes[ok] + centre)[:, ::-1]
+    truth = field(q)
+    est = u[ok][:, ::-1]
+    err = est - truth
+    return {"time_s": out["time_s"], "rms_error_voxels": float(np.sqrt(np.mean(np.sum(err**2, -1)))),
+            "gain": float(np.sum(est * truth) / np.sum(truth * truth)), "nodes": int(ok.sum()),
+            "window_size": window, "element_size": element}
+
+
+def one_size(shape):
+    """Time and peak RSS of one DVC run at ``shape`` (runs in a fresh subprocess)."""
+    import tfm
+
+    ref, dfm, n = make_pair(shape, seed=1)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    res = tfm.measure_displacement(ref, dfm, 1.0, progress=False, drift=None)
+    el = time.perf_counter() - t0
+    return {"shape": list(shape), "beads": n, "time_s": el, "grid": list(res.grid.shape),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_dvc_mb": base,
+            "iterations": [p["iterations"] for p in res.info["passes"]], **score(res.displacement, res.grid)}
+
+
+def markdown(rep):
+    L = ["# DVC benchmark", "", f"Machine: {rep['machine']}; jax {rep['jax']}; command: `{rep['command']}`.", "",
+         "## Headline: 96³, ~8,800 beads, smooth field 1.4 voxel RMS, max strain 5 %", "",
+         "| method | time (s) | RMS error (voxel) | gain (1 = no shrinkage) | source |", "|---|---|---|---|---|"]
+    h = rep["headline"]
+    L.append(f"| tfm DVC, cold (incl. JIT) | {h['cold_s']:.1f} | {h['rms_error_voxels']:.3f} | {h['gain']:.3f} | measured |")
+    L.append(f"| tfm DVC, warm | {h['warm_s']:.1f} | {h['rms_error_voxels']:.3f} | {h['gain']:.3f} | measured |")
+    s = rep.get("saenopy")
+    if s and "time_s" in s:
+        L.append(f"| saenopy 1.0.8 PIV | {s['time_s']:.1f} | {s['rms_error_voxels']:.3f} | {s['gain']:.3f} | measured here |")
+    else:
+        L.append("| saenopy 1.0.8 PIV | 48 | 0.40 | ~0.7 | STACK-NOTES.md (not installed here) |")
+    for name, key, unit in (("bead density", "density", "beads / voxel"), ("noise", "photons", "photons at a bead's peak (0 = none)"),
+                            ("strain", "max_strain", "max strain"), ("final window size", "window", "voxels")):
+        rows = rep["sweeps"].get(key, [])
+        if not rows:
+            continue
+        L += ["", f"## Error against {name} ({unit}); other parameters as in the headline", "",
+              "| value | RMS error (voxel) | interior RMS (voxel) | gain | time (s) |", "|---|---|---|---|---|"]
+        for r in rows:
+            L.append(f"| {r['value']} | {r['rms_error_voxels']:.3f} | {r['rms_error_inner_voxels']:.3f} | {r['gain']:.3f} | {r['warm_s']:.1f} |")
+    if rep.get("sizes"):
+        L += ["", "## Time and peak memory against volume size (fresh process each; includes JIT)", "",
+              "| volume (Z, Y, X) | beads | DVC grid | time (s) | peak RSS (MB) | RMS error (voxel) |", "|---|---|---|---|---|---|"]
+        for r in rep["sizes"]:
+            L.append(f"| {' x '.join(map(str, r['shape']))} | {r['beads']} | {' x '.join(map(str, r['grid']))} | {r['time_s']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['rms_error_voxels']:.3f} |")
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--saenopy-python", help="python of a virtualenv with saenopy installed")
+    p.add_argument("--skip-sweeps", action="store_true")
+    p.add_argument("--skip-sizes", action="store_true")
+    p.add_argument("--sizes", default="64,64,64;128,128,128;96,256,256;176,512,512")
+    p.add_argument("--one-size", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one_size:
+        print(json.dumps(one_size(tuple(int(v) for v in args.one_size.split(",")))))
+        return 0
+    import jax
+
+    rep = {"command": "python benchmarks/dvc.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", "jax": jax.__version__}
+    ref, dfm, n = make_pair((96, 96, 96))
+    _, rep["headline"] = run_tfm(ref, dfm)
+    rep["headline"]["beads"] = n
+    print("headline", rep["headline"], flush=True)
+    if args.saenopy_python:
+        rep["saenopy"] = run_saenopy(args.saenopy_python, ref, dfm)
+        print("saenopy", rep["saenopy"], flush=True)
+    rep["sweeps"] = {}
+    if not args.skip_sweeps:
+        sweeps = {"density": [0.003, 0.006, 0.0099, 0.02], "photons": [0, 1000, 200, 50],
+                  "max_strain": [0.01, 0.025, 0.05, 0.1], "window": [12, 16, 24, 32]}
+        for key, values in sweeps.items():
+            rows = []
+            for v in values:
+                kw = {}
+                if key == "density":
+                    kw["density"] = v
+                elif key == "photons":
+                    kw["photons"] = v
+                elif key == "max_strain":
+                    kw["amplitude"] = v * WAVELENGTH / (2 * np.pi)
+                r, d, _ = make_pair((96, 96, 96), seed=2, **kw)
+                windows = {12: (32, 24, 12), 16: (32, 24, 16), 24: (32, 24), 32: (32,)}[v] if key == "window" else (32, 24, 16)
+                res, row = run_tfm(r, d, windows=windows)
+                if key == "max_strain":  # score against the scaled field
+                    row.update(score(res.displacement / (kw["amplitude"] / AMPLITUDE), res.grid))
+                    row["rms_error_voxels"] *= kw["amplitude"] / AMPLITUDE
+                    row["rms_error_inner_voxels"] *= kw["amplitude"] / AMPLITUDE
+                rows.append({"value": v, **row})
+                print(key, v, row, flush=True)
+            rep["sweeps"][key] = rows
+    rep["sizes"] = []
+    if not args.skip_sizes:
+        for spec in args.sizes.split(";"):
+            proc = subprocess.run([sys.executable, __file__, "--one-size", spec], capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                return 1
+            rep["sizes"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print("size", rep["sizes"][-1], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dvc.json").write_text(json.dumps(rep, indent=2))
+    (out / "dvc.md").write_text(markdown(rep))
+    print(f"wrote {out / 'dvc.json'} and {out / 'dvc.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
