@@ -11,12 +11,17 @@ Exp Mech 55, 261 (2015)):
    each iteration within a pass:
 
    * the deformed volume is warped back by the current estimate,
-     :math:`D_w(x) = D(x + u(x))`, with cubic B-spline interpolation of ``D`` and
-     trilinear interpolation of ``u`` between window centres (in z-slabs, so memory
-     is bounded);
+     :math:`D_w(x) = D(x + u(x))`, with cubic B-spline interpolation of ``D`` in the
+     last pass (trilinear in earlier passes with ``fast_passes``, 3-4x cheaper) and
+     trilinear interpolation of ``u`` between window centres, extended linearly beyond
+     the outermost centres (in z-slabs, so memory is bounded);
    * reference and warped windows are cross-correlated by FFT (zero-mean, normalised:
      the peak value is the correlation coefficient, reported as ``quality``); the
      peak is located to sub-voxel precision with a three-point Gaussian fit per axis;
+   * the predictor that drives the warp is the current estimate low-passed by a
+     binomial filter (Schrijer & Scarano, Exp Fluids 45, 927 (2008)): without it the
+     iteration amplifies window-to-window noise; the new estimate is the predictor plus
+     the measured residual;
    * windows with quality below ``min_quality``, inside the mask or without contrast
      are invalid; outliers of the residual-shift field are detected by the normalised
      median test (Westerweel & Scarano, Exp Fluids 39, 1096 (2005)) on the 26
@@ -72,6 +77,8 @@ class DVCConfig:
     median_epsilon_voxels: float = 0.1  # noise floor of the median test, voxels
     max_shift_fraction: float = 0.3  # largest residual shift searched, as a fraction of the window
     drift: str | None = "rigid"  # "rigid", "median", "affine" or None (see module docstring)
+    fast_passes: bool = True  # warp with trilinear interpolation in all passes but the last (3-4x faster)
+    smooth_predictor: bool = True  # low-pass the field that drives the warp (stabilises the iteration)
     batch_windows: int = 512  # windows correlated per JAX call (bounds memory)
     slab_voxels: int = 1 << 20  # voxels warped per JAX call (bounds memory)
 
@@ -92,6 +99,12 @@ class DVCConfig:
 
 
 # ------------------------------------------------------------------ validation, set-up
+def _spline_coefficients(volume):
+    """Cubic B-spline coefficients (mirror boundary), padded by :data:`SPLINE_PAD`."""
+    c = ndimage.spline_filter(volume, order=3, mode="mirror", output=np.float32)
+    return jnp.asarray(np.pad(c, SPLINE_PAD, mode="reflect"))
+
+
 def _check(reference, deformed, spacing_um, mask):
     ref, dfm = np.asarray(reference), np.asarray(deformed)
     for name, v in (("reference", ref), ("deformed", dfm)):
@@ -210,7 +223,7 @@ def rigid_shift(reference, deformed, coeffs=None, refinements: int = 2, slab_vox
     shift = np.asarray(_subpixel_peak(corr[None], jnp.argmax(corr.ravel())[None])[0], dtype=np.float64)
     del corr, cross
     if coeffs is None:
-        coeffs = jnp.asarray(ndimage.spline_filter(np.asarray(deformed, np.float32), order=3, mode="mirror", output=np.float32))
+        coeffs = _spline_coefficients(np.asarray(deformed, np.float32))
     whole = _Layout(tuple(r.shape), tuple(np.zeros(1, int) for _ in range(3)))
     for _ in range(refinements):
         margin = tuple(min(int(np.ceil(abs(s))) + 4, (n - 8) // 2) for s, n in zip(shift, r.shape))
@@ -230,11 +243,7 @@ def _gauss_kernel_ft(shape, sigma):
 
 
 # ------------------------------------------------------------------------- warping
-def _mirror(i, n):
-    """Mirror-extend integer indices into [0, n-1] (the B-spline prefilter's boundary mode)."""
-    period = 2 * (n - 1) if n > 1 else 1
-    i = jnp.abs(i) % period
-    return jnp.where(i > n - 1, period - i, i)
+SPLINE_PAD = 2  # mirror padding of the B-spline coefficients (voxels per side)
 
 
 def _bspline_weights(t):
@@ -242,20 +251,31 @@ def _bspline_weights(t):
     return jnp.stack([(1 - t) ** 3 / 6, (3 * t3 - 6 * t2 + 4) / 6, (-3 * t3 + 3 * t2 + 3 * t + 1) / 6, t3 / 6], -1)
 
 
-def _bspline_sample(coeffs, pts):
-    """Cubic B-spline interpolation of prefiltered ``coeffs`` at points (P, 3) (voxel units)."""
+def _bspline_sample(coeffs_padded, pts):
+    """Cubic B-spline interpolation at points (P, 3) (voxel units of the unpadded volume)
+    from coefficients mirror-padded by :data:`SPLINE_PAD`; one 4x4x4 block gather per
+    point (much faster in XLA than 64 scalar gathers)."""
     f = jnp.floor(pts)
     t = pts - f
-    base = f.astype(jnp.int32) - 1
-    w = [_bspline_weights(t[:, a]) for a in range(3)]  # (P, 4) each
-    ii = [_mirror(base[:, a : a + 1] + jnp.arange(4)[None], coeffs.shape[a]) for a in range(3)]
-    vals = coeffs[ii[0][:, :, None, None], ii[1][:, None, :, None], ii[2][:, None, None, :]]  # (P, 4, 4, 4)
-    return jnp.einsum("pijk,pi,pj,pk->p", vals, w[0], w[1], w[2])
+    base = jnp.clip(f.astype(jnp.int32) - 1 + SPLINE_PAD, 0, jnp.asarray(coeffs_padded.shape) - 4)
+    blocks = jax.vmap(lambda s: jax.lax.dynamic_slice(coeffs_padded, s, (4, 4, 4)))(base)
+    w = [_bspline_weights(t[:, a]) for a in range(3)]
+    return jnp.einsum("pijk,pi,pj,pk->p", blocks, w[0], w[1], w[2])
 
 
-@partial(jax.jit, static_argnums=(4,))
-def _warp_slab(coeffs, u_grid, z0, grid_geom, slab_shape):
-    """Warped values D(x + u(x)) for the voxels of one z-slab starting at plane ``z0``."""
+def _linear_sample(volume, pts):
+    """Trilinear interpolation (edge values beyond the faces); 3-4x cheaper than cubic."""
+    base = jnp.clip(jnp.floor(pts).astype(jnp.int32), 0, jnp.asarray(volume.shape) - 2)
+    t = jnp.clip(pts - base, 0.0, 1.0)
+    blocks = jax.vmap(lambda s: jax.lax.dynamic_slice(volume, s, (2, 2, 2)))(base)
+    w = [jnp.stack([1 - t[:, a], t[:, a]], -1) for a in range(3)]
+    return jnp.einsum("pijk,pi,pj,pk->p", blocks, w[0], w[1], w[2])
+
+
+@partial(jax.jit, static_argnums=(4, 5))
+def _warp_slab(source, u_grid, z0, grid_geom, slab_shape, cubic):
+    """Warped values D(x + u(x)) for the voxels of one z-slab starting at plane ``z0``;
+    ``source`` is the padded B-spline coefficient volume (``cubic``) or the volume."""
     c0, step = grid_geom  # (3,), (3,) window-grid origin and step in voxels
     nz, ny, nx = slab_shape
     z = z0 + jnp.arange(nz, dtype=jnp.float32)
@@ -263,7 +283,8 @@ def _warp_slab(coeffs, u_grid, z0, grid_geom, slab_shape):
     pts = jnp.stack([zz.ravel(), yy.ravel(), xx.ravel()], -1)
     g = (pts - c0) / step  # fractional window-grid indices
     u = trilinear_extrapolate(u_grid, g)
-    return _bspline_sample(coeffs, pts + u).reshape(slab_shape)
+    sample = _bspline_sample if cubic else _linear_sample
+    return sample(source, pts + u).reshape(slab_shape)
 
 
 def trilinear_extrapolate(values, g):
@@ -296,8 +317,9 @@ def trilinear_extrapolate(values, g):
     return out
 
 
-def _warp(coeffs, u_grid, layout: _Layout, slab_voxels: int):
-    nz_all, ny, nx = coeffs.shape
+def _warp(source, u_grid, layout: _Layout, slab_voxels: int, cubic: bool = True):
+    """The deformed volume warped back by ``u_grid`` (given on the window centres)."""
+    nz_all, ny, nx = (n - 2 * SPLINE_PAD for n in source.shape) if cubic else source.shape
     nz = max(1, min(nz_all, slab_voxels // (ny * nx)))
     centres = layout.centres()
     c0 = jnp.asarray([c[0] for c in centres], jnp.float32)
@@ -305,7 +327,7 @@ def _warp(coeffs, u_grid, layout: _Layout, slab_voxels: int):
     ug = jnp.asarray(u_grid, jnp.float32)
     out = []
     for z0 in range(0, nz_all, nz):
-        out.append(_warp_slab(coeffs, ug, jnp.float32(z0), (c0, step), (nz, ny, nx)))
+        out.append(_warp_slab(source, ug, jnp.float32(z0), (c0, step), (nz, ny, nx), cubic))
     return jnp.concatenate(out, 0)[:nz_all]
 
 
@@ -412,6 +434,25 @@ class _quiet_nan:
         self._w.__exit__(*a)
 
 
+def smooth_predictor(u):
+    """Binomial [1, 2, 1]/4 filter along each grid axis, edges padded by linear
+    extrapolation (so linear fields pass unchanged, edges included).
+
+    Iterative window deformation amplifies window-to-window noise unless the predictor
+    that drives the warp is low-pass filtered (Schrijer & Scarano, Exp Fluids 45, 927
+    (2008)); this filter removes the grid's Nyquist mode and halves modes of four steps.
+    """
+    out = np.asarray(u, dtype=np.float64)
+    for axis in range(3):
+        n = out.shape[axis]
+        if n < 3:
+            continue
+        a = np.moveaxis(out, axis, 0)
+        padded = np.concatenate([2 * a[:1] - a[1:2], a, 2 * a[-1:] - a[-2:-1]], 0)
+        out = np.moveaxis(0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:], 0, axis)
+    return out
+
+
 def _resample(u, src: _Layout, dst: _Layout):
     """Trilinear interpolation of a field on ``src`` window centres onto ``dst``'s."""
     coords = []
@@ -444,7 +485,8 @@ def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DV
     ref, dfm, spacing, mask = _check(reference, deformed, spacing_um, mask)
     ref = _normalise(ref, mask, "reference")
     dfm = _normalise(dfm, mask, "deformed")
-    coeffs = jnp.asarray(ndimage.spline_filter(dfm, order=3, mode="mirror", output=np.float32))
+    coeffs = _spline_coefficients(dfm)
+    dfm_j = jnp.asarray(dfm)
     drift = rigid_shift(ref, dfm, coeffs, slab_voxels=config.slab_voxels)
     ref_j = jnp.asarray(ref)
     info = {"windows_voxels": [list(w) for w in config.windows], "overlap": config.overlap, "passes": [],
@@ -461,7 +503,9 @@ def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DV
             masked = _masked_windows(mask, layout)
             rec = {"window": list(window), "step": list(step), "grid_shape": list(layout.shape), "iterations": 0}
             for it in range(config.iterations):
-                warped = _warp(coeffs, u, layout, config.slab_voxels)
+                cubic = p == len(config.windows) - 1 or not config.fast_passes
+                predictor = smooth_predictor(u) if config.smooth_predictor else u
+                warped = _warp(coeffs if cubic else dfm_j, predictor, layout, config.slab_voxels, cubic)
                 res, quality, contrast = _correlate_all(ref_j, warped, layout, config)
                 valid = (quality >= config.min_quality) & (contrast > 1e-3 * np.median(contrast)) & ~masked
                 # The test runs on this iteration's update, not on u: the update is nearly
@@ -469,7 +513,7 @@ def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DV
                 # neighbours on one side) is not mistaken for an outlier because of a
                 # legitimate gradient of u.
                 res, outlier = median_test(res, valid, config.median_threshold, config.median_epsilon_voxels)
-                u_new = u + res
+                u_new = predictor + res
                 good = valid & ~outlier
                 update = float(np.sqrt(np.mean(np.sum((u_new - u)[good] ** 2, -1)))) if good.any() else 0.0
                 if _TRACE is not None:
