@@ -39,6 +39,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/fttc.py --out benchmarks/results
+	$(PY) benchmarks/dvc.py --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) benchmarks/make_docs.py
 
 clean:
 	rm -rf $(VENV) .cache demo_output .pytest_cache

@@ -9,8 +9,10 @@ gel's modulus is not published with the data: forces are computed for an ASSUMED
 E = 1 kPa, nu = 0.45 and scale linearly with E.
 
 Steps: read the stacks -> cell mask from the Normal cell channel (Otsu) -> DVC with the
-cell excluded and the rigid drift removed -> FTTC -> analysis: |u| against distance from
-the cell surface, the fraction of displacements pointing toward the cell, and figures.
+cell excluded and a per-plane drift removed (a ~3-voxel x-drift and axial displacements
+of whole z-planes between the acquisitions) -> FTTC -> analysis: |u| against distance
+from the cell surface, the direction of the displacements beyond the cell's tips and
+beside it, the force dipole near the cell, and figures.
 Writes into --out: result.h5, result.vti, decay.png, slice.png, summary.json.
 """
 
@@ -42,14 +44,27 @@ def crop_around(mask, shape, crop):
     return tuple(out)
 
 
+def cell_axes(mask, spacing):
+    """Centroid (µm) and principal axes (rows, longest first) of the cell mask."""
+    pts = np.argwhere(mask) * np.asarray(spacing)
+    c = pts.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov((pts - c).T))
+    return c, evecs[:, ::-1].T, np.sqrt(evals[::-1])
+
+
 def analyse(result, mask, spacing):
-    """|u| against distance from the cell surface, and the share of vectors pointing to the cell."""
+    """|u| against distance from the cell surface, direction of the displacements beyond
+    the cell's tips and beside it, and the force dipole near the cell.
+
+    A contractile cell pulls the gel in along its long axis and, like any contractile
+    force dipole, pushes it outward beside its middle (the (F.e)e term of Kelvin's
+    solution), so "pointing toward the cell" is expected beyond the tips, not everywhere.
+    """
     dist = segment.distance_from_mask_um(mask, spacing)
-    # Direction toward the cell: minus the gradient of the distance map.
-    grad = np.stack(np.gradient(dist, *spacing), -1)
+    grad = np.stack(np.gradient(dist, *spacing), -1)  # points away from the cell
     # Window centres in voxel indices of the analysed volume (the DVC grid is in µm from voxel 0).
-    vox = np.round(result.grid.coordinates_um() / np.asarray(spacing)).astype(int)
-    vox = np.clip(vox, 0, np.asarray(mask.shape) - 1)
+    x = result.grid.coordinates_um()
+    vox = np.clip(np.round(x / np.asarray(spacing)).astype(int), 0, np.asarray(mask.shape) - 1)
     d = dist[vox[..., 0], vox[..., 1], vox[..., 2]]
     g = grad[vox[..., 0], vox[..., 1], vox[..., 2]]
     u = result.displacement
@@ -63,7 +78,24 @@ def analyse(result, mask, spacing):
         if sel.sum() >= 3:
             rows.append({"distance_um": [float(lo), float(hi)], "n": int(sel.sum()), "median_u_um": float(np.median(mag[sel])),
                          "p90_u_um": float(np.percentile(mag[sel], 90)), "fraction_toward_cell": float(np.mean(toward[sel] > 0))})
-    return d, mag, toward, valid, rows
+    c, axes, sizes = cell_axes(mask, spacing)
+    rel = x - c
+    cos_long = np.abs(rel @ axes[0]) / np.maximum(np.linalg.norm(rel, axis=-1), 1e-12)
+    near = valid & (d < 15)
+    tips, sides = near & (cos_long > 0.8), near & (cos_long < 0.4)
+    # Force dipole of the reconstructed forces within 15 µm of the cell, about its centroid.
+    m = result.dipole_moment(mask=d < 15, center_um=c)
+    m = 0.5 * (m + m.T)
+    w, v = np.linalg.eigh(m)
+    angle = float(np.degrees(np.arccos(min(1.0, abs(float(v[:, 0] @ axes[0]))))))
+    checks = {
+        "cell_centroid_um": c.tolist(), "cell_long_axis_zyx": axes[0].tolist(), "cell_axis_sd_um": sizes.tolist(),
+        "fraction_toward_cell_beyond_tips": float(np.mean(toward[tips] > 0)) if tips.any() else None, "n_tips": int(tips.sum()),
+        "fraction_toward_cell_beside_cell": float(np.mean(toward[sides] > 0)) if sides.any() else None, "n_sides": int(sides.sum()),
+        "dipole_eigenvalues_pn_um": w.tolist(),
+        "angle_most_contractile_axis_to_cell_axis_deg": angle,
+    }
+    return d, mag, valid, rows, checks
 
 
 def figures(out, d, mag, valid, rows, result, reference, mask, spacing):
@@ -110,6 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="fmtrack_output")
     p.add_argument("--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), help="analyse a crop of this size centred on the cell")
     p.add_argument("--youngs-modulus-pa", type=float, default=1000.0, help="ASSUMED gel modulus (not published with the data)")
+    p.add_argument("--drift", default="slicewise", choices=("rigid", "affine", "slicewise"), help="drift model (default slicewise)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
@@ -126,19 +159,25 @@ def main(argv=None) -> int:
         ref, dfm, mask = ref[sl], dfm[sl], mask[sl]
     windows = ((24, 64, 64), (16, 48, 48), (16, 40, 40))
     gel = tfm.LinearElastic(args.youngs_modulus_pa, 0.45)
-    result = tfm.reconstruct(ref, dfm, SPACING_UM, gel, mask=mask, progress=not args.quiet, dvc_options={"windows": windows})
-    d, mag, toward, valid, rows = analyse(result, mask, SPACING_UM)
+    # drift="slicewise" (default here): besides the ~3-voxel x-drift, whole z-planes of
+    # the two stacks are displaced axially, by ~7 % compression plus non-uniform steps
+    # (an acquisition artefact: a cell cannot move a 150 x 150 µm plane), which a rigid
+    # or affine correction leaves in the displacement. See docs/fmtrack.md.
+    dvc_options = {"windows": windows, "drift": args.drift}
+    result = tfm.reconstruct(ref, dfm, SPACING_UM, gel, mask=mask, progress=not args.quiet, dvc_options=dvc_options)
+    d, mag, valid, rows, checks = analyse(result, mask, SPACING_UM)
     io.write_result(out / "result.h5", result, {"command": "examples/fmtrack_classical.py", "argv": sys.argv[1:],
                                                   "assumed_youngs_modulus_pa": args.youngs_modulus_pa})
     io.write_vtk(out / "result.vti", result)
     figures(out, d, mag, valid, rows, result, ref, mask, SPACING_UM)
     dvc_info = result.info["dvc"]
-    near = valid & (d < 15)
     summary = {
         "volume_shape": list(ref.shape), "dvc_grid": list(result.grid.shape), "windows_voxels": [list(w) for w in windows],
-        "rigid_drift_removed_voxels": dvc_info["drift_removed_voxels"],
+        "rigid_shift_voxels": dvc_info["rigid_shift_voxels"],
+        "drift_removed_voxels": dvc_info["drift_removed_voxels"],
+        "drift_per_plane_voxels": dvc_info.get("drift_per_plane_voxels"),
         "valid_window_fraction": float(dvc_info["valid"].mean()),
-        "fraction_toward_cell_within_15um": float(np.mean(toward[near] > 0)) if near.any() else None,
+        **checks,
         "decay": rows,
         "assumed_youngs_modulus_pa": args.youngs_modulus_pa,
         "contractility_pn": result.contractility(),
@@ -149,7 +188,7 @@ def main(argv=None) -> int:
     with io.atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     if not args.quiet:
-        print(json.dumps({k: v for k, v in summary.items() if k != "decay"}, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("decay", "drift_per_plane_voxels")}, indent=2))
         for r in rows:
             print(f"  {r['distance_um'][0]:5.0f}-{r['distance_um'][1]:<5.0f} µm  n={r['n']:4d}  median |u| {r['median_u_um']:.3f} µm"
                   f"  toward cell {r['fraction_toward_cell']:.0%}")

@@ -19,3 +19,26 @@ def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatc
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert abs(summary["contractility_error"]) < 0.02
     assert summary["regularization_rule"] == "gcv" and summary["alpha"] > 0
+
+
+@pytest.mark.slow
+def test_fmtrack_example_on_a_crop_shows_contraction_toward_the_cell(tmp_path, monkeypatch, shared_data):
+    data = shared_data / "fmtrack_avic_3d"
+    monkeypatch.setattr(sys, "argv", ["fmtrack_classical.py", "--data", str(data), "--out", str(tmp_path),
+                                      "--crop", "96", "256", "256", "--quiet"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "examples" / "fmtrack_classical.py"), run_name="__main__")
+    assert e.value.code == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    # The rigid drift is about 3 voxels in x (README of the data) ...
+    assert abs(s["rigid_shift_voxels"][2] + 3.3) < 0.5
+    assert s["drift_per_plane_voxels"] is not None
+    # ... the gel is pulled toward the cell beyond its tips, the displacement decays with
+    # distance, and the force dipole contracts along the cell's long axis.
+    assert s["fraction_toward_cell_beyond_tips"] > 0.6
+    decay = [r["median_u_um"] for r in s["decay"]]
+    assert decay[0] > 1.5 * decay[-1]
+    assert min(s["dipole_eigenvalues_pn_um"]) < 0
+    assert s["angle_most_contractile_axis_to_cell_axis_deg"] < 30
+    for name in ("result.h5", "result.vti", "decay.png", "slice.png"):
+        assert (tmp_path / name).stat().st_size > 1000

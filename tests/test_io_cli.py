@@ -157,3 +157,28 @@ def test_cli_help_is_usable(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--youngs-modulus-pa" in out and "pN/µm³" in out and "examples:" in out
+
+
+def test_cli_displacement_and_reconstruct_on_tiff_stacks(tmp_path, capsys):
+    from tfm.synth import beads
+
+    grid = tfm.Grid((32, 48, 48), (0.8, 0.3, 0.3))
+    rng = np.random.default_rng(0)
+    pos = beads.random_positions(grid, 0.01 / grid.voxel_volume_um3, rng, margin_um=2)
+    shift = np.array([0.4, -0.15, 0.2])  # µm
+    ref, dfm = beads.render_pair(grid, pos, lambda q: np.broadcast_to(shift, q.shape), psf_sigma_um=(1.0, 0.25, 0.25))
+    io.write_volume(tmp_path / "ref.tif", ref, grid.spacing_um)
+    io.write_volume(tmp_path / "def.tif", dfm, grid.spacing_um)
+    rc = cli.main(["displacement", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "--windows", "16", "--drift", "none",
+                   "-o", str(tmp_path / "d.h5"), "--quiet"])
+    assert rc == 0
+    res = io.read_result(tmp_path / "d.h5")
+    assert np.allclose(np.median(res.displacement.reshape(-1, 3), 0), shift, atol=0.02)  # µm, from the files' voxel size
+    assert res.info["quality"].shape == res.grid.shape  # per-window maps survive the HDF5 round trip
+    rc = cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "--windows", "16",
+                   "--youngs-modulus-pa", "1000", "-o", str(tmp_path / "r.h5"), "--quiet"])
+    assert rc == 0 and io.read_result(tmp_path / "r.h5").force is not None
+    # Stacks without a voxel size and no --spacing-um: a clear error, nothing written.
+    tifffile.imwrite(tmp_path / "plain.tif", ref, photometric="minisblack")
+    rc = cli.main(["displacement", str(tmp_path / "plain.tif"), str(tmp_path / "plain.tif"), "-o", str(tmp_path / "x.h5")])
+    assert rc == 2 and "spacing" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()

@@ -57,6 +57,13 @@ def _points(points):
     return p
 
 
+def _check_sphere(sol) -> None:
+    """Validate and normalise ``center_um`` and ``radius_um`` of a spherical solution."""
+    object.__setattr__(sol, "center_um", _vec3(sol.center_um, "center_um"))
+    if not sol.radius_um > 0:
+        raise ValueError(f"radius_um must be > 0, got {sol.radius_um}")
+
+
 class AnalyticSolution:
     """Base class: subclasses define ``material`` and ``_u(x)`` for one point ``x`` (3,)."""
 
@@ -279,9 +286,7 @@ class EshelbySphere(AnalyticSolution):
     material: LinearElastic
 
     def __post_init__(self):
-        object.__setattr__(self, "center_um", _vec3(self.center_um, "center_um"))
-        if not self.radius_um > 0:
-            raise ValueError(f"radius_um must be > 0, got {self.radius_um}")
+        _check_sphere(self)
 
     @property
     def interior_strain(self) -> float:
@@ -327,9 +332,7 @@ class SphericalCavity(AnalyticSolution):
     material: LinearElastic
 
     def __post_init__(self):
-        object.__setattr__(self, "center_um", _vec3(self.center_um, "center_um"))
-        if not self.radius_um > 0:
-            raise ValueError(f"radius_um must be > 0, got {self.radius_um}")
+        _check_sphere(self)
 
     def _u(self, x):
         d = x - jnp.asarray(self.center_um, x.dtype)

@@ -54,8 +54,9 @@ def _add_volume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, nargs="+", action="append", metavar="W",
                    help="window size of one pass, voxels: W (cubic) or WZ WY WX; repeat per pass (default 32, 24, 16)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
-    p.add_argument("--drift", choices=("rigid", "median", "affine", "none"), default="rigid",
-                   help="drift removed: rigid shift, far-field median, far-field affine (also uniform strain), none (default rigid)")
+    p.add_argument("--drift", choices=("rigid", "median", "affine", "slicewise", "none"), default="rigid",
+                   help="drift removed: rigid shift, far-field median, far-field affine (also uniform strain), "
+                   "slicewise (a translation per z-plane: drift during the scan), none (default rigid)")
     p.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 

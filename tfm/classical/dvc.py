@@ -38,7 +38,11 @@ Exp Mech 55, 261 (2015)):
    fitted to those far windows, which also removes uniform strains between the two
    acquisitions (gel swelling, axial scaling by refractive-index mismatch: 6.8 % along
    z in the FM-Track stacks). A cell's own field in an infinite matrix decays as 1/r²
-   and has no uniform strain, so only the artefact is removed. ``None`` keeps all.
+   and has no uniform strain, so only the artefact is removed. ``"slicewise"`` removes
+   a translation per z-plane of the window grid (the median of that plane's far
+   windows): confocal planes are recorded one after another, so stage drift during
+   the acquisition and non-uniform z steps displace whole planes; this also covers a
+   uniform axial compression and z-shears. ``None`` keeps all.
 
 The displacement maps the reference onto the deformed volume: a bead at ``X`` in the
 reference is found at ``X + u(X)`` in the deformed volume. Output is in µm on the grid
@@ -60,7 +64,7 @@ from scipy import ndimage
 from ..grid import Grid
 from ..progress import Progress
 
-DRIFTS = ("rigid", "median", "affine", None)
+DRIFTS = ("rigid", "median", "affine", "slicewise", None)
 _TRACE = None  # debugging hook: called with (pass, iteration, u, layout, update)
 
 
@@ -76,7 +80,7 @@ class DVCConfig:
     median_threshold: float = 2.0  # normalised median test threshold (2 is the usual choice)
     median_epsilon_voxels: float = 0.1  # noise floor of the median test, voxels
     max_shift_fraction: float = 0.3  # largest residual shift searched, as a fraction of the window
-    drift: str | None = "rigid"  # "rigid", "median", "affine" or None (see module docstring)
+    drift: str | None = "rigid"  # "rigid", "median", "affine", "slicewise" or None (see module docstring)
     fast_passes: bool = True  # warp with trilinear interpolation in all passes but the last (3-4x faster)
     smooth_predictor: bool = True  # low-pass the field that drives the warp (stabilises the iteration)
     batch_windows: int = 512  # windows correlated per JAX call (bounds memory)
@@ -561,19 +565,39 @@ def _drift_correction(mode, u, rigid, valid, mask, layout: _Layout, shape, info)
         coef, *_ = np.linalg.lstsq(design(centres[far]), u[far], rcond=None)
         info["drift_affine_gradient"] = coef[1:].T.tolist()  # [i][j] = d u_i / d x_j (voxel/voxel)
         return design(centres) @ coef, coef[0]
+    if mode == "slicewise":
+        dist = _window_distances(mask, layout)
+        nz = u.shape[0]
+        per = np.full((nz, 3), np.nan)
+        for k in range(nz):  # each plane's own far half
+            v = valid[k]
+            far = v & (dist[k] >= np.median(dist[k][v])) if v.any() else v
+            if far.sum() >= 5:
+                per[k] = np.median(u[k][far], axis=0)
+        ok = ~np.isnan(per[:, 0])
+        if not ok.any():
+            raise ValueError("drift='slicewise' found no z-plane with 5 or more valid far-field windows")
+        for c in range(3):  # planes without enough far windows: interpolate between planes
+            per[:, c] = np.interp(np.arange(nz), np.flatnonzero(ok), per[ok, c])
+        info["drift_per_plane_voxels"] = per.tolist()
+        return per[:, None, None, :], np.median(per, axis=0)
     return 0.0, np.zeros(3)
 
 
-def _far_windows(valid, mask, layout: _Layout):
-    """Valid windows in the far half, by distance from the mask or, without one, from
-    the volume's centre."""
+def _window_distances(mask, layout: _Layout):
+    """Distance (voxels) of each window centre from the mask or, without one, from the
+    volume's centre."""
     centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
     if mask is not None and mask.any():
         dist = ndimage.distance_transform_edt(~mask)
         idx = np.round(centres).astype(int)
-        d = dist[idx[..., 0], idx[..., 1], idx[..., 2]]
-    else:
-        d = np.linalg.norm(centres - centres.reshape(-1, 3).mean(0), axis=-1)
+        return dist[idx[..., 0], idx[..., 1], idx[..., 2]]
+    return np.linalg.norm(centres - centres.reshape(-1, 3).mean(0), axis=-1)
+
+
+def _far_windows(valid, mask, layout: _Layout):
+    """Valid windows in the far half (see :func:`_window_distances`)."""
+    d = _window_distances(mask, layout)
     if not valid.any():
         return d >= np.median(d)
     return valid & (d >= np.median(d[valid]))

@@ -1,0 +1,38 @@
+"""Assemble docs/benchmarks.md from the tables the benchmark scripts wrote.
+
+    python benchmarks/make_docs.py [--results benchmarks/results] [--out docs/benchmarks.md]
+"""
+
+import argparse
+from pathlib import Path
+
+SECTIONS = [("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py")]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--out", default="docs/benchmarks.md")
+    args = p.parse_args(argv)
+    parts = ["# Benchmarks", "",
+             "Generated from the scripts in `benchmarks/` on the project's 2-core CPU machine by "
+             "`python benchmarks/make_docs.py`; each section names the command that measured it. "
+             "Re-run everything with `make bench`.", ""]
+    for name, script in SECTIONS:
+        path = Path(args.results) / name
+        if not path.is_file():
+            parts += [f"## {script}", "", f"(no results yet: run `python {script}`)", ""]
+            continue
+        text = path.read_text().splitlines()
+        parts.append(f"## {text[0].lstrip('# ')} (`{script}`)")
+        parts += [("#" + line) if line.startswith("## ") else line for line in text[1:]]
+        notes = Path(args.results) / name.replace(".md", ".notes.md")
+        if notes.is_file():
+            parts += ["", notes.read_text().rstrip()]
+        parts.append("")
+    Path(args.out).write_text("\n".join(parts))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
