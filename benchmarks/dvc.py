@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,6 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_report  # noqa: E402
 
 PSF = (1.2, 0.8, 0.8)
 WAVELENGTH = 143.0
@@ -233,7 +235,7 @@ def main(argv=None):
     import jax
 
     rep = {"command": "python benchmarks/dvc.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", "jax": jax.__version__}
+           "machine": machine(), "jax": jax.__version__}
     ref, dfm, n = make_pair((96, 96, 96))
     _, rep["headline"] = run_tfm(ref, dfm)
     rep["headline"]["beads"] = n
@@ -277,11 +279,7 @@ def main(argv=None):
                 return 1
             rep["sizes"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print("size", rep["sizes"][-1], flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dvc.json").write_text(json.dumps(rep, indent=2))
-    (out / "dvc.md").write_text(markdown(rep))
-    print(f"wrote {out / 'dvc.json'} and {out / 'dvc.md'}")
+    write_report(args.out, "dvc", rep, markdown(rep))
     return 0
 
 

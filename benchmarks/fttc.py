@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_report  # noqa: E402
 
 RULES = ("gcv", "lcurve", "fixed")
 
@@ -161,15 +163,11 @@ def main(argv=None) -> int:
     acc = accuracy(args.noise, args.seeds)
     report = {
         "command": "python benchmarks/fttc.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": machine(),
         "jax_version": jax.__version__, "backend": jax.default_backend(),
         "timing": timing, "accuracy": acc,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fttc.json").write_text(json.dumps(report, indent=2))
-    (out / "fttc.md").write_text(markdown(report))
-    print(f"wrote {out / 'fttc.json'} and {out / 'fttc.md'}")
+    write_report(args.out, "fttc", report, markdown(report))
     return 0
 
 
