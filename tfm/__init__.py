@@ -6,7 +6,7 @@ components (u_z, u_y, u_x).
 """
 
 from . import analytic, fields, segment
-from .api import measure_displacement, reconstruct, reconstruct_forces
+from .api import measure_displacement, reconstruct, reconstruct_forces, reconstruct_tractions
 from .grid import Grid
 from .material import LinearElastic, Material
 from .result import Result
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Grid", "LinearElastic", "Material", "Result", "analytic", "fields", "measure_displacement", "reconstruct",
-    "reconstruct_forces", "segment", "__version__",
+    "reconstruct_forces", "reconstruct_tractions", "segment", "__version__",
 ]

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from .classical import dvc
 from .classical.fttc import fttc_3d
+from .classical.fttc2d import fttc_2d
 from .grid import Grid
 from .material import LinearElastic
 from .result import Result
@@ -79,3 +82,33 @@ def reconstruct(reference, deformed, spacing_um, material: LinearElastic, method
     forces = reconstruct_forces(disp.displacement, disp.grid, material, regularization=regularization)
     info = {**forces.info, "method": method, "dvc": disp.info, "time_dvc_s": t1 - t0, "time_fttc_s": time.perf_counter() - t1}
     return Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info)
+
+
+def reconstruct_tractions(displacement, grid: Grid, material: LinearElastic, thickness_um: float | None = None,
+                          method: str = "fttc", regularization="auto", **options) -> Result:
+    """Tractions (Pa) that a cell on a gel applies to its surface, from the surface displacement.
+
+    Args:
+      displacement: (Y, X, 2) in-plane displacement (u_y, u_x) in µm -> 2D FTTC, or
+        (Y, X, 3) with the normal component last (u_y, u_x, u_z) -> 2.5D FTTC.
+      grid: 2D :class:`~tfm.grid.Grid` (Y, X).
+      material: the gel, :class:`~tfm.material.LinearElastic`.
+      thickness_um: gel thickness (on a rigid coverslip), µm; None for a half-space.
+      method: ``"fttc"``.
+      regularization: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"`` or a float alpha >= 0.
+
+    Returns:
+      :class:`~tfm.result.Result` whose ``force`` is the traction (Pa); ``net_force()``,
+      ``contractility()`` and ``total_force()`` in pN, ``strain_energy()`` in pN µm.
+    """
+    if method != "fttc":
+        raise ValueError(f"method must be 'fttc', got {method!r}")
+    u = np.asarray(displacement)
+    if getattr(grid, "ndim", None) != 2:
+        raise ValueError("grid must be a 2D tfm.Grid (Y, X) for tractions on a substrate")
+    if u.ndim != 3 or u.shape[-1] not in (2, 3):
+        raise ValueError(f"displacement must have shape (Y, X, 2) or (Y, X, 3), got {tuple(u.shape)}")
+    mode = "2d" if u.shape[-1] == 2 else "2.5d"
+    traction, info = fttc_2d(u, grid, material, thickness_um=thickness_um, mode=mode, regularization=regularization, **options)
+    info = {"method": method, "youngs_modulus_pa": material.youngs_modulus_pa, "poisson_ratio": material.poisson_ratio, **info}
+    return Result(grid=grid, displacement=u, force=traction, info=info)

@@ -3,6 +3,9 @@
 Integrated quantities (all sums over grid points times the voxel volume, µm³):
 
 * ``net_force()``: ``sum f dV`` (pN) -- about zero for a cell in equilibrium.
+On 2D grids (cells on a substrate) the "force" is the traction in Pa, sums run over the
+area (µm²) and give pN; a third, out-of-plane component (2.5D) is kept last.
+
 * ``contractility()``: ``sum f . (c - x)/|c - x| dV`` (pN), the force magnitudes
   projected on the direction to the force centroid ``c`` (the ``|f|``-weighted mean
   position); positive when the cell pulls the matrix inward.
@@ -41,7 +44,9 @@ class Result:
             value = getattr(self, name)
             if value is not None:
                 value = np.asarray(value)
-                self.grid.check_field(value, name, components=self.grid.ndim)
+                # 2D grids may carry an out-of-plane component last (2.5D: y, x, z).
+                comps = value.shape[-1] if (self.grid.ndim == 2 and value.ndim == 3 and value.shape[-1] == 3) else self.grid.ndim
+                self.grid.check_field(value, name, components=comps)
                 setattr(self, name, value)
 
     def _need_force(self) -> np.ndarray:
@@ -58,13 +63,13 @@ class Result:
         return m.astype(np.float64)
 
     def force_magnitude(self) -> np.ndarray:
-        """|f| at every point, pN/µm³."""
+        """|f| at every point, pN/µm³ (traction in Pa on 2D grids)."""
         return np.linalg.norm(self._need_force(), axis=-1)
 
     def net_force(self, mask=None) -> np.ndarray:
-        """Sum of the force over the (masked) grid, pN, components in axis order."""
+        """Sum of the force over the (masked) grid, pN, components as stored."""
         f = self._need_force() * self._weights(mask)[..., None]
-        return f.reshape(-1, self.grid.ndim).sum(0) * self.grid.voxel_volume_um3
+        return f.reshape(-1, f.shape[-1]).sum(0) * self.grid.voxel_volume_um3
 
     def total_force(self, mask=None) -> float:
         """Sum of force magnitudes, pN."""
@@ -85,15 +90,15 @@ class Result:
         d = c - self.grid.coordinates_um()
         n = np.linalg.norm(d, axis=-1, keepdims=True)
         e = np.divide(d, n, out=np.zeros_like(d), where=n > 0)
-        proj = np.sum(self._need_force() * e, axis=-1) * self._weights(mask)
+        proj = np.sum(self._need_force()[..., : self.grid.ndim] * e, axis=-1) * self._weights(mask)
         return float(np.sum(proj) * self.grid.voxel_volume_um3)
 
     def dipole_moment(self, mask=None, center_um=None) -> np.ndarray:
         """First moment of the force about ``center_um`` (default: centroid), pN µm."""
         c = self.force_centroid_um(mask) if center_um is None else np.asarray(center_um, float)
         x = self.grid.coordinates_um() - c
-        f = self._need_force() * self._weights(mask)[..., None]
         d = self.grid.ndim
+        f = self._need_force()[..., :d] * self._weights(mask)[..., None]
         return np.einsum("ni,nj->ij", x.reshape(-1, d), f.reshape(-1, d)) * self.grid.voxel_volume_um3
 
     def strain_energy(self, mask=None) -> float:
