@@ -49,3 +49,16 @@ def test_unknown_rule_is_refused():
     s, _, b = problem(n=100)
     with pytest.raises(ValueError, match="regularization"):
         reg.choose(reg.DiagonalProblem.from_modes(s, b**2, np.ones_like(s)), "bayes-magic")
+
+
+@pytest.mark.parametrize("known_noise", [True, False])
+def test_bayesian_evidence_lands_near_the_best_alpha_and_estimates_the_noise(known_noise):
+    sigma = 1e-2
+    s, x, b = problem(seed=2, sigma=sigma)
+    p = reg.DiagonalProblem.from_modes(s, b**2, np.ones_like(s))
+    lam, info = reg.choose(p, "bayesian", noise_variance=sigma**2 if known_noise else None)
+    grid = np.logspace(-12, 1, 300)
+    best = min(error(s, x, b, a) for a in grid)
+    assert info["rule"] == "bayesian" and not info["at_search_edge"]
+    assert error(s, x, b, lam) < 1.5 * best
+    assert 1 / info["beta"] == pytest.approx(sigma**2, rel=0.1)  # given, or estimated from the data

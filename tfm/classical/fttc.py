@@ -173,8 +173,9 @@ def _rfft_weights(shape) -> jax.Array:
 def _spectrum_summary(uh, k_axes, lam2mu, mu, shape, n_bins):
     """The data's power per eigenvalue bin, for choosing alpha (no full-size outputs)."""
     khat, s_long, s_trans = _modes(k_axes, lam2mu, mu)
-    b2_long = jnp.abs(jnp.sum(khat * uh, axis=-1)) ** 2
-    b2_trans = jnp.maximum(jnp.sum(jnp.abs(uh) ** 2, axis=-1) - b2_long, 0.0)
+    n = shape[0] * shape[1] * shape[2]  # unitary normalisation of the power
+    b2_long = jnp.abs(jnp.sum(khat * uh, axis=-1)) ** 2 / n
+    b2_trans = jnp.maximum(jnp.sum(jnp.abs(uh) ** 2, axis=-1) / n - b2_long, 0.0)
     w = jnp.broadcast_to(_rfft_weights(shape), s_long.shape)
     return reg.bin_modes(
         jnp.concatenate([s_long.ravel(), s_trans.ravel()]),

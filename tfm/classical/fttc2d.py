@@ -131,7 +131,7 @@ def _full_kernel(grid: Grid, material, thickness_um, mode):
 
 
 def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: float | None = None, mode: str = "2d",
-            regularization="auto", pad: str = "taper", pad_fraction: float = 0.25):
+            regularization="auto", pad: str = "taper", pad_fraction: float = 0.25, noise_variance: float | None = None):
     """Tractions (Pa) on the gel surface from its displacement (µm).
 
     Args:
@@ -139,7 +139,10 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
         (u_y, u_x, u_z) for ``mode="2.5d"``, µm.
       grid: 2D :class:`~tfm.grid.Grid` of the displacement samples.
       thickness_um: gel thickness, µm; ``None`` for a half-space.
-      regularization: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"`` or a float alpha >= 0.
+      regularization: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"``, ``"bayesian"`` or a
+        float alpha >= 0.
+      noise_variance: variance of the displacement noise per component, µm² (for
+        ``"bayesian"``; estimated from the data when None).
 
     Returns:
       ``(traction, info)``, traction with the displacement's components, Pa.
@@ -165,9 +168,11 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
     info = {"mode": mode, "thickness_um": thickness_um, "pad": pad, "padded_shape": list(up.shape[:2])}
     s_modes = np.where(finite[..., None], s, np.inf)
     if alpha is None:
-        # Full complex spectrum: each coefficient is one unit of the N real degrees of freedom.
-        problem = reg.DiagonalProblem.from_modes(s_modes.ravel(), (np.abs(b) ** 2).ravel(), np.ones(s.size))
-        alpha, rinfo = reg.choose(problem, regularization)
+        # Full complex spectrum, unitary normalisation (|b|^2 / N): each coefficient is one
+        # of the N real degrees of freedom and beta is a per-sample noise precision.
+        power = (np.abs(b) ** 2).ravel() / up.shape[0] / up.shape[1]
+        problem = reg.DiagonalProblem.from_modes(s_modes.ravel(), power, np.ones(s.size))
+        alpha, rinfo = reg.choose(problem, regularization, noise_variance)
         info["regularization_rule"] = rinfo.pop("rule")
         info.update({f"regularization_{k}": v for k, v in rinfo.items()})
     else:

@@ -1,0 +1,106 @@
+"""Cross-check of tfm's 2D FTTC and Bayesian regularisation against pytraction.
+
+    python examples/pytraction_crosscheck.py [--data ../shared/data/pytraction_bayesian_2d] [--out DIR]
+
+Input: pytraction's own test field (matlab_data.csv: a synthetic displacement on a
+51 x 51 grid, 10 px apart, with a separate noise sample) and the traction-magnitude map
+pytraction's Bayesian FTTC produces from it (E = 10 kPa, nu = 0.3, 1.3 px per µm,
+beta = 1 / var(noise), lambda L = 145.84).
+
+Conventions, converted here and nowhere else:
+
+* pytraction works in pixels with E = 1 and multiplies tractions by E afterwards; its
+  lambda L is in px² per unit modulus². tfm works in µm and Pa, so the same Tikhonov
+  problem has ``alpha = L * (µm per px)^2 / E^2``.
+* pytraction interpolates the vectors (cubic, scipy ``griddata``) from their displaced
+  positions ``pos + u`` onto a 50 x 50 grid starting half a mesh cell inside the data,
+  reconstructs there, transposes and flips rows (image orientation). The same
+  interpolation is done here, then tfm reconstructs on that grid and the map is put in
+  pytraction's orientation.
+* pytraction does not pad; tfm is run with ``pad="none"`` for the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import griddata
+
+import tfm
+
+DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pytraction_bayesian_2d"
+E, NU, PX_PER_UM, MESH_PX, L_PYTRACTION = 10000.0, 0.3, 1.3, 10.0, 145.84
+
+
+def load(data: Path):
+    d = np.genfromtxt(data / "pytraction_tests_data" / "matlab_data.csv", delimiter=",", names=True, encoding="utf-8-sig")
+    n = int(round(np.sqrt(d.size)))
+    x, y = d["x"].reshape(n, n), d["y"].reshape(n, n)  # x runs fastest: arrays are [y, x]
+    if not (np.allclose(np.diff(x[0]), MESH_PX) and np.allclose(np.diff(y[:, 0]), MESH_PX)):
+        raise ValueError("unexpected layout of matlab_data.csv")
+    u_px = np.stack([d["v"].reshape(n, n), d["u"].reshape(n, n)], -1)  # (u_y, u_x)
+    noise_px = np.concatenate([d["un"], d["vn"]])
+    expected = np.load(data / "pytraction_tests_data" / "test_matlab_expected_traction_magnitude_int.npy")
+    return x, y, u_px, noise_px, expected
+
+
+def compare(data: Path) -> dict:
+    x, y, u_px, noise_px, expected = load(data)
+    um_per_px = 1.0 / PX_PER_UM
+    # pytraction's grid: from the smallest displaced position, (i + 1/2) mesh cells, an even count.
+    pos = np.stack([x.ravel(), y.ravel()], -1)
+    vec = np.stack([u_px[..., 1].ravel(), u_px[..., 0].ravel()], -1)  # (u_x, u_y) px
+    new = pos + vec
+    lo, hi = new.min(0), new.max(0)
+    n = np.floor((hi - lo) / MESH_PX).astype(int)
+    n -= n % 2
+    gx = lo[0] + (np.arange(n[0]) + 0.5) * MESH_PX
+    gy = lo[1] + (np.arange(n[1]) + 0.5) * MESH_PX
+    GY, GX = np.meshgrid(gy, gx, indexing="ij")
+    ug = np.stack([np.nan_to_num(griddata(new, vec[:, c], (GX, GY), method="cubic")) for c in (1, 0)], -1)  # (u_y, u_x)
+    grid = tfm.Grid(ug.shape[:2], MESH_PX * um_per_px, origin_um=(gy[0] * um_per_px, gx[0] * um_per_px))
+    u = ug * um_per_px
+    noise_var = float(np.var(noise_px)) * um_per_px**2  # pytraction: beta = 1 / var([un, vn])
+    gel = tfm.LinearElastic(E, NU)
+    alpha_pt = L_PYTRACTION * um_per_px**2 / E**2
+
+    ours = tfm.reconstruct_tractions(u, grid, gel, regularization="bayesian", pad="none", noise_variance=noise_var)
+    same = tfm.reconstruct_tractions(u, grid, gel, regularization=alpha_pt, pad="none")
+
+    def on_their_grid(res):
+        return np.linalg.norm(res.force, axis=-1)[::-1]  # rows: y descending, as pytraction's map
+
+    out = {"alpha_pytraction_converted": alpha_pt, "alpha_tfm_bayesian": ours.info["alpha"],
+           "alpha_ratio_tfm_over_pytraction": ours.info["alpha"] / alpha_pt,
+           "lambda_tfm_in_pytraction_units": ours.info["alpha"] * E**2 / um_per_px**2, "lambda_pytraction": L_PYTRACTION,
+           "noise_variance_um2": noise_var, "expected_max_pa": float(expected.max()), "expected_rms_pa": float(np.sqrt(np.mean(expected**2.0)))}
+    for name, res in (("same_alpha", same), ("tfm_bayesian_alpha", ours)):
+        mag = on_their_grid(res)
+        diff = mag - expected
+        out[name] = {"rms_difference_pa": float(np.sqrt(np.mean(diff**2))), "max_abs_difference_pa": float(np.abs(diff).max()),
+                     "correlation": float(np.corrcoef(mag.ravel(), expected.ravel())[0, 1]), "max_pa": float(mag.max())}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT))
+    p.add_argument("--out", help="write the comparison as JSON here")
+    args = p.parse_args(argv)
+    if not Path(args.data).is_dir():
+        print(f"data folder not found: {args.data}", file=sys.stderr)
+        return 2
+    out = compare(Path(args.data))
+    print(json.dumps(out, indent=2))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "pytraction_crosscheck.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
