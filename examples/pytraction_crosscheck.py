@@ -2,10 +2,12 @@
 
     python examples/pytraction_crosscheck.py [--data ../shared/data/pytraction_bayesian_2d] [--out DIR]
 
-Input: pytraction's own test field (matlab_data.csv: a synthetic displacement on a
-51 x 51 grid, 10 px apart, with a separate noise sample) and the traction-magnitude map
-pytraction's Bayesian FTTC produces from it (E = 10 kPa, nu = 0.3, 1.3 px per µm,
-beta = 1 / var(noise), lambda L = 145.84).
+Input: pytraction's two reference cases. (1) Its test field (matlab_data.csv: a
+synthetic displacement on a 51 x 51 grid, 10 px apart, with a separate noise sample) and
+the traction-magnitude map its Bayesian FTTC produces from it (E = 10 kPa, nu = 0.3,
+1.3 px per µm, beta = 1 / var(noise), lambda L = 145.84). (2) A real frame
+(example_dataset.h5: its PIV positions and vectors, beta = 3.59, L = 1719.90 and traction
+map; E = 100 Pa, nu = 0.5, for which 0.4999 stands in here).
 
 Conventions, converted here and nowhere else:
 
@@ -48,41 +50,59 @@ def load(data: Path):
     return x, y, u_px, noise_px, expected
 
 
-def compare(data: Path) -> dict:
-    x, y, u_px, noise_px, expected = load(data)
+def compare_field(pos_px, vec_px, noise_var_px2, youngs_pa, nu, lam_pytraction, expected) -> dict:
+    """Run tfm on pytraction's inputs the way pytraction does, compare with its map.
+
+    ``pos_px``, ``vec_px``: (N, 2) positions and displacements (x, y) in pixels;
+    ``expected``: pytraction's traction-magnitude map, rows y descending (image orientation).
+    """
     um_per_px = 1.0 / PX_PER_UM
     # pytraction's grid: from the smallest displaced position, (i + 1/2) mesh cells, an even count.
-    pos = np.stack([x.ravel(), y.ravel()], -1)
-    vec = np.stack([u_px[..., 1].ravel(), u_px[..., 0].ravel()], -1)  # (u_x, u_y) px
-    new = pos + vec
+    new = pos_px + vec_px
     lo, hi = new.min(0), new.max(0)
     n = np.floor((hi - lo) / MESH_PX).astype(int)
     n -= n % 2
     gx = lo[0] + (np.arange(n[0]) + 0.5) * MESH_PX
     gy = lo[1] + (np.arange(n[1]) + 0.5) * MESH_PX
     GY, GX = np.meshgrid(gy, gx, indexing="ij")
-    ug = np.stack([np.nan_to_num(griddata(new, vec[:, c], (GX, GY), method="cubic")) for c in (1, 0)], -1)  # (u_y, u_x)
+    ug = np.stack([np.nan_to_num(griddata(new, vec_px[:, c], (GX, GY), method="cubic")) for c in (1, 0)], -1)  # (u_y, u_x)
     grid = tfm.Grid(ug.shape[:2], MESH_PX * um_per_px, origin_um=(gy[0] * um_per_px, gx[0] * um_per_px))
     u = ug * um_per_px
-    noise_var = float(np.var(noise_px)) * um_per_px**2  # pytraction: beta = 1 / var([un, vn])
-    gel = tfm.LinearElastic(E, NU)
-    alpha_pt = L_PYTRACTION * um_per_px**2 / E**2
+    noise_var = noise_var_px2 * um_per_px**2  # pytraction: beta = 1 / var(noise)
+    gel = tfm.LinearElastic(youngs_pa, nu)
+    alpha_pt = lam_pytraction * um_per_px**2 / youngs_pa**2
 
     ours = tfm.reconstruct_tractions(u, grid, gel, regularization="bayesian", pad="none", noise_variance=noise_var)
     same = tfm.reconstruct_tractions(u, grid, gel, regularization=alpha_pt, pad="none")
-
-    def on_their_grid(res):
-        return np.linalg.norm(res.force, axis=-1)[::-1]  # rows: y descending, as pytraction's map
-
-    out = {"alpha_pytraction_converted": alpha_pt, "alpha_tfm_bayesian": ours.info["alpha"],
-           "alpha_ratio_tfm_over_pytraction": ours.info["alpha"] / alpha_pt,
-           "lambda_tfm_in_pytraction_units": ours.info["alpha"] * E**2 / um_per_px**2, "lambda_pytraction": L_PYTRACTION,
-           "noise_variance_um2": noise_var, "expected_max_pa": float(expected.max()), "expected_rms_pa": float(np.sqrt(np.mean(expected**2.0)))}
+    out = {"grid": list(grid.shape), "alpha_pytraction_converted": alpha_pt, "alpha_tfm_bayesian": ours.info["alpha"],
+           "lambda_tfm_in_pytraction_units": ours.info["alpha"] * youngs_pa**2 / um_per_px**2, "lambda_pytraction": lam_pytraction,
+           "expected_max_pa": float(expected.max()), "expected_rms_pa": float(np.sqrt(np.mean(expected**2.0)))}
     for name, res in (("same_alpha", same), ("tfm_bayesian_alpha", ours)):
-        mag = on_their_grid(res)
+        mag = np.linalg.norm(res.force, axis=-1)[::-1]  # rows: y descending, as pytraction's map
+        if mag.shape != expected.shape:
+            raise ValueError(f"grid {mag.shape} does not match pytraction's map {expected.shape}")
         diff = mag - expected
         out[name] = {"rms_difference_pa": float(np.sqrt(np.mean(diff**2))), "max_abs_difference_pa": float(np.abs(diff).max()),
                      "correlation": float(np.corrcoef(mag.ravel(), expected.ravel())[0, 1]), "max_pa": float(mag.max())}
+    return out
+
+
+def compare(data: Path) -> dict:
+    """Both of pytraction's reference cases: the synthetic field and the real frame."""
+    x, y, u_px, noise_px, expected = load(data)
+    pos = np.stack([x.ravel(), y.ravel()], -1)
+    vec = np.stack([u_px[..., 1].ravel(), u_px[..., 0].ravel()], -1)
+    out = {"synthetic": compare_field(pos, vec, float(np.var(noise_px)), E, NU, L_PYTRACTION, expected)}
+    import h5py
+
+    with h5py.File(data / "pytraction_tests_data" / "example_dataset.h5", "r") as h:
+        pos_r, vec_r = h["pos/0"][...].T, h["vec/0"][...].T
+        beta, lam = float(h["beta/0"][()]), float(h["L/0"][()])
+        tmap = h["traction_map/0"][...]
+    # The frame used E = 100 Pa and nu = 0.5; tfm's LinearElastic excludes nu = 0.5 (lambda
+    # diverges), so 0.4999 stands in: the half-space kernel changes by about 1e-4.
+    out["real_frame"] = compare_field(pos_r, vec_r, 1.0 / beta, 100.0, 0.4999, lam, tmap)
+    out["real_frame"]["note"] = "nu = 0.4999 stands in for pytraction's 0.5"
     return out
 
 

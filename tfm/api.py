@@ -42,25 +42,52 @@ def reconstruct_forces(displacement, grid: Grid, material: LinearElastic, method
 
 
 def measure_displacement(reference, deformed, spacing_um, mask=None, progress: bool = True, **options) -> Result:
-    """3D displacement between a relaxed (``reference``) and a loaded (``deformed``) bead
-    volume by digital volume correlation (:mod:`tfm.classical.dvc`).
+    """Displacement between a relaxed (``reference``) and a loaded (``deformed``) bead
+    volume by digital volume correlation (:mod:`tfm.classical.dvc`), or between two 2D
+    bead images by PIV with the same correlator (flat windows).
 
     Args:
-      reference, deformed: (Z, Y, X) volumes of the same shape, any real dtype.
-      spacing_um: voxel size (z, y, x), µm.
+      reference, deformed: (Z, Y, X) volumes, or (Y, X) images, of the same shape.
+      spacing_um: voxel size (z, y, x), or pixel size (y, x), µm.
       mask: optional boolean (Z, Y, X), True inside the cell (excluded).
       progress: progress bar on stderr.
       **options: fields of :class:`~tfm.classical.dvc.DVCConfig` (``windows``,
-        ``overlap``, ``iterations``, ``drift``, ``min_quality``, ...).
+        ``overlap``, ``iterations``, ``drift``, ``min_quality``, ...); for images,
+        ``windows`` are 2D sizes (an int or ``(wy, wx)`` per pass).
 
     Returns:
       :class:`~tfm.result.Result` with ``displacement`` (µm) on the grid of window
       centres, ``force=None``, and ``info`` holding the window sizes, the passes, a
       per-window ``quality`` (correlation peak) and ``valid`` map, and the drift removed.
     """
+    if np.ndim(reference) == 2:
+        return _measure_displacement_2d(reference, deformed, spacing_um, mask, progress, options)
     config = dvc.DVCConfig(**options)
     u, grid, info = dvc.correlate(reference, deformed, spacing_um, mask=mask, config=config, progress=progress)
     return Result(grid=grid, displacement=u, info={"method": "dvc", **info})
+
+
+def _measure_displacement_2d(reference, deformed, spacing_um, mask, progress, options) -> Result:
+    """2D PIV: the same correlator on single-plane volumes with flat (1, wy, wx) windows."""
+    sp = np.asarray(spacing_um, dtype=float).ravel()
+    if sp.size == 1:
+        sp = np.repeat(sp, 2)
+    if sp.shape != (2,):
+        raise ValueError(f"spacing_um of 2D images must be (y, x) in µm, got {spacing_um!r}")
+    if np.ndim(deformed) != 2:
+        raise ValueError(f"reference is 2D but deformed has shape {np.shape(deformed)}")
+    windows = options.pop("windows", (32, 24, 16))
+    flat = tuple((1, w, w) if np.ndim(w) == 0 else (1, *tuple(w)) for w in windows)
+    config = dvc.DVCConfig(windows=flat, **options)
+    m = None if mask is None else np.asarray(mask)[None]
+    u, grid3, info = dvc.correlate(np.asarray(reference)[None], np.asarray(deformed)[None], (1.0, *sp), mask=m,
+                                   config=config, progress=progress)
+    grid = Grid(grid3.shape[1:], grid3.spacing_um[1:], grid3.origin_um[1:])
+    for key in ("quality", "valid", "masked"):
+        info[key] = info[key][0]
+    info["drift_removed_voxels"] = info["drift_removed_voxels"][1:]
+    info["rigid_shift_voxels"] = info["rigid_shift_voxels"][1:]
+    return Result(grid=grid, displacement=u[0, ..., 1:], info={"method": "piv", **info})
 
 
 def reconstruct(reference, deformed, spacing_um, material: LinearElastic, method: str = "classical", mask=None,

@@ -19,12 +19,12 @@ examples:
 
 
 def _regularization(text: str):
-    if text in ("auto", "gcv", "lcurve"):
+    if text in ("auto", "gcv", "lcurve", "bayesian"):
         return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, gcv, lcurve or a number >= 0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected auto, gcv, lcurve, bayesian or a number >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"regularization must be >= 0, got {value}")
     return value
@@ -104,7 +104,58 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--method", choices=("classical",), default="classical", help="reconstruction method (default classical: DVC + FTTC)")
     r.add_argument("--regularization", type=_regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
     r.set_defaults(run=_cmd_reconstruct)
+
+    t = sub.add_parser("tractions2d", help="tractions of a cell on a gel from two 2D bead images (PIV + 2D FTTC)",
+                       description="PIV between a relaxed and a loaded 2D bead image (the DVC correlator with flat "
+                       "windows), then Fourier traction cytometry on an elastic half-space or a layer of given thickness.",
+                       epilog="units: pixel size µm, modulus Pa; tractions in Pa, integrated forces in pN.\n\n"
+                       "example:\n  tfm tractions2d relaxed.tif loaded.tif --spacing-um 0.16 0.16 --youngs-modulus-pa 8000 \\\n"
+                       "      --poisson-ratio 0.45 --thickness-um 50 --regularization bayesian -o tractions.h5",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("reference", help="relaxed bead image (TIFF)")
+    t.add_argument("deformed", help="bead image with the cell pulling, same shape")
+    t.add_argument("-o", "--output", required=True, help="result file to write (.h5)")
+    t.add_argument("--spacing-um", type=float, nargs=2, metavar=("Y", "X"), help="pixel size in µm (overrides the files' metadata)")
+    t.add_argument("--youngs-modulus-pa", type=float, required=True, help="Young's modulus of the gel, Pa")
+    t.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
+    t.add_argument("--thickness-um", type=float, help="gel thickness on the coverslip, µm (default: half-space)")
+    t.add_argument("--windows", type=int, nargs="+", action="append", metavar="W",
+                   help="PIV window of one pass, pixels: W or WY WX; repeat per pass (default 32, 24, 16)")
+    t.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
+    t.add_argument("--drift", choices=("rigid", "median", "none"), default="rigid", help="drift removed (default rigid)")
+    t.add_argument("--regularization", type=_regularization, default="auto",
+                   help="auto (GCV), gcv, lcurve, bayesian (Huang et al. 2019) or a fixed alpha")
+    t.add_argument("--noise-variance-um2", type=float, help="displacement noise variance for --regularization bayesian")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    t.set_defaults(run=_cmd_tractions2d)
     return p
+
+
+def _cmd_tractions2d(args) -> int:
+    from . import io
+    from .api import measure_displacement, reconstruct_tractions
+    from .material import LinearElastic
+
+    material = LinearElastic(args.youngs_modulus_pa, args.poisson_ratio)
+    ref, sp = io.read_image(args.reference, spacing_um=args.spacing_um)
+    dfm, sp_def = io.read_image(args.deformed, spacing_um=args.spacing_um)
+    if args.spacing_um is None and any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(sp, sp_def)):
+        raise ValueError(f"the two images record different pixel sizes: {sp} and {sp_def}; pass --spacing-um")
+    options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap}
+    if args.windows:
+        if any(len(w) not in (1, 2) for w in args.windows):
+            raise ValueError("--windows takes 1 or 2 sizes per pass")
+        options["windows"] = tuple(w[0] if len(w) == 1 else tuple(w) for w in args.windows)
+    disp = measure_displacement(ref, dfm, sp, progress=not args.quiet, **options)
+    result = reconstruct_tractions(disp.displacement, disp.grid, material, thickness_um=args.thickness_um,
+                                   regularization=args.regularization, noise_variance=args.noise_variance_um2)
+    result.info["piv"] = disp.info
+    io.write_result(args.output, result, {"command": "tfm tractions2d", "argv": sys.argv[1:],
+                                          "reference": str(args.reference), "deformed": str(args.deformed)})
+    if not args.quiet:
+        print(json.dumps(result.summary(), indent=2))
+        print(f"wrote {args.output}")
+    return 0
 
 
 def _load_pair(args):

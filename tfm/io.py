@@ -65,7 +65,7 @@ def _check_spacing(spacing_um, name="spacing_um") -> tuple:
 
 
 # ----------------------------------------------------------------------------- TIFF
-def _ome_spacing(xml: str):
+def _ome_spacing(xml: str, axes: str = "ZYX"):
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
@@ -73,7 +73,7 @@ def _ome_spacing(xml: str):
     for el in root.iter():
         if el.tag.endswith("Pixels"):
             out = []
-            for ax in ("Z", "Y", "X"):
+            for ax in axes:
                 v = el.get(f"PhysicalSize{ax}")
                 if v is None:
                     return None
@@ -85,11 +85,11 @@ def _ome_spacing(xml: str):
     return None
 
 
-def _imagej_spacing(tif):
+def _imagej_spacing(tif, need_z: bool = True):
     meta = tif.imagej_metadata or {}
     page = tif.pages[0]
     unit = str(meta.get("unit", "")).replace("\\u00B5", "µ")
-    if "spacing" not in meta or unit.lower() not in _UNIT_TO_UM:
+    if (need_z and "spacing" not in meta) or unit.lower() not in _UNIT_TO_UM:
         return None
     scale = _UNIT_TO_UM[unit.lower()]
     xy = []
@@ -101,7 +101,7 @@ def _imagej_spacing(tif):
         if num == 0:
             return None
         xy.append(den / num * scale)
-    return (float(meta["spacing"]) * scale, xy[0], xy[1])
+    return (float(meta.get("spacing", 1.0)) * scale, xy[0], xy[1])
 
 
 def read_volume(path, spacing_um=None, channel: int | None = None):
@@ -149,6 +149,61 @@ def read_volume(path, spacing_um=None, channel: int | None = None):
     else:
         raise ValueError(f"{path} stores no voxel size: pass spacing_um=(z, y, x) in µm (--spacing-um on the command line)")
     return data, spacing
+
+
+def read_image(path, spacing_um=None, channel: int | None = None):
+    """Read a 2D image (Y, X) and its pixel size (y, x) in µm (from OME or ImageJ/TIFF
+    resolution metadata, or ``spacing_um``; never guessed)."""
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data, axes = series.asarray(), series.axes
+            file_spacing = None
+            if tif.is_ome and tif.ome_metadata:
+                file_spacing = _ome_spacing(tif.ome_metadata, axes="YX")
+            if file_spacing is None and tif.is_imagej:
+                sp3 = _imagej_spacing(tif, need_z=False)
+                file_spacing = None if sp3 is None else sp3[1:]
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise ValueError(f"cannot read {path} as a TIFF image: {exc}") from exc
+    if "C" in axes and data.shape[axes.index("C")] > 1:
+        if channel is None:
+            raise ValueError(f"{path} has {data.shape[axes.index('C')]} channels (axes {axes}); pass channel=")
+        data = np.take(data, channel, axis=axes.index("C"))
+    data = np.squeeze(data)
+    if data.ndim != 2:
+        raise ValueError(f"{path} must hold a 2D image (Y, X); got shape {data.shape} (axes {axes})")
+    if spacing_um is not None:
+        sp = np.asarray(spacing_um, dtype=float).ravel()
+        sp = np.repeat(sp, 2) if sp.size == 1 else sp
+    elif file_spacing is not None:
+        sp = np.asarray(file_spacing, dtype=float)
+    else:
+        raise ValueError(f"{path} stores no pixel size: pass spacing_um=(y, x) in µm (--spacing-um on the command line)")
+    if sp.shape != (2,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing_um must be 2 positive pixel sizes in µm, (y, x), got {sp.tolist()}")
+    return data, (float(sp[0]), float(sp[1]))
+
+
+def write_image(path, image, spacing_um) -> None:
+    """Write a (Y, X) image as an ImageJ TIFF that records its pixel size (µm)."""
+    import tifffile
+
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2D (Y, X), got shape {img.shape}")
+    dy, dx = (float(v) for v in np.broadcast_to(np.asarray(spacing_um, dtype=float), (2,)))
+    if not (dy > 0 and dx > 0):
+        raise ValueError(f"spacing_um must be positive, got {spacing_um!r}")
+    if img.dtype == np.float64:
+        img = img.astype(np.float32)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, img, imagej=True, resolution=(1.0 / dx, 1.0 / dy), metadata={"unit": "um", "axes": "YX"})
 
 
 def write_volume(path, volume, spacing_um) -> None:
