@@ -137,7 +137,8 @@ def test_drift_median_mode():
     "ref, dfm, spacing, kw, match",
     [
         (np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), 1.0, {}, "same shape"),
-        (np.zeros((8, 8)), np.zeros((8, 8)), 1.0, {}, "3D"),
+        (np.zeros((4, 4, 4, 4)), np.zeros((4, 4, 4, 4)), 1.0, {}, "3D"),
+        (np.random.rand(32, 32), np.random.rand(4, 32, 32), (1.0, 1.0), {}, "deformed has shape"),
         (np.zeros((32, 32, 32)), np.zeros((32, 32, 32)), 1.0, {}, "constant"),
         (np.full((32, 32, 32), np.nan), np.zeros((32, 32, 32)), 1.0, {}, "NaN"),
         (np.random.rand(32, 32, 32), np.random.rand(32, 32, 32), 0.0, {}, "spacing_um"),

@@ -182,3 +182,22 @@ def test_cli_displacement_and_reconstruct_on_tiff_stacks(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "plain.tif", ref, photometric="minisblack")
     rc = cli.main(["displacement", str(tmp_path / "plain.tif"), str(tmp_path / "plain.tif"), "-o", str(tmp_path / "x.h5")])
     assert rc == 2 and "spacing" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
+
+
+def test_2d_images_carry_their_pixel_size(tmp_path):
+    img = np.random.default_rng(2).integers(0, 4000, (20, 30), dtype=np.uint16)
+    io.write_image(tmp_path / "i.tif", img, (0.16, 0.2))
+    back, sp = io.read_image(tmp_path / "i.tif")
+    assert np.array_equal(back, img) and np.allclose(sp, (0.16, 0.2), rtol=1e-5)
+    tifffile.imwrite(tmp_path / "ome.ome.tif", img, ome=True, metadata={"axes": "YX", "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.25})
+    assert np.allclose(io.read_image(tmp_path / "ome.ome.tif")[1], (0.5, 0.25))
+    tifffile.imwrite(tmp_path / "plain.tif", img, photometric="minisblack")
+    with pytest.raises(ValueError, match="spacing_um"):
+        io.read_image(tmp_path / "plain.tif")
+    with pytest.raises(ValueError, match="2D image"):
+        io.read_image(_stack(tmp_path), spacing_um=1.0)
+
+
+def _stack(tmp_path):
+    io.write_volume(tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), (1, 1, 1))
+    return tmp_path / "s.tif"

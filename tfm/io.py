@@ -104,6 +104,38 @@ def _imagej_spacing(tif, need_z: bool = True):
     return (float(meta.get("spacing", 1.0)) * scale, xy[0], xy[1])
 
 
+def _read_tiff(path, channel, ndim: int):
+    """``(data, file_spacing)`` of a TIFF holding one ``ndim``-D array (a channel picked);
+    file_spacing is the stored (z, y, x) or (y, x) size in µm, or None."""
+    import tifffile
+
+    path = Path(path)
+    kind = "stack" if ndim == 3 else "image"
+    if not path.is_file():
+        raise FileNotFoundError(f"{'volume' if ndim == 3 else 'image'} file not found: {path}")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data, axes = series.asarray(), series.axes
+            file_spacing = None
+            if tif.is_ome and tif.ome_metadata:
+                file_spacing = _ome_spacing(tif.ome_metadata, axes="ZYX"[-ndim:])
+            if file_spacing is None and tif.is_imagej:
+                sp3 = _imagej_spacing(tif, need_z=ndim == 3)
+                file_spacing = None if sp3 is None else sp3[-ndim:]
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise ValueError(f"cannot read {path} as a TIFF {kind}: {exc}") from exc
+    if "C" in axes and data.shape[axes.index("C")] > 1:
+        if channel is None:
+            raise ValueError(f"{path} has {data.shape[axes.index('C')]} channels (axes {axes}); pass channel=")
+        data = np.take(data, channel, axis=axes.index("C"))
+    data = np.squeeze(data)
+    if data.ndim != ndim:
+        layout = "3D stack (Z, Y, X)" if ndim == 3 else "2D image (Y, X)"
+        raise ValueError(f"{path} must hold a {layout}; got shape {data.shape} (axes {axes})")
+    return data, file_spacing
+
+
 def read_volume(path, spacing_um=None, channel: int | None = None):
     """Read a 3D stack (Z, Y, X) and its voxel size in µm.
 
@@ -117,31 +149,7 @@ def read_volume(path, spacing_um=None, channel: int | None = None):
     Returns:
       ``(volume, spacing_um)``, volume in the file's dtype.
     """
-    import tifffile
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"volume file not found: {path}")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = series.asarray()
-            axes = series.axes
-            file_spacing = None
-            if tif.is_ome and tif.ome_metadata:
-                file_spacing = _ome_spacing(tif.ome_metadata)
-            if file_spacing is None and tif.is_imagej:
-                file_spacing = _imagej_spacing(tif)
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise ValueError(f"cannot read {path} as a TIFF stack: {exc}") from exc
-
-    if "C" in axes and data.shape[axes.index("C")] > 1:
-        if channel is None:
-            raise ValueError(f"{path} has {data.shape[axes.index('C')]} channels (axes {axes}); pass channel=")
-        data = np.take(data, channel, axis=axes.index("C"))
-    data = np.squeeze(data)
-    if data.ndim != 3:
-        raise ValueError(f"{path} must hold a 3D stack (Z, Y, X); got shape {data.shape} (axes {axes})")
+    data, file_spacing = _read_tiff(path, channel, 3)
     if spacing_um is not None:
         spacing = _check_spacing(spacing_um)
     elif file_spacing is not None:
@@ -154,30 +162,7 @@ def read_volume(path, spacing_um=None, channel: int | None = None):
 def read_image(path, spacing_um=None, channel: int | None = None):
     """Read a 2D image (Y, X) and its pixel size (y, x) in µm (from OME or ImageJ/TIFF
     resolution metadata, or ``spacing_um``; never guessed)."""
-    import tifffile
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data, axes = series.asarray(), series.axes
-            file_spacing = None
-            if tif.is_ome and tif.ome_metadata:
-                file_spacing = _ome_spacing(tif.ome_metadata, axes="YX")
-            if file_spacing is None and tif.is_imagej:
-                sp3 = _imagej_spacing(tif, need_z=False)
-                file_spacing = None if sp3 is None else sp3[1:]
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise ValueError(f"cannot read {path} as a TIFF image: {exc}") from exc
-    if "C" in axes and data.shape[axes.index("C")] > 1:
-        if channel is None:
-            raise ValueError(f"{path} has {data.shape[axes.index('C')]} channels (axes {axes}); pass channel=")
-        data = np.take(data, channel, axis=axes.index("C"))
-    data = np.squeeze(data)
-    if data.ndim != 2:
-        raise ValueError(f"{path} must hold a 2D image (Y, X); got shape {data.shape} (axes {axes})")
+    data, file_spacing = _read_tiff(path, channel, 2)
     if spacing_um is not None:
         sp = np.asarray(spacing_um, dtype=float).ravel()
         sp = np.repeat(sp, 2) if sp.size == 1 else sp
