@@ -52,7 +52,6 @@ of window centres of the last pass.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from functools import partial
 
@@ -65,7 +64,6 @@ from ..grid import Grid
 from ..progress import Progress
 
 DRIFTS = ("rigid", "median", "affine", "slicewise", None)
-_TRACE = None  # debugging hook: called with (pass, iteration, u, layout, update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,8 +526,6 @@ def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DV
                 u_new = predictor + res
                 good = valid & ~outlier
                 update = float(np.sqrt(np.mean(np.sum((u_new - u)[good] ** 2, -1)))) if good.any() else 0.0
-                if _TRACE is not None:
-                    _TRACE(p, it, u_new, layout, update)
                 u = u_new
                 rec["iterations"] = it + 1
                 rec["max_update_voxels"] = update
