@@ -212,3 +212,18 @@ def test_slicewise_drift_removes_plane_shifts_but_keeps_a_local_field():
     truth = local(res.grid.coordinates_um().reshape(-1, 3)).reshape(res.displacement.shape)
     assert np.sqrt(np.mean(np.sum((res.displacement - truth) ** 2, -1))) < 0.1
     assert len(res.info["drift_per_plane_voxels"]) == res.grid.shape[0]
+
+
+def test_window_grid_is_exactly_regular_when_the_step_does_not_divide_the_volume():
+    """512 - 40 = 472 is not a multiple of 20: the centres must still lie on the grid
+    the Result reports (an earlier layout spread the starts unevenly)."""
+    lay = dvc._Layout.make((176, 512, 512), (16, 40, 40), (8, 20, 20))
+    for c, o, st in zip(lay.centres(), lay.origin, lay.step):
+        assert np.allclose(np.diff(c), st) and c[0] == o
+    assert lay.offset[1] == (472 - 23 * 20) // 2 and lay.counts[1] == 24
+    shift = (0.3, -0.2, 0.25)
+    ref, dfm = pair(uniform(shift), seed=11, shape=(40, 52, 52))  # 52 - 16 = 36: not a multiple of 8
+    res = run(ref, dfm, drift=None)
+    ctr = res.grid.coordinates_um()
+    starts = np.stack(np.meshgrid(*dvc._Layout.make((40, 52, 52), (16, 16, 16), (8, 8, 8)).starts, indexing="ij"), -1)
+    assert np.allclose(ctr, starts + 7.5)

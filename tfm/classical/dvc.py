@@ -144,30 +144,43 @@ def _normalise(v, mask, name):
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """Window starts and centres of one pass, per axis, in voxels."""
+    """A regular grid of windows of one pass: per axis, ``counts`` windows of size
+    ``window`` whose starts are ``offset + i * step`` (voxels)."""
 
     window: tuple
-    starts: tuple  # per axis: 1D arrays of window starts
+    step: tuple
+    offset: tuple
+    counts: tuple
 
     @classmethod
     def make(cls, shape, window, step):
-        starts = []
+        """As many windows as fit at ``step``, the run centred in the volume (under half
+        a step left uncovered at each edge), so the centres lie on an exact regular grid."""
+        offset, counts = [], []
         for n, w, s in zip(shape, window, step):
             if w > n:
                 raise ValueError(f"window {window} does not fit in the volume {shape}")
-            st = np.arange(0, n - w + 1, s)
-            if st[-1] != n - w:  # cover the far edge too: spread the starts evenly
-                st = np.round(np.linspace(0, n - w, len(st) + 1)).astype(int)
-            starts.append(st)
-        return cls(tuple(window), tuple(starts))
+            k = (n - w) // s + 1
+            counts.append(k)
+            offset.append(((n - w) - (k - 1) * s) // 2)
+        return cls(tuple(window), tuple(step), tuple(offset), tuple(counts))
 
     @property
     def shape(self):
-        return tuple(len(s) for s in self.starts)
+        return self.counts
+
+    @property
+    def starts(self):
+        return tuple(o + s * np.arange(k) for o, s, k in zip(self.offset, self.step, self.counts))
+
+    @property
+    def origin(self):
+        """Centre of the first window per axis (voxel units; half-integer for even windows)."""
+        return tuple(o + (w - 1) / 2 for o, w in zip(self.offset, self.window))
 
     def centres(self):
-        """Window centres per axis (voxel index units; half-integer for even windows)."""
-        return tuple(s + (w - 1) / 2 for s, w in zip(self.starts, self.window))
+        """Window centres per axis (voxel index units)."""
+        return tuple(c + s * np.arange(k) for c, s, k in zip(self.origin, self.step, self.counts))
 
     def all_starts(self):
         g = np.meshgrid(*self.starts, indexing="ij")
@@ -226,7 +239,7 @@ def rigid_shift(reference, deformed, coeffs=None, refinements: int = 2, slab_vox
     del corr, cross
     if coeffs is None:
         coeffs = _spline_coefficients(np.asarray(deformed, np.float32))
-    whole = _Layout(tuple(r.shape), tuple(np.zeros(1, int) for _ in range(3)))
+    whole = _Layout(tuple(r.shape), (1, 1, 1), (0, 0, 0), (1, 1, 1))
     for _ in range(refinements):
         margin = tuple(0 if n == 1 else min(int(np.ceil(abs(s))) + 4, (n - 8) // 2) for s, n in zip(shift, r.shape))
         window = tuple(n - 2 * m for n, m in zip(r.shape, margin))
@@ -331,9 +344,8 @@ def _warp(source, u_grid, layout: _Layout, slab_voxels: int, cubic: bool = True)
     """The deformed volume warped back by ``u_grid`` (given on the window centres)."""
     nz_all, ny, nx = (n - 2 * (SPLINE_PAD if cubic else 1) for n in source.shape)
     nz = max(1, min(nz_all, slab_voxels // (ny * nx)))
-    centres = layout.centres()
-    c0 = jnp.asarray([c[0] for c in centres], jnp.float32)
-    step = jnp.asarray([(c[1] - c[0]) if len(c) > 1 else 1.0 for c in centres], jnp.float32)
+    c0 = jnp.asarray(layout.origin, jnp.float32)
+    step = jnp.asarray(layout.step, jnp.float32)
     ug = jnp.asarray(u_grid, jnp.float32)
     out = []
     for z0 in range(0, nz_all, nz):
@@ -465,10 +477,7 @@ def smooth_predictor(u):
 
 def _resample(u, src: _Layout, dst: _Layout):
     """Trilinear interpolation of a field on ``src`` window centres onto ``dst``'s."""
-    coords = []
-    for cs, cd in zip(src.centres(), dst.centres()):
-        step = cs[1] - cs[0] if len(cs) > 1 else 1.0
-        coords.append((cd - cs[0]) / step)
+    coords = [(cd - o) / st for cd, o, st in zip(dst.centres(), src.origin, src.step)]
     g = np.meshgrid(*coords, indexing="ij")
     return np.stack([ndimage.map_coordinates(u[..., c], g, order=1, mode="nearest") for c in range(3)], -1)
 
@@ -528,7 +537,7 @@ def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DV
                 update = float(np.sqrt(np.mean(np.sum((u_new - u)[good] ** 2, -1)))) if good.any() else 0.0
                 u = u_new
                 rec["iterations"] = it + 1
-                rec["max_update_voxels"] = update
+                rec["rms_update_voxels"] = update
                 bar.update(1, f"pass {p + 1}/{len(config.windows)} it {it + 1} rms update {update:.3f} vox")
                 if update < config.tolerance_voxels:
                     bar.update(config.iterations - it - 1)
@@ -540,10 +549,8 @@ def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DV
     u = u - correction
     info.update(quality=quality.astype(np.float32), valid=good, masked=masked,
                 drift_removed_voxels=np.asarray(removed, dtype=float).tolist(), time_s=time.perf_counter() - t_start)
-    centres = layout.centres()
-    origin = tuple(c[0] * h for c, h in zip(centres, spacing))
-    step_um = tuple(((c[1] - c[0]) if len(c) > 1 else 1.0) * h for c, h in zip(centres, spacing))
-    grid = Grid(layout.shape, step_um, origin)
+    grid = Grid(layout.shape, tuple(st * h for st, h in zip(layout.step, spacing)),
+                tuple(o * h for o, h in zip(layout.origin, spacing)))
     return (u * np.asarray(spacing)).astype(np.float32), grid, info
 
 
