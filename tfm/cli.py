@@ -139,13 +139,11 @@ def _cmd_tractions2d(args) -> int:
     material = LinearElastic(args.youngs_modulus_pa, args.poisson_ratio)
     ref, sp = io.read_image(args.reference, spacing_um=args.spacing_um)
     dfm, sp_def = io.read_image(args.deformed, spacing_um=args.spacing_um)
-    if args.spacing_um is None and any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(sp, sp_def)):
-        raise ValueError(f"the two images record different pixel sizes: {sp} and {sp_def}; pass --spacing-um")
+    if args.spacing_um is None:
+        _same_spacing(sp, sp_def, "images")
     options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap}
     if args.windows:
-        if any(len(w) not in (1, 2) for w in args.windows):
-            raise ValueError("--windows takes 1 or 2 sizes per pass")
-        options["windows"] = tuple(w[0] if len(w) == 1 else tuple(w) for w in args.windows)
+        options["windows"] = _parse_windows(args.windows, 2)
     disp = measure_displacement(ref, dfm, sp, progress=not args.quiet, **options)
     result = reconstruct_tractions(disp.displacement, disp.grid, material, thickness_um=args.thickness_um,
                                    regularization=args.regularization, noise_variance=args.noise_variance_um2)
@@ -158,23 +156,34 @@ def _cmd_tractions2d(args) -> int:
     return 0
 
 
+def _same_spacing(a, b, what: str) -> None:
+    if any(abs(x - y) > 1e-6 * max(x, y) for x, y in zip(a, b)):
+        raise ValueError(f"the two {what} record different sizes: {a} and {b}; pass --spacing-um")
+
+
+def _parse_windows(windows, ndim: int):
+    """--windows given per pass as W or one size per axis; None when not given."""
+    if not windows:
+        return None
+    if any(len(w) not in (1, ndim) for w in windows):
+        raise ValueError(f"--windows takes 1 or {ndim} sizes per pass, got {windows}")
+    return tuple(w[0] if len(w) == 1 else tuple(w) for w in windows)
+
+
 def _load_pair(args):
     from . import io, segment
 
     ref, sp_ref = io.read_volume(args.reference, spacing_um=args.spacing_um)
     dfm, sp_def = io.read_volume(args.deformed, spacing_um=args.spacing_um)
-    if args.spacing_um is None and any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(sp_ref, sp_def)):
-        raise ValueError(f"the two stacks record different voxel sizes: {sp_ref} and {sp_def}; pass --spacing-um")
+    if args.spacing_um is None:
+        _same_spacing(sp_ref, sp_def, "stacks")
     mask = None
     if args.cell:
         cell, _ = io.read_volume(args.cell, spacing_um=sp_ref)
         mask = segment.cell_mask(cell, sp_ref, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)
     options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap}
     if args.windows:
-        for w in args.windows:
-            if len(w) not in (1, 3):
-                raise ValueError(f"--windows takes 1 or 3 sizes per pass, got {w}")
-        options["windows"] = tuple(w[0] if len(w) == 1 else tuple(w) for w in args.windows)
+        options["windows"] = _parse_windows(args.windows, 3)
     return ref, dfm, sp_ref, mask, options
 
 
