@@ -36,7 +36,7 @@ Exp Mech 55, 261 (2015)):
    displacement of the valid windows in the far half (by distance from the mask, or
    from the volume's centre); ``"affine"`` a least-squares affine field ``b + G x``
    fitted to those far windows, which also removes uniform strains between the two
-   acquisitions (gel swelling, axial scaling by refractive-index mismatch: 6.8 % along
+   acquisitions (gel swelling, axial scaling by refractive-index mismatch: 6.7 % along
    z in the FM-Track stacks). A cell's own field in an infinite matrix decays as 1/r²
    and has no uniform strain, so only the artefact is removed. ``"slicewise"`` removes
    a translation per z-plane of the window grid (the median of that plane's far
