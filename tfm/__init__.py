@@ -8,12 +8,12 @@ components (u_z, u_y, u_x).
 from . import analytic, fields, segment
 from .api import measure_displacement, reconstruct, reconstruct_forces, reconstruct_tractions
 from .grid import Grid
-from .material import LinearElastic, Material
+from .material import LinearElastic, Material, NeoHookean
 from .result import Result
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Grid", "LinearElastic", "Material", "Result", "analytic", "fields", "measure_displacement", "reconstruct",
+    "Grid", "LinearElastic", "Material", "NeoHookean", "Result", "analytic", "fields", "measure_displacement", "reconstruct",
     "reconstruct_forces", "reconstruct_tractions", "segment", "__version__",
 ]
