@@ -8,7 +8,9 @@ field.
 Each bead is an anisotropic Gaussian PSF integrated over the voxel it falls in
 (``erf`` differences along each axis), so sub-voxel positions are rendered exactly.
 Noise: Poisson shot noise at ``photons`` per unit intensity plus Gaussian read noise,
-over a constant background.
+over a constant background; :func:`camera` turns that into uint16 detector counts.
+Per-bead brightness and photobleaching between the two volumes are arguments of
+:func:`render_pair`.
 """
 
 from __future__ import annotations
@@ -105,11 +107,27 @@ def add_noise(volume, rng: np.random.Generator, photons: float = 200.0, read_noi
     return v.astype(np.float32)
 
 
-def render_pair(grid: Grid, positions_um, displacement_fn, psf_sigma_um=(0.6, 0.25, 0.25), brightness=1.0):
+def camera(volume, rng: np.random.Generator, photons: float = 200.0, read_noise: float = 0.01, background: float = 0.05,
+           offset: int = 100, dtype=np.uint16) -> np.ndarray:
+    """Detector counts of a rendered volume, as a microscope writes them: the noise of
+    :func:`add_noise` in photo-electrons (gain 1: a bead's peak of 1 gives ``photons``
+    counts), plus a dark ``offset``, rounded and clipped to ``dtype`` (uint16 by default)."""
+    if not photons > 0:
+        raise ValueError(f"photons must be > 0 for a camera, got {photons}")
+    v = add_noise(volume, rng, photons, read_noise, background).astype(np.float64) * photons + offset
+    lim = np.iinfo(dtype)
+    return np.clip(np.rint(v), lim.min, lim.max).astype(dtype)
+
+
+def render_pair(grid: Grid, positions_um, displacement_fn, psf_sigma_um=(0.6, 0.25, 0.25), brightness=1.0,
+                brightness_deformed=None):
     """Reference and deformed volumes of beads at ``X`` and ``X + u(X)``.
 
     ``displacement_fn`` maps positions (N, 3) µm to displacements (N, 3) µm (for example
-    ``solution.displacement`` of a :mod:`tfm.analytic` solution)."""
+    ``solution.displacement`` of a :mod:`tfm.analytic` solution, or the FEM's own trilinear
+    field via :func:`tfm.synth.fem.interpolate`). ``brightness_deformed`` (scalar or (N,))
+    models photobleaching between the two acquisitions (default: ``brightness``)."""
     pos = np.asarray(positions_um, dtype=np.float64)
     moved = pos + np.asarray(displacement_fn(pos), dtype=np.float64)
-    return render(grid, pos, psf_sigma_um, brightness), render(grid, moved, psf_sigma_um, brightness)
+    bd = brightness if brightness_deformed is None else brightness_deformed
+    return render(grid, pos, psf_sigma_um, brightness), render(grid, moved, psf_sigma_um, bd)

@@ -1,0 +1,282 @@
+"""Synthetic datasets: generate (cell -> FEM -> beads), store in HDF5, stream minibatches.
+
+One sample = a random cell (:mod:`tfm.synth.cells`) in a random matrix, its equilibrium
+by the voxel FEM (:mod:`tfm.synth.fem`), and the bead volume pair rendered by forward
+mapping through the FEM's own trilinear field (:mod:`tfm.synth.beads`), with camera noise.
+
+File layout (``format = "tfm-synthetic"``, version 1), N samples on a (Z, Y, X) grid:
+
+=====================  ==================  =========  =========================================
+dataset                shape               dtype      meaning
+=====================  ==================  =========  =========================================
+reference, deformed    (N, Z, Y, X)        uint16     bead volumes, camera counts
+displacement           (N, Z, Y, X, 3)     float32    u, µm, components (z, y, x)
+force                  (N, Z, Y, X, 3)     float32    body-force density, pN/µm³
+cell                   (N, Z, Y, X)        float32    cell volume fraction (0-1)
+modulus_scale          (N, Z, Y, X)        float32    local modulus / youngs_modulus_pa
+youngs_modulus_pa, poisson_ratio, photons, ...  (N,)  float      per-sample scalars
+params                 (N,)                str        JSON: cell, beads, FEM info
+done                   (N,)                bool       written completely
+=====================  ==================  =========  =========================================
+
+Attributes: ``spacing_um``, ``origin_um``, ``shape``, ``material`` (law), ``seed``,
+``config`` (JSON of every setting), ``tfm_version``. Volumes are chunked one sample per
+chunk and compressed (gzip + shuffle), so a reader touches only the samples it needs.
+
+Generation is resumable and atomic: it writes ``NAME.h5.partial`` sample by sample
+(flushed, ``done`` set last) and renames it to ``NAME.h5`` when complete. Sample ``i``
+draws from ``numpy.random.default_rng([seed, i])``, so a resumed run writes exactly what
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..grid import Grid
+from ..material import LinearElastic, NeoHookean
+from ..progress import Progress
+from . import beads, cells, fem
+
+FORMAT = "tfm-synthetic"
+FORMAT_VERSION = 1
+VOLUME_FIELDS = ("reference", "deformed", "displacement", "force", "cell", "modulus_scale")
+SCALAR_FIELDS = ("youngs_modulus_pa", "poisson_ratio", "contraction", "traction_pa", "photons", "bleaching",
+                 "n_beads", "fem_seconds", "fem_iterations")
+MATERIALS = ("neo-hookean", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeadConfig:
+    """Bead rendering and camera, drawn per sample from these ranges."""
+
+    density_per_um3: tuple = (0.015, 0.04)  # beads per µm³
+    psf_sigma_um: tuple = (1.0, 0.45, 0.45)  # Gaussian PSF (z, y, x), µm
+    brightness_cv: float = 0.3  # coefficient of variation of bead brightness (log-normal)
+    photons: tuple = (60.0, 600.0)  # counts at a bead's peak, log-uniform
+    background: tuple = (0.02, 0.1)  # relative to a bead's peak
+    read_noise: float = 0.02  # relative to a bead's peak
+    bleaching: tuple = (0.0, 0.15)  # mean fractional brightness loss in the deformed volume
+
+    def __post_init__(self):
+        if not all(v > 0 for v in self.density_per_um3) or self.density_per_um3[0] > self.density_per_um3[1]:
+            raise ValueError(f"BeadConfig.density_per_um3 must be a (low, high) range > 0, got {self.density_per_um3}")
+        if not (0 <= self.bleaching[0] <= self.bleaching[1] < 1):
+            raise ValueError(f"BeadConfig.bleaching must lie in [0, 1), got {self.bleaching}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Everything that defines a dataset (stored in the file; a resumed run must match)."""
+
+    size: int | tuple = 48  # voxels per axis (or (Z, Y, X))
+    spacing_um: float | tuple = 1.0  # voxel size, µm
+    material: str = "neo-hookean"  # "neo-hookean" or "linear"
+    cell: cells.CellConfig = cells.CellConfig()
+    beads: BeadConfig = BeadConfig()
+    fem: fem.FEMConfig = fem.FEMConfig()
+
+    def __post_init__(self):
+        shape = (self.size,) * 3 if np.isscalar(self.size) else tuple(self.size)
+        if len(shape) != 3 or any(int(n) < 16 for n in shape):
+            raise ValueError(f"size must be >= 16 voxels per axis, got {self.size}")
+        if self.material not in MATERIALS:
+            raise ValueError(f"material must be one of {MATERIALS}, got {self.material!r}")
+
+    @property
+    def grid(self) -> Grid:
+        shape = (int(self.size),) * 3 if np.isscalar(self.size) else tuple(int(n) for n in self.size)
+        return Grid(shape, self.spacing_um)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
+    """One sample: arrays keyed like the file's datasets, plus ``params`` (a dict)."""
+    rng = np.random.default_rng([seed, index])
+    grid = config.grid
+    law = NeoHookean if config.material == "neo-hookean" else LinearElastic
+    for attempt in range(5):
+        cell = cells.random_cell(rng, grid, config.cell)
+        frac, eps, weight = cells.rasterize(cell, grid)
+        scale = cells.modulus_scale(cell, grid, frac)
+        mat = law(cell.youngs_modulus_pa, cell.poisson_ratio)
+        if cell.loading == "eigenstrain":
+            load = {"eigenstrain": eps}
+        else:  # traction scales with the matrix: T = traction_pa x E / 1 kPa
+            load = {"body_force": cells.surface_traction(frac, weight, grid, cell.traction_pa * cell.youngs_modulus_pa / 1000.0)}
+        try:
+            sol = fem.solve(grid, mat, modulus_scale=scale, config=config.fem, **load)
+            break
+        except fem.ConvergenceError:  # a cell too strong for its matrix: draw another
+            continue
+    else:
+        raise fem.ConvergenceError(f"sample {index}: no FEM solution after 5 random cells")
+    u = sol.displacement
+    b = config.beads
+    density = rng.uniform(*b.density_per_um3)
+    margin = float(np.abs(u).max()) + 3 * max(b.psf_sigma_um)
+    pos = beads.random_positions(grid, density, rng, margin_um=margin)
+    sd = np.sqrt(np.log1p(b.brightness_cv**2))
+    bright = rng.lognormal(-0.5 * sd**2, sd, len(pos))
+    bleach = rng.uniform(*b.bleaching)
+    bright_def = bright * np.clip(1 - bleach * rng.uniform(0.5, 1.5, len(pos)), 0, 1)
+    ref, dfm = beads.render_pair(grid, pos, lambda p: fem.interpolate(u, grid, p), b.psf_sigma_um, bright, bright_def)
+    photons = float(np.exp(rng.uniform(*np.log(b.photons))))
+    background = rng.uniform(*b.background)
+    ref = beads.camera(ref, rng, photons, b.read_noise, background)
+    dfm = beads.camera(dfm, rng, photons, b.read_noise, background)
+    params = {"cell": cell.to_dict(), "fem": sol.info, "beads": {"density_per_um3": density, "n": len(pos), "photons": photons,
+              "background": background, "bleaching": bleach}, "attempt": attempt, "seed": [seed, index]}
+    return {
+        "reference": ref, "deformed": dfm, "displacement": u.astype(np.float32), "force": sol.force_density.astype(np.float32),
+        "cell": frac.astype(np.float32), "modulus_scale": scale.astype(np.float32),
+        "youngs_modulus_pa": cell.youngs_modulus_pa, "poisson_ratio": cell.poisson_ratio, "contraction": cell.contraction,
+        "traction_pa": cell.traction_pa, "photons": photons, "bleaching": bleach, "n_beads": len(pos),
+        "fem_seconds": sol.info["seconds"], "fem_iterations": sol.info["cg_iterations"], "params": params,
+    }
+
+
+def _create(h5, n: int, config: SynthConfig, seed: int) -> None:
+    import h5py
+
+    from .. import __version__
+
+    grid = config.grid
+    shape = grid.shape
+    h5.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "n_samples": n, "seed": seed,
+                     "shape": shape, "spacing_um": grid.spacing_um, "origin_um": grid.origin_um,
+                     "material": config.material, "config": config.to_json(), "tfm_version": __version__})
+    comp = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    for name, dtype, extra in (("reference", "u2", ()), ("deformed", "u2", ()), ("displacement", "f4", (3,)),
+                               ("force", "f4", (3,)), ("cell", "f4", ()), ("modulus_scale", "f4", ())):
+        h5.create_dataset(name, (n, *shape, *extra), dtype=dtype, chunks=(1, *shape, *extra), **comp)
+    for name in SCALAR_FIELDS:
+        h5.create_dataset(name, (n,), dtype="f8", fillvalue=np.nan)
+    h5.create_dataset("params", (n,), dtype=h5py.string_dtype())
+    h5.create_dataset("done", (n,), dtype=bool)
+    h5["displacement"].attrs["units"] = "µm"
+    h5["force"].attrs["units"] = "pN/µm³"
+    h5["youngs_modulus_pa"].attrs["units"] = "Pa"
+
+
+def generate(path, n: int, seed: int = 0, config: SynthConfig = SynthConfig(), progress: bool = True) -> Path:
+    """Write ``n`` samples to ``path`` (HDF5), resuming a ``.partial`` file left by a killed
+    run with the same settings. Returns the final path."""
+    import h5py
+
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; delete it or choose another name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists():
+        with h5py.File(partial, "r") as h5:
+            same = (h5.attrs.get("config") == config.to_json() and int(h5.attrs.get("n_samples", -1)) == n
+                    and int(h5.attrs.get("seed", -1)) == seed)
+        if not same:
+            raise ValueError(f"{partial} holds an interrupted run with other settings (n, seed or config); "
+                             "delete it to start afresh")
+    else:
+        with h5py.File(partial, "w") as h5:
+            _create(h5, n, config, seed)
+    with h5py.File(partial, "r+") as h5:
+        done = h5["done"][:]
+        todo = np.flatnonzero(~done)
+        with Progress(n, f"synth {path.name}", enabled=progress) as bar:
+            bar.update(int(done.sum()))
+            for i in todo:
+                s = generate_sample(config, seed, int(i))
+                for name in VOLUME_FIELDS:
+                    h5[name][i] = s[name]
+                for name in SCALAR_FIELDS:
+                    h5[name][i] = s[name]
+                h5["params"][i] = json.dumps(s["params"], default=float)
+                h5.flush()
+                h5["done"][i] = True
+                h5.flush()
+                bar.update(1, f"FEM {s['fem_seconds']:.1f}s")
+    os.replace(partial, path)
+    return path
+
+
+class SyntheticDataset:
+    """Read a dataset written by :func:`generate` without loading it whole.
+
+    ``ds[i]`` returns one sample (a dict); :meth:`batches` streams shuffled minibatches;
+    :meth:`split` gives disjoint train/validation/test index sets."""
+
+    def __init__(self, path):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"dataset not found: {self.path}")
+        self._h5 = h5py.File(self.path, "r")
+        if self._h5.attrs.get("format") != FORMAT:
+            self._h5.close()
+            raise ValueError(f"{self.path} is not a tfm synthetic dataset (format attribute missing)")
+        a = self._h5.attrs
+        self.grid = Grid(tuple(int(v) for v in a["shape"]), tuple(float(v) for v in a["spacing_um"]),
+                         tuple(float(v) for v in a["origin_um"]))
+        self.material = str(a["material"])
+        self.config = json.loads(a["config"])
+        done = self._h5["done"][:]
+        if not done.all():
+            raise ValueError(f"{self.path}: {int((~done).sum())} samples were never written")
+
+    def __len__(self) -> int:
+        return int(self._h5["done"].shape[0])
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        i = int(i) % len(self)
+        out = {name: self._h5[name][i] for name in VOLUME_FIELDS + SCALAR_FIELDS}
+        out["params"] = json.loads(self._h5["params"][i])
+        return out
+
+    def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple:
+        """Disjoint index arrays (sorted) in the given proportions, by a seeded permutation."""
+        f = np.asarray(fractions, dtype=float)
+        if np.any(f < 0) or not np.isclose(f.sum(), 1.0):
+            raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
+        perm = np.random.default_rng(seed).permutation(len(self))
+        cuts = np.round(np.cumsum(f)[:-1] * len(self)).astype(int)
+        return tuple(np.sort(p) for p in np.split(perm, cuts))
+
+    def batches(self, batch_size: int, indices=None, shuffle: bool = True, seed: int = 0, epochs: int = 1,
+                fields=("reference", "deformed", "displacement", "force", "youngs_modulus_pa", "poisson_ratio"),
+                drop_last: bool = False):
+        """Yield dicts of stacked arrays, ``batch_size`` samples each, reading only those."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        bad = [f for f in fields if f not in VOLUME_FIELDS + SCALAR_FIELDS]
+        if bad:
+            raise ValueError(f"unknown fields {bad}; available: {VOLUME_FIELDS + SCALAR_FIELDS}")
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=int)
+        rng = np.random.default_rng(seed)
+        for _ in range(epochs):
+            order = rng.permutation(idx) if shuffle else idx
+            stop = len(order) - (len(order) % batch_size if drop_last else 0)
+            for s in range(0, stop, batch_size):
+                sel = order[s : s + batch_size]
+                yield {f: np.stack([self._h5[f][int(i)] for i in sel]) for f in fields}
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
