@@ -40,6 +40,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/fttc.py --out benchmarks/results
 	$(PY) benchmarks/dvc.py --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) benchmarks/synth.py --out benchmarks/results
 	$(PY) benchmarks/make_docs.py
 
 clean:

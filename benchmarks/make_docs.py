@@ -6,7 +6,7 @@
 import argparse
 from pathlib import Path
 
-SECTIONS = [("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py")]
+SECTIONS = [("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py"), ("synth.md", "benchmarks/synth.py")]
 
 
 def main(argv=None):

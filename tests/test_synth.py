@@ -165,3 +165,17 @@ def test_cli_synth_errors_are_named(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--size takes 1 or 3 values" in r.stderr
     assert json.loads(TINY.to_json())["size"] == 16
+
+
+def test_shipped_dataset_is_complete_and_physical():
+    from conftest import ROOT
+
+    path = ROOT / "data" / "synthetic" / "sample48.h5"
+    with dataset.SyntheticDataset(path) as ds:
+        assert len(ds) == 10 and ds.grid.shape == (48, 48, 48) and ds.material == "neo-hookean"
+        batch = next(ds.batches(2, seed=0, fields=("displacement", "force", "reference")))
+        f = batch["force"].astype(np.float64)
+        assert np.all(np.abs(f.sum(axis=(1, 2, 3))) < 1e-3 * np.abs(f).sum(axis=(1, 2, 3))[:, None])
+        assert np.all(batch["displacement"][:, 0] == 0) and batch["reference"].dtype == np.uint16
+        s = ds[3]
+        assert s["params"]["fem"]["converged"] and s["params"]["seed"] == [2026, 3]

@@ -123,6 +123,7 @@ def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
     density = rng.uniform(*b.density_per_um3)
     margin = float(np.abs(u).max()) + 3 * max(b.psf_sigma_um)
     pos = beads.random_positions(grid, density, rng, margin_um=margin)
+    pos = pos[np.asarray(fem.interpolate(frac, grid, pos)) < 0.5]  # no beads inside the cell
     sd = np.sqrt(np.log1p(b.brightness_cv**2))
     bright = rng.lognormal(-0.5 * sd**2, sd, len(pos))
     bleach = rng.uniform(*b.bleaching)

@@ -1,0 +1,57 @@
+"""3D views and slice figures render offscreen into non-trivial images."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfm
+from tfm import io
+
+pv = pytest.importorskip("pyvista")
+
+
+@pytest.fixture(scope="module")
+def result():
+    g = tfm.Grid((20, 24, 24), 1.0)
+    gel = tfm.LinearElastic(1000.0, 0.45)
+    sol = tfm.analytic.EshelbySphere(4.0, -0.05, g.center_um(), gel)
+    u = np.asarray(sol.sample(g))
+    f = -np.asarray(tfm.fields.navier(u, g, gel))
+    return tfm.Result(g, displacement=u, force=f), g, sol
+
+
+def _image_stats(path):
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)[..., :3]
+    return img.shape, float(img.std()), len(np.unique((img * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+
+
+def test_render_png_is_not_blank(result, tmp_path):
+    from tfm import viz
+
+    res, g, sol = result
+    d = np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1)
+    cell = (d < 4.0).astype(np.float32)
+    beads = (np.random.default_rng(0).random(g.shape) > 0.99).astype(np.float32)
+    out = viz.render_png(res, tmp_path / "view.png", cell=cell, beads=(beads, g.spacing_um), window_size=(240, 200))
+    shape, std, colours = _image_stats(out)
+    assert shape[:2] == (200, 240)
+    assert std > 0.02 and colours > 50  # arrows, colour map and surface: not a blank frame
+    empty = viz.render_png(tfm.Result(g, displacement=np.zeros_like(res.displacement)), tmp_path / "empty.png", window_size=(240, 200))
+    assert _image_stats(empty)[2] < colours  # the field adds content
+
+
+def test_slices_and_cli_view(result, tmp_path):
+    res, g, _ = result
+    io.write_result(tmp_path / "r.h5", res)
+    io.write_volume(tmp_path / "cell.tif", (np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1) < 4).astype(np.uint8) * 200, g.spacing_um)
+    r = subprocess.run([sys.executable, "-m", "tfm.cli", "view", str(tmp_path / "r.h5"), "--cell", str(tmp_path / "cell.tif"),
+                        "--slices", str(tmp_path / "s.png")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _image_stats(tmp_path / "r.png")[2] > 50
+    assert _image_stats(tmp_path / "s.png")[1] > 0.02
+    r = subprocess.run([sys.executable, "-m", "tfm.cli", "view", str(tmp_path / "missing.h5")], capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.h5" in r.stderr
