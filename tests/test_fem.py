@@ -120,6 +120,37 @@ def test_equilibrium_net_force_and_symmetry():
     assert np.sum(u * d) < 0
 
 
+@pytest.mark.parametrize("law", [tfm.LinearElastic, NeoHookean])
+def test_fixed_and_free_boxes_bracket_the_infinite_medium(law):
+    """Fixed faces stiffen the box and traction-free faces soften it: a contracting
+    sphere's far field lies between the two (measured 0.86 and 1.03 of Eshelby's)."""
+    g = tfm.Grid((25, 25, 25), 1.0)
+    c = np.asarray(g.center_um())
+    frac = cells.volume_fraction(lambda p: np.sum((p - c) ** 2, -1) < 16.0, g, 4)
+    exact = EshelbySphere(4.0, -0.05, tuple(c), tfm.LinearElastic(1000.0, 0.45))
+    d = g.coordinates_um() - c
+    sel = (np.linalg.norm(d, axis=-1) > 6) & (np.linalg.norm(d, axis=-1) < 9)
+    ua = np.asarray(exact.sample(g))
+    ratio = {}
+    for b in fem.BOUNDARIES:
+        s = fem.solve(g, law(1000.0, 0.45), eigenstrain=-0.05 * frac, boundary=b)
+        assert s.info["converged"]
+        ratio[b] = np.sum(s.displacement[sel] * d[sel]) / np.sum(ua[sel] * d[sel])
+        if b == "free":  # rigid motion removed, no net force
+            assert np.abs(s.displacement.mean(axis=(0, 1, 2))).max() < 1e-4 * np.abs(s.displacement).max()
+    assert 0.7 < ratio["fixed"] < 0.97 and 1.0 < ratio["free"] < 1.15, ratio
+
+
+def test_free_boundary_rejects_unbalanced_loads():
+    g = tfm.Grid((9, 9, 9), 1.0)
+    bf = np.zeros(g.shape + (3,), np.float32)
+    bf[4, 4, 4, 2] = 10.0  # a net force: no equilibrium without fixed faces
+    with pytest.raises(ValueError, match="no net force or torque"):
+        fem.solve(g, tfm.LinearElastic(1000.0), body_force=bf, boundary="free")
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        fem.solve(g, tfm.LinearElastic(1000.0), body_force=bf, boundary="open")
+
+
 def test_scaling_laws_and_body_force_balance():
     """Eigenstrain loads: u does not depend on E. Body-force loads: u ~ 1/E, and a uniform
     modulus_scale acts as a stiffer material. The returned force equals the applied one."""

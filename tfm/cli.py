@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--seed", type=int, default=0, help="base seed; sample i uses (seed, i) (default 0)")
     y.add_argument("--material", choices=("neo-hookean", "linear"), default="neo-hookean",
                    help="matrix law of the FEM (default neo-hookean)")
+    y.add_argument("--boundary", choices=("fixed", "free"), default="fixed",
+                   help="box faces of the FEM: fixed, or free (traction-free) (default fixed)")
     y.add_argument("-o", "--output", required=True, help="dataset file to write (.h5)")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(run=_cmd_synth)
@@ -198,7 +200,8 @@ def _cmd_synth(args) -> int:
     from .synth import dataset
 
     config = dataset.SynthConfig(size=_one_or_three(args.size, "--size", int),
-                                 spacing_um=_one_or_three(args.spacing_um, "--spacing-um", float), material=args.material)
+                                 spacing_um=_one_or_three(args.spacing_um, "--spacing-um", float), material=args.material,
+                                 boundary=args.boundary)
     path = dataset.generate(args.output, args.n, seed=args.seed, config=config, progress=not args.quiet)
     if not args.quiet:
         print(f"wrote {path} ({args.n} samples)")

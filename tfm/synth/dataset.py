@@ -77,6 +77,7 @@ class SynthConfig:
     size: int | tuple = 48  # voxels per axis (or (Z, Y, X))
     spacing_um: float | tuple = 1.0  # voxel size, µm
     material: str = "neo-hookean"  # "neo-hookean" or "linear"
+    boundary: str = "fixed"  # box faces: "fixed" or "free" (traction-free)
     cell: cells.CellConfig = cells.CellConfig()
     beads: BeadConfig = BeadConfig()
     fem: fem.FEMConfig = fem.FEMConfig()
@@ -85,6 +86,8 @@ class SynthConfig:
         shape = (self.size,) * 3 if np.isscalar(self.size) else tuple(self.size)
         if len(shape) != 3 or any(int(n) < 16 for n in shape):
             raise ValueError(f"size must be >= 16 voxels per axis, got {self.size}")
+        if self.boundary not in fem.BOUNDARIES:
+            raise ValueError(f"boundary must be one of {fem.BOUNDARIES}, got {self.boundary!r}")
         if self.material not in MATERIALS:
             raise ValueError(f"material must be one of {MATERIALS}, got {self.material!r}")
 
@@ -112,7 +115,7 @@ def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
         else:  # traction scales with the matrix: T = traction_pa x E / 1 kPa
             load = {"body_force": cells.surface_traction(frac, weight, grid, cell.traction_pa * cell.youngs_modulus_pa / 1000.0)}
         try:
-            sol = fem.solve(grid, mat, modulus_scale=scale, config=config.fem, **load)
+            sol = fem.solve(grid, mat, modulus_scale=scale, boundary=config.boundary, config=config.fem, **load)
             break
         except fem.ConvergenceError:  # a cell too strong for its matrix: draw another
             continue

@@ -207,8 +207,9 @@ def preconditioner_eigenvalues(interior_shape, spacing, material) -> np.ndarray:
     return eig
 
 
-def _apply_preconditioner(r, eig):
-    """Solve the block-diagonal system for the interior nodes; boundary entries stay 0."""
+def _apply_preconditioner(r, eig, edge_inv):
+    """Solve the block-diagonal system for the interior nodes; on the faces, scale by
+    ``edge_inv`` (the inverse diagonal where faces are free, 0 where they are fixed)."""
     ri = r[1:-1, 1:-1, 1:-1]
     t = ri
     for a in range(3):
@@ -217,7 +218,7 @@ def _apply_preconditioner(r, eig):
     for a in range(3):
         t = _dst1(t, a)
     norm = np.prod([2.0 / (n + 1) for n in ri.shape[:3]])
-    return jnp.zeros_like(r).at[1:-1, 1:-1, 1:-1].set(t * norm)
+    return (r * edge_inv).at[1:-1, 1:-1, 1:-1].set(t * norm)
 
 
 def _pcg(apply_a, precond, b, tol_abs, maxiter):
@@ -252,15 +253,9 @@ def _pcg(apply_a, precond, b, tol_abs, maxiter):
 # -- jitted pieces (the law and the spacing are static; moduli are traced) -------------
 
 
-def _free_mask(shape, dtype):
-    m = jnp.zeros(shape + (1,), dtype)
-    return m.at[1:-1, 1:-1, 1:-1].set(1)
-
-
 @partial(jax.jit, static_argnames=("law", "spacing"))
-def _residual(u, t, scale_e, eps_e, f_ext, moduli, law, spacing):
-    """Load ``t F_ext`` minus internal force, on the free nodes."""
-    free = _free_mask(u.shape[:3], u.dtype)
+def _residual(u, t, scale_e, eps_e, f_ext, free, moduli, law, spacing):
+    """Load ``t F_ext`` minus internal force, on the free nodes (``free``: 1 or 0 per node)."""
     eps = None if eps_e is None else t * eps_e
     g = jax.grad(_energy)(u, scale_e, eps, None, moduli, law, spacing)
     load = 0.0 if f_ext is None else t * f_ext
@@ -268,16 +263,15 @@ def _residual(u, t, scale_e, eps_e, f_ext, moduli, law, spacing):
 
 
 @partial(jax.jit, static_argnames=("law", "spacing"))
-def _total_energy(u, t, scale_e, eps_e, f_ext, moduli, law, spacing):
+def _total_energy(u, t, scale_e, eps_e, f_ext, free, moduli, law, spacing):
     eps = None if eps_e is None else t * eps_e
     f = None if f_ext is None else t * f_ext
     return _energy(u, scale_e, eps, f, moduli, law, spacing)
 
 
 @partial(jax.jit, static_argnames=("law", "spacing", "maxiter"))
-def _tangent_solve(u, t, rhs, scale_e, eps_e, eig, tol_abs, moduli, law, spacing, maxiter):
+def _tangent_solve(u, t, rhs, scale_e, eps_e, eig, edge_inv, free, tol_abs, moduli, law, spacing, maxiter):
     """Solve ``K_t(u) du = rhs`` on the free nodes (K_t: Hessian of the energy)."""
-    free = _free_mask(u.shape[:3], u.dtype)
     eps = None if eps_e is None else t * eps_e
     grad = jax.grad(_energy)
 
@@ -292,13 +286,12 @@ def _tangent_solve(u, t, rhs, scale_e, eps_e, eig, tol_abs, moduli, law, spacing
         def apply_a(v):
             return free * tangent(v)
 
-    return _pcg(apply_a, lambda r: _apply_preconditioner(r, eig), rhs, tol_abs, maxiter)
+    return _pcg(apply_a, lambda r: _apply_preconditioner(r, eig, edge_inv), rhs, tol_abs, maxiter)
 
 
 @partial(jax.jit, static_argnames=("law", "spacing"))
-def _passive_force(u, scale_e, moduli, law, spacing):
+def _passive_force(u, scale_e, free, moduli, law, spacing):
     """``grad Pi_passive(u)`` on free nodes (pN): the force the loads apply to the matrix."""
-    free = _free_mask(u.shape[:3], u.dtype)
     return free * jax.grad(_energy)(u, scale_e, None, None, moduli, law, spacing)
 
 
@@ -356,8 +349,37 @@ def _prepare(grid, material, eigenstrain, body_force, modulus_scale, boundary_di
     return jnp.asarray(u0), scale_e, eps_e, f_ext
 
 
+BOUNDARIES = ("fixed", "free")
+
+
+def _boundary_arrays(grid, spacing, material, boundary, dtype):
+    """Preconditioner eigenvalues, face scaling and the free-node mask of a boundary type."""
+    eig = jnp.asarray(preconditioner_eigenvalues(tuple(n - 2 for n in grid.shape), spacing, material), dtype)
+    free = np.zeros((*grid.shape, 1), dtype)
+    free[1:-1, 1:-1, 1:-1] = 1
+    edge_inv = np.zeros((*grid.shape, 3), dtype)
+    if boundary == "free":
+        free[:] = 1
+        lam, mu = material.lame_lambda_pa, material.shear_modulus_pa
+        vol = float(np.prod(spacing))
+        # Half the interior diagonal of the Q1 stiffness (a face node has half the elements).
+        diag = [0.5 * sum((lam + 2 * mu if a == c else mu) * (2 / spacing[a] ** 2) * (4 / 6) ** 2 * vol for a in range(3))
+                for c in range(3)]
+        edge_inv[:] = 1.0 / np.asarray(diag)
+    return eig, jnp.asarray(edge_inv), jnp.asarray(free)
+
+
+def _rigid_modes(grid, dtype):
+    """Orthonormal rigid-body modes (3 translations, 3 rotations) on the nodes, (6, N*3)."""
+    x = grid.coordinates_um().reshape(-1, 3) - np.asarray(grid.center_um())
+    modes = [np.tile(np.eye(3)[i], (len(x), 1)).ravel() for i in range(3)]
+    modes += [np.cross(np.eye(3)[i], x).ravel() for i in range(3)]
+    q, _ = np.linalg.qr(np.stack(modes, 1))
+    return q.T.astype(dtype)
+
+
 def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, modulus_scale=None,
-          boundary_displacement=None, config: FEMConfig = FEMConfig(), dtype=None) -> FEMSolution:
+          boundary_displacement=None, boundary: str = "fixed", config: FEMConfig = FEMConfig(), dtype=None) -> FEMSolution:
     """Equilibrium of the matrix on ``grid`` under the given loads.
 
     Args:
@@ -371,6 +393,9 @@ def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, mod
       modulus_scale: ``(Z, Y, X)`` > 0, the local modulus over the material's (default 1).
       boundary_displacement: ``(Z, Y, X, 3)`` µm, whose values on the box faces are imposed
         (default: faces fixed at 0).
+      boundary: ``"fixed"`` (faces held, default) or ``"free"`` (traction-free faces: the
+        load must have no net force or torque; the rigid-body motion of the solution is
+        removed).
       config: :class:`FEMConfig`.
       dtype: float32 by default (float64 when x64 is enabled).
 
@@ -380,57 +405,74 @@ def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, mod
     """
     if dtype is None:
         dtype = jnp.zeros(()).dtype
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    if boundary == "free" and boundary_displacement is not None:
+        raise ValueError("boundary_displacement needs boundary='fixed' (free faces have no prescribed displacement)")
     t0 = time.perf_counter()
     u, scale_e, eps_e, f_ext = _prepare(grid, material, eigenstrain, body_force, modulus_scale, boundary_displacement, dtype)
     spacing = tuple(float(h) for h in grid.spacing_um)
     law, mp = _law(material), _moduli(material, dtype)
-    eig = jnp.asarray(preconditioner_eigenvalues(tuple(n - 2 for n in grid.shape), spacing, material), dtype)
+    eig, edge_inv, free = _boundary_arrays(grid, spacing, material, boundary, dtype)
+    ops = (eig, edge_inv, free)
     args = (scale_e, eps_e, f_ext)
 
     # Reference load: the residual of the undeformed state at full load (pN).
-    r_full = _residual(u, 1.0, *args, mp, law, spacing)
+    r_full = _residual(u, 1.0, *args, free, mp, law, spacing)
     load_norm = float(jnp.linalg.norm(r_full))
-    info = {"solver": "pcg" if law == "linear" else "newton-krylov", "law": law, "dofs": 3 * int(np.prod([n - 2 for n in grid.shape])),
+    if boundary == "free":
+        q = _rigid_modes(grid, np.float64)
+        unbalanced = np.abs(q @ np.asarray(r_full, np.float64).ravel()).max()
+        if unbalanced > 1e-4 * float(jnp.linalg.norm(r_full)):
+            raise ValueError(f"with boundary='free' the load must have no net force or torque (its rigid-mode part is "
+                             f"{unbalanced / float(jnp.linalg.norm(r_full)):.1e} of its norm): use boundary='fixed'")
+    info = {"solver": "pcg" if law == "linear" else "newton-krylov", "law": law, "boundary": boundary,
+            "dofs": 3 * int(np.sum(np.asarray(free))),
             "cg_iterations": 0, "newton_iterations": 0, "load_steps": 0}
     if load_norm == 0.0:
         info.update(relative_residual=0.0, converged=True, seconds=time.perf_counter() - t0)
-        return _finish(u, grid, scale_e, mp, law, spacing, info)
+        return _finish(u, grid, scale_e, free, mp, law, spacing, info)
     tol_abs = config.rtol * load_norm
 
     if law == "linear":
-        du, k, _ = _tangent_solve(u, 1.0, r_full, scale_e, eps_e, eig, tol_abs, mp, law, spacing, config.maxiter)
+        du, k, _ = _tangent_solve(u, 1.0, r_full, scale_e, eps_e, eig, edge_inv, free, tol_abs, mp, law, spacing, config.maxiter)
         u = u + du
         info["cg_iterations"] = int(k)
         info["load_steps"] = 1
     else:
-        u = _newton(u, args, eig, mp, law, spacing, config, tol_abs, load_norm, info)
-    res = float(jnp.linalg.norm(_residual(u, 1.0, *args, mp, law, spacing)))
+        u = _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info)
+    if boundary == "free":  # remove the rigid-body motion the singular system leaves free
+        q = _rigid_modes(grid, np.float64)
+        flat = np.asarray(u, np.float64).ravel()
+        u = jnp.asarray((flat - q.T @ (q @ flat)).reshape(u.shape), dtype)
+    res = float(jnp.linalg.norm(_residual(u, 1.0, *args, free, mp, law, spacing)))
     info.update(relative_residual=res / load_norm, converged=res <= 1.01 * tol_abs + 1e-30)
     info["seconds"] = time.perf_counter() - t0
     if not info["converged"]:
         raise ConvergenceError(f"FEM did not converge: relative residual {res / load_norm:.2e} > rtol {config.rtol:.1e} ({info})")
-    return _finish(u, grid, scale_e, mp, law, spacing, info)
+    return _finish(u, grid, scale_e, free, mp, law, spacing, info)
 
 
-def _newton(u, args, eig, mp, law, spacing, config, tol_abs, load_norm, info):
+def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
     """Load-stepped Newton-Krylov with a backtracking line search on the energy."""
     scale_e, eps_e, _ = args
+    eig, edge_inv, free = ops
     steps = config.load_steps
     t_done = 0.0
     while t_done < 1.0 - 1e-12:
         t = min(1.0, t_done + 1.0 / steps)
         u_try, ok = u, False
         for _ in range(config.newton_maxiter):
-            r = _residual(u_try, t, *args, mp, law, spacing)
+            r = _residual(u_try, t, *args, free, mp, law, spacing)
             rn = float(jnp.linalg.norm(r))
             if rn <= tol_abs:
                 ok = True
                 break
             inner_tol = max(min(0.1, math.sqrt(rn / load_norm)) * rn, 0.5 * tol_abs)  # Eisenstat-Walker-like forcing
-            du, k, _ = _tangent_solve(u_try, t, r, scale_e, eps_e, eig, inner_tol, mp, law, spacing, config.maxiter)
+            du, k, _ = _tangent_solve(u_try, t, r, scale_e, eps_e, eig, edge_inv, free, inner_tol, mp, law, spacing, config.maxiter)
             info["cg_iterations"] += int(k)
             info["newton_iterations"] += 1
-            e0 = float(_total_energy(u_try, t, *args, mp, law, spacing))
+            e0 = float(_total_energy(u_try, t, *args, free, mp, law, spacing))
             slope = -float(jnp.vdot(r, du))  # directional derivative of the energy along du
             # Energy differences near convergence fall below float32 resolution: there a
             # smaller residual accepts the step instead (both need finite energy: no inversion).
@@ -438,9 +480,9 @@ def _newton(u, args, eig, mp, law, spacing, config, tol_abs, load_norm, info):
             alpha = 1.0
             while alpha > 1e-4:
                 u_new = u_try + alpha * du
-                e1 = float(_total_energy(u_new, t, *args, mp, law, spacing))
+                e1 = float(_total_energy(u_new, t, *args, free, mp, law, spacing))
                 if math.isfinite(e1) and (e1 <= e0 + 1e-4 * alpha * slope or (
-                        e1 <= e0 + noise and float(jnp.linalg.norm(_residual(u_new, t, *args, mp, law, spacing))) < rn)):
+                        e1 <= e0 + noise and float(jnp.linalg.norm(_residual(u_new, t, *args, free, mp, law, spacing))) < rn)):
                     break
                 alpha *= 0.5
             else:
@@ -458,8 +500,8 @@ def _newton(u, args, eig, mp, law, spacing, config, tol_abs, load_norm, info):
     return u
 
 
-def _finish(u, grid, scale_e, mp, law, spacing, info) -> FEMSolution:
-    force = _passive_force(u, scale_e, mp, law, spacing) / grid.voxel_volume_um3
+def _finish(u, grid, scale_e, free, mp, law, spacing, info) -> FEMSolution:
+    force = _passive_force(u, scale_e, free, mp, law, spacing) / grid.voxel_volume_um3
     return FEMSolution(np.asarray(u), np.asarray(force), grid, info)
 
 
