@@ -3,6 +3,9 @@
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -17,3 +20,18 @@ def write_report(out, name: str, report: dict, markdown: str) -> None:
     (out / f"{name}.json").write_text(json.dumps(report, indent=2))
     (out / f"{name}.md").write_text(markdown)
     print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one_size(script, *args) -> dict:
+    """Run ``script --one-size ARGS`` in a fresh Python (so its peak memory is its own) and
+    return the JSON on its last output line; on failure print its stderr and exit 1."""
+    proc = subprocess.run([sys.executable, str(script), "--one-size", *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(1)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_report  # noqa: E402
+from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
 
 PSF = (1.2, 0.8, 0.8)
 WAVELENGTH = 143.0
@@ -175,12 +174,12 @@ def one_size(shape):
     import tfm
 
     ref, dfm, n = make_pair(shape, seed=1)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     res = tfm.measure_displacement(ref, dfm, 1.0, progress=False, drift=None)
     el = time.perf_counter() - t0
     return {"shape": list(shape), "beads": n, "time_s": el, "grid": list(res.grid.shape),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_dvc_mb": base,
+            "peak_rss_mb": peak_rss_mb(), "rss_before_dvc_mb": base,
             "iterations": [p["iterations"] for p in res.info["passes"]], **score(res.displacement, res.grid)}
 
 
@@ -273,11 +272,7 @@ def main(argv=None):
     rep["sizes"] = []
     if not args.skip_sizes:
         for spec in args.sizes.split(";"):
-            proc = subprocess.run([sys.executable, __file__, "--one-size", spec], capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-2000:], file=sys.stderr)
-                return 1
-            rep["sizes"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rep["sizes"].append(run_one_size(__file__, spec))
             print("size", rep["sizes"][-1], flush=True)
     write_report(args.out, "dvc", rep, markdown(rep))
     return 0

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,13 +26,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_report  # noqa: E402
+from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
 
 RULES = ("gcv", "lcurve", "fixed")
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_size(n: int, repeats: int) -> dict:
@@ -44,13 +37,13 @@ def run_size(n: int, repeats: int) -> dict:
 
     import tfm
 
-    base = _rss_mb()
+    base = peak_rss_mb()
     g = tfm.Grid((n, n, n), spacing_um=1.0)
     mat = tfm.LinearElastic(1000.0, 0.45)
     sol = tfm.analytic.EshelbySphere(n / 10, -0.05, g.center_um(), mat)
     u = np.array(sol.sample(g), np.float32)
     u += 0.02 * np.sqrt(np.mean(u**2)) * np.random.default_rng(0).standard_normal(u.shape).astype(np.float32)
-    out = {"n": n, "voxels": n**3, "rss_after_setup_mb": _rss_mb(), "rss_baseline_mb": base}
+    out = {"n": n, "voxels": n**3, "rss_after_setup_mb": peak_rss_mb(), "rss_baseline_mb": base}
     alpha_fixed = None
     for rule in RULES:
         reg = alpha_fixed if rule == "fixed" else rule
@@ -66,7 +59,7 @@ def run_size(n: int, repeats: int) -> dict:
             warm.append(time.perf_counter() - t0)
         out[rule] = {"cold_s": cold, "warm_s": statistics.median(warm), "alpha": res.info["alpha"],
                      "padded_shape": res.info["padded_shape"]}
-    out["peak_rss_mb"] = _rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     out["jax_backend"] = jax.default_backend()
     return out
 
@@ -150,12 +143,7 @@ def main(argv=None) -> int:
     timing = []
     for n in args.sizes:
         print(f"timing {n}^3 ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one-size", str(n), "--repeats", str(args.repeats)],
-                              capture_output=True, text=True, env=os.environ)
-        if proc.returncode != 0:
-            print(proc.stderr[-2000:], file=sys.stderr)
-            return 1
-        timing.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        timing.append(run_one_size(__file__, n, "--repeats", args.repeats))
         t = timing[-1]
         print(f"  gcv {t['gcv']['warm_s']:.3f}s lcurve {t['lcurve']['warm_s']:.3f}s fixed {t['fixed']['warm_s']:.3f}s "
               f"peak {t['peak_rss_mb']:.0f} MB", flush=True)

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,13 +28,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_report  # noqa: E402
+from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
 
 LAWS = ("linear", "neo-hookean")
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _config(n: int, law: str):
@@ -72,7 +65,7 @@ def run_size(n: int) -> dict:
         warm = time.perf_counter() - t0
         out[law] = {"cold_s": cold, "warm_s": warm, "cg_iterations": sol.info["cg_iterations"],
                     "newton_iterations": sol.info["newton_iterations"], "max_u_um": float(np.abs(sol.displacement).max())}
-    out["peak_rss_mb"] = _rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -178,11 +171,7 @@ def main(argv=None) -> int:
     timing = []
     for n in args.sizes:
         print(f"FEM {n}^3 ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one-size", str(n)], capture_output=True, text=True, env=os.environ)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
-        timing.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        timing.append(run_one_size(__file__, n))
         t = timing[-1]
         print(f"  linear {t['linear']['warm_s']:.2f}s neo-Hookean {t['neo-hookean']['warm_s']:.2f}s peak {t['peak_rss_mb']:.0f} MB", flush=True)
     print("samples per minute ...", flush=True)

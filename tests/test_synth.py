@@ -1,8 +1,6 @@
 """Random cells, bead rendering through the FEM field, and the resumable HDF5 dataset."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -158,13 +156,13 @@ def test_reader_rejects_other_files(tmp_path):
         dataset.SyntheticDataset(tmp_path / "missing.h5")
 
 
-def test_cli_synth_errors_are_named(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tfm.cli", "synth", "--n", "2", "--size", "8", "-o", str(tmp_path / "a.h5")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "size must be >= 16" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "tfm.cli", "synth", "--n", "2", "--size", "16", "16", "-o", str(tmp_path / "a.h5")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--size takes 1 or 3 values" in r.stderr
+def test_cli_synth_errors_are_named(tmp_path, capsys):
+    from tfm import cli
+
+    assert cli.main(["synth", "--n", "2", "--size", "8", "-o", str(tmp_path / "a.h5")]) == 2
+    assert "size must be >= 16" in capsys.readouterr().err
+    assert cli.main(["synth", "--n", "2", "--size", "16", "16", "-o", str(tmp_path / "a.h5")]) == 2
+    assert "--size takes 1 or 3 values" in capsys.readouterr().err
     assert json.loads(TINY.to_json())["size"] == 16
 
 

@@ -1,8 +1,5 @@
 """3D views and slice figures render offscreen into non-trivial images."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -44,14 +41,15 @@ def test_render_png_is_not_blank(result, tmp_path):
     assert _image_stats(empty)[2] < colours  # the field adds content
 
 
-def test_slices_and_cli_view(result, tmp_path):
+def test_slices_and_cli_view(result, tmp_path, capsys):
     res, g, _ = result
     io.write_result(tmp_path / "r.h5", res)
     io.write_volume(tmp_path / "cell.tif", (np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1) < 4).astype(np.uint8) * 200, g.spacing_um)
-    r = subprocess.run([sys.executable, "-m", "tfm.cli", "view", str(tmp_path / "r.h5"), "--cell", str(tmp_path / "cell.tif"),
-                        "--slices", str(tmp_path / "s.png")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    from tfm import cli
+
+    rc = cli.main(["view", str(tmp_path / "r.h5"), "--cell", str(tmp_path / "cell.tif"), "--slices", str(tmp_path / "s.png")])
+    assert rc == 0, capsys.readouterr().err
     assert _image_stats(tmp_path / "r.png")[2] > 50
     assert _image_stats(tmp_path / "s.png")[1] > 0.02
-    r = subprocess.run([sys.executable, "-m", "tfm.cli", "view", str(tmp_path / "missing.h5")], capture_output=True, text=True)
-    assert r.returncode == 2 and "missing.h5" in r.stderr
+    assert cli.main(["view", str(tmp_path / "missing.h5")]) == 2
+    assert "missing.h5" in capsys.readouterr().err

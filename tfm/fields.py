@@ -162,3 +162,32 @@ def force_density(displacement, grid: Grid, material, method: str = "fd"):
     ``f = -div sigma(u)``. No regularisation: noise is amplified as k²; use
     :func:`tfm.reconstruct_forces` for measured displacements."""
     return -navier(displacement, grid, material, method)
+
+
+def trilinear(values, index_points):
+    """Trilinear interpolation of ``values`` ``(nz, ny, nx, ...)`` at fractional indices
+    ``index_points`` ``(P, 3)`` -> ``(P, ...)``, extended *linearly* beyond the outermost
+    samples (clamp the points first to hold the edge values instead). Axes of length 1
+    (flat, 2D data) are constant along themselves."""
+    g = jnp.asarray(index_points)
+    out = 0.0
+    idx, frac = [], []
+    for a in range(3):
+        n = values.shape[a]
+        if n == 1:
+            idx.append(jnp.zeros(g.shape[0], jnp.int32))
+            frac.append(jnp.zeros(g.shape[0], g.dtype))
+            continue
+        i0 = jnp.clip(jnp.floor(g[:, a]), 0, n - 2).astype(jnp.int32)
+        idx.append(i0)
+        frac.append(g[:, a] - i0)  # may leave [0, 1]: linear extrapolation
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                w = (frac[0] if dz else 1 - frac[0]) * (frac[1] if dy else 1 - frac[1]) * (frac[2] if dx else 1 - frac[2])
+                iz = jnp.minimum(idx[0] + dz, values.shape[0] - 1)
+                iy = jnp.minimum(idx[1] + dy, values.shape[1] - 1)
+                ix = jnp.minimum(idx[2] + dx, values.shape[2] - 1)
+                v = values[iz, iy, ix]
+                out = out + w.reshape((-1,) + (1,) * (v.ndim - 1)) * v
+    return out

@@ -112,10 +112,8 @@ def render_png(result: Result, path, **kwargs) -> Path:
     """Render :func:`scene` offscreen into a PNG (written atomically)."""
     path = Path(path)
     pl = scene(result, offscreen=True, **kwargs)
-    with atomic_path(path) as tmp:
-        pl.screenshot(str(tmp.with_suffix(".png")) if tmp.suffix != ".png" else str(tmp))
-        if tmp.suffix != ".png":
-            os.replace(tmp.with_suffix(".png"), tmp)
+    with atomic_path(path) as tmp:  # keeps the suffix, so VTK writes PNG
+        pl.screenshot(str(tmp))
     pl.close()
     return path
 

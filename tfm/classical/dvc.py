@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from ..fields import trilinear
 from ..grid import Grid
 from ..progress import Progress
 
@@ -305,39 +306,12 @@ def _warp_slab(source, u_grid, z0, grid_geom, slab_shape, cubic):
     zz, yy, xx = jnp.meshgrid(z, jnp.arange(ny, dtype=jnp.float32), jnp.arange(nx, dtype=jnp.float32), indexing="ij")
     pts = jnp.stack([zz.ravel(), yy.ravel(), xx.ravel()], -1)
     g = (pts - c0) / step  # fractional window-grid indices
-    u = trilinear_extrapolate(u_grid, g)
+    # Linear extrapolation beyond the outermost window centres: they lie half a window
+    # inside the volume, and clamping there would warp the outer half of every edge
+    # window with the wrong displacement and bias it.
+    u = trilinear(u_grid, g)
     sample = _bspline_sample if cubic else _linear_sample
     return sample(source, pts + u).reshape(slab_shape)
-
-
-def trilinear_extrapolate(values, g):
-    """Trilinear interpolation of ``values`` (nz, ny, nx, C) at fractional indices g (P, 3),
-    extended *linearly* beyond the outermost samples.
-
-    Window centres lie half a window inside the volume; clamping the field there (as
-    ``mode="nearest"`` does) would warp the outer half of every edge window with the
-    wrong displacement and bias it.
-    """
-    out = 0.0
-    idx, frac = [], []
-    for a in range(3):
-        n = values.shape[a]
-        if n == 1:
-            idx.append(jnp.zeros(g.shape[0], jnp.int32))
-            frac.append(jnp.zeros(g.shape[0], g.dtype))
-            continue
-        i0 = jnp.clip(jnp.floor(g[:, a]), 0, n - 2).astype(jnp.int32)
-        idx.append(i0)
-        frac.append(g[:, a] - i0)  # may leave [0, 1]: linear extrapolation
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                w = ((frac[0] if dz else 1 - frac[0]) * (frac[1] if dy else 1 - frac[1]) * (frac[2] if dx else 1 - frac[2]))
-                iz = jnp.minimum(idx[0] + dz, values.shape[0] - 1)
-                iy = jnp.minimum(idx[1] + dy, values.shape[1] - 1)
-                ix = jnp.minimum(idx[2] + dx, values.shape[2] - 1)
-                out = out + w[:, None] * values[iz, iy, ix]
-    return out
 
 
 def _warp(source, u_grid, layout: _Layout, slab_voxels: int, cubic: bool = True):

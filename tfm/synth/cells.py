@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from ..grid import Grid
+from .fem import rigid_body_modes
 
 PATTERNS = ("uniform", "polarised", "tips")
 LOADINGS = ("eigenstrain", "traction")
@@ -254,14 +255,9 @@ def surface_traction(fraction, weight, grid: Grid, traction_pa: float) -> np.nda
     g = np.asarray(gradient(np.asarray(fraction, np.float64)[..., None], grid))[..., 0, :]
     f = traction_pa * np.asarray(weight, np.float64)[..., None] * g
     support = np.linalg.norm(g, axis=-1) > 0
-    x = grid.coordinates_um()[support] - np.asarray(grid.center_um())
-    fs = f[support]
-    # Rigid modes: 3 translations, 3 rotations (omega x r), on the support.
-    modes = [np.tile(np.eye(3)[i], (len(x), 1)) for i in range(3)]
-    modes += [np.cross(np.eye(3)[i], x) for i in range(3)]
-    a = np.stack([m.ravel() for m in modes], axis=1)
-    coef, *_ = np.linalg.lstsq(a, fs.ravel(), rcond=None)
-    fs = fs - (a @ coef).reshape(fs.shape)
+    fs = f[support].ravel()
+    q = rigid_body_modes(grid.coordinates_um()[support])  # orthonormal, on the support
+    fs = (fs - q.T @ (q @ fs)).reshape(-1, 3)
     out = np.zeros(grid.shape + (3,), np.float32)
     out[support] = fs
     return out

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..fields import trilinear
 from ..grid import Grid
 from ..material import (
     LinearElastic,
@@ -128,11 +129,6 @@ def _gauss_gradients(u, spacing):
                             v = (1 - g[b]) * lo + g[b] * hi
                     cols.append(v)
                 yield jnp.stack(cols, axis=-1)
-
-
-def element_gradients(u, spacing):
-    """``H = grad u`` at the 8 Gauss points of every element: ``(8, Ez, Ey, Ex, 3, 3)``."""
-    return jnp.stack(list(_gauss_gradients(u, spacing)))
 
 
 def nodes_to_elements(v):
@@ -263,7 +259,7 @@ def _residual(u, t, scale_e, eps_e, f_ext, free, moduli, law, spacing):
 
 
 @partial(jax.jit, static_argnames=("law", "spacing"))
-def _total_energy(u, t, scale_e, eps_e, f_ext, free, moduli, law, spacing):
+def _total_energy(u, t, scale_e, eps_e, f_ext, moduli, law, spacing):
     eps = None if eps_e is None else t * eps_e
     f = None if f_ext is None else t * f_ext
     return _energy(u, scale_e, eps, f, moduli, law, spacing)
@@ -369,13 +365,15 @@ def _boundary_arrays(grid, spacing, material, boundary, dtype):
     return eig, jnp.asarray(edge_inv), jnp.asarray(free)
 
 
-def _rigid_modes(grid, dtype):
-    """Orthonormal rigid-body modes (3 translations, 3 rotations) on the nodes, (6, N*3)."""
-    x = grid.coordinates_um().reshape(-1, 3) - np.asarray(grid.center_um())
+def rigid_body_modes(points_um) -> np.ndarray:
+    """Orthonormal rigid-body modes (3 translations, 3 infinitesimal rotations about the
+    points' centroid) of vectors at ``points_um`` (N, 3): an array (6, 3 N) (float64)."""
+    x = np.asarray(points_um, np.float64).reshape(-1, 3)
+    x = x - x.mean(axis=0)
     modes = [np.tile(np.eye(3)[i], (len(x), 1)).ravel() for i in range(3)]
     modes += [np.cross(np.eye(3)[i], x).ravel() for i in range(3)]
     q, _ = np.linalg.qr(np.stack(modes, 1))
-    return q.T.astype(dtype)
+    return q.T
 
 
 def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, modulus_scale=None,
@@ -421,7 +419,7 @@ def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, mod
     r_full = _residual(u, 1.0, *args, free, mp, law, spacing)
     load_norm = float(jnp.linalg.norm(r_full))
     if boundary == "free":
-        q = _rigid_modes(grid, np.float64)
+        q = rigid_body_modes(grid.coordinates_um())
         unbalanced = np.abs(q @ np.asarray(r_full, np.float64).ravel()).max()
         if unbalanced > 1e-4 * float(jnp.linalg.norm(r_full)):
             raise ValueError(f"with boundary='free' the load must have no net force or torque (its rigid-mode part is "
@@ -442,7 +440,6 @@ def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, mod
     else:
         u = _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info)
     if boundary == "free":  # remove the rigid-body motion the singular system leaves free
-        q = _rigid_modes(grid, np.float64)
         flat = np.asarray(u, np.float64).ravel()
         u = jnp.asarray((flat - q.T @ (q @ flat)).reshape(u.shape), dtype)
     res = float(jnp.linalg.norm(_residual(u, 1.0, *args, free, mp, law, spacing)))
@@ -472,7 +469,7 @@ def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
             du, k, _ = _tangent_solve(u_try, t, r, scale_e, eps_e, eig, edge_inv, free, inner_tol, mp, law, spacing, config.maxiter)
             info["cg_iterations"] += int(k)
             info["newton_iterations"] += 1
-            e0 = float(_total_energy(u_try, t, *args, free, mp, law, spacing))
+            e0 = float(_total_energy(u_try, t, *args, mp, law, spacing))
             slope = -float(jnp.vdot(r, du))  # directional derivative of the energy along du
             # Energy differences near convergence fall below float32 resolution: there a
             # smaller residual accepts the step instead (both need finite energy: no inversion).
@@ -480,7 +477,7 @@ def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
             alpha = 1.0
             while alpha > 1e-4:
                 u_new = u_try + alpha * du
-                e1 = float(_total_energy(u_new, t, *args, free, mp, law, spacing))
+                e1 = float(_total_energy(u_new, t, *args, mp, law, spacing))
                 if math.isfinite(e1) and (e1 <= e0 + 1e-4 * alpha * slope or (
                         e1 <= e0 + noise and float(jnp.linalg.norm(_residual(u_new, t, *args, free, mp, law, spacing))) < rn)):
                     break
@@ -510,15 +507,4 @@ def interpolate(field, grid: Grid, points_um):
     the FEM's own displacement between nodes. Points are clamped to the box."""
     f = jnp.asarray(field)
     p = (jnp.asarray(points_um, f.dtype) - jnp.asarray(grid.origin_um, f.dtype)) / jnp.asarray(grid.spacing_um, f.dtype)
-    shape = jnp.asarray(grid.shape)
-    p = jnp.clip(p, 0, shape - 1)
-    i0 = jnp.clip(jnp.floor(p).astype(jnp.int32), 0, shape - 2)
-    t = p - i0
-    out = 0.0
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                w = (t[:, 0] if dz else 1 - t[:, 0]) * (t[:, 1] if dy else 1 - t[:, 1]) * (t[:, 2] if dx else 1 - t[:, 2])
-                v = f[i0[:, 0] + dz, i0[:, 1] + dy, i0[:, 2] + dx]
-                out = out + w.reshape((-1,) + (1,) * (v.ndim - 1)) * v
-    return out
+    return trilinear(f, jnp.clip(p, 0, jnp.asarray(grid.shape, f.dtype) - 1))
