@@ -6,7 +6,8 @@
 import argparse
 from pathlib import Path
 
-SECTIONS = [("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py"), ("synth.md", "benchmarks/synth.py")]
+SECTIONS = [("dl_vs_classical.md", "benchmarks/dl_vs_classical.py"), ("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py"),
+            ("synth.md", "benchmarks/synth.py")]
 
 
 def main(argv=None):

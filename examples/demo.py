@@ -1,7 +1,8 @@
-"""tfm demo: reconstruct the forces of a synthetic contracting cell and compare with the truth.
+"""tfm demo: reconstruct the forces of synthetic contracting cells and compare with the truth.
 
     python examples/demo.py --out demo_output
 
+Part 1 (displacement -> forces):
 A contracting "cell" (a sphere of radius 6 µm with dilatational eigenstrain -2 %,
 Eshelby's closed-form field) plus a force dipole along x (two 5 nN Kelvinlets 24 µm
 apart, pulling toward the centre, like the tips of a polarised cell) sits in a 1 kPa gel (nu = 0.45). The displacement is sampled on
@@ -14,6 +15,16 @@ regularisation. Writes into --out:
   slices.png     |u| and |f| on the mid-plane, truth beside reconstruction
   view3d.png     3D view (PyVista, offscreen): strongest force arrows, displacement glyphs, cell
   summary.json   net force, contractility, strain energy, regularisation, timings, errors
+
+Part 2 (bead volume pair -> displacement and forces, both methods side by side): a held-out
+sample of the shipped synthetic dataset (data/synthetic/sample48.h5: a random cell in a
+neo-Hookean gel, FEM ground truth, rendered beads with camera noise) goes through the
+learned reconstruction with the shipped default weights (``method="dl"``) and the classical
+pipeline (DVC + FTTC). Writes:
+
+  pair_dl.h5, pair_classical.h5   both Results
+  pair.png                       beads, |u| and |f| on the mid-plane: truth, DL, classical
+  summary.json["bead_pair"]      times and errors of both against the FEM truth
 """
 
 from __future__ import annotations
@@ -122,12 +133,92 @@ def main(argv=None) -> int:
     summary["contractility_error"] = summary["contractility_within_16um_pn"] / true_contractility - 1
     with io.atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
+    summary["bead_pair"] = bead_pair(out)
+    with io.atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     print("[4/4] summary")
     for key in ("contractility_within_16um_pn", "true_contractility_pn", "contractility_error", "net_force_pn",
                 "strain_energy_pn_um", "alpha", "cutoff_wavelength_um", "wall_time_s"):
         v = summary[key]
         print(f"  {key:30s} " + (", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else f"{float(v):.4g}"))
+    bp = summary["bead_pair"]
+    for m in ("dl", "classical"):
+        r = bp[m]
+        print(f"  bead pair, {m:9s}: {r['seconds']:.2f} s, displacement correlation {r['displacement_correlation']:.2f}, "
+              f"contractility {r['contractility_pn']:.4g} pN (truth {bp['contractility_truth_pn']:.4g})")
     return 0
+
+
+PAIR_SAMPLE = 7
+
+
+def bead_pair(out: Path) -> dict:
+    """Part 2: one shipped synthetic bead pair through both methods, against the FEM truth."""
+    from tfm.synth.dataset import SyntheticDataset
+
+    print("[3b/4] a shipped bead volume pair: learned (shipped weights) and classical reconstructions", flush=True)
+    with SyntheticDataset(Path(__file__).resolve().parents[1] / "data" / "synthetic" / "sample48.h5") as ds:
+        s, grid = ds[PAIR_SAMPLE], ds.grid
+    gel = tfm.NeoHookean(float(s["youngs_modulus_pa"]), float(s["poisson_ratio"]))
+    ref, dfm = s["reference"].astype(np.float32), s["deformed"].astype(np.float32)
+    centre = np.asarray(s["params"]["cell"]["center_um"])
+    truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
+    rep = {"sample": f"data/synthetic/sample48.h5 [{PAIR_SAMPLE}]", "youngs_modulus_pa": gel.youngs_modulus_pa,
+           "poisson_ratio": gel.poisson_ratio, "contractility_truth_pn": truth.contractility(center_um=centre)}
+    results = {}
+    for name, kw in (("dl", {"method": "dl"}), ("classical", {"method": "classical"})):
+        t0 = time.perf_counter()
+        res = tfm.reconstruct(ref, dfm, grid.spacing_um, gel if name == "dl" else gel.linearized(), progress=False, **kw)
+        el = time.perf_counter() - t0
+        u_true = s["displacement"][np.ix_(*grid.nearest_indices(res.grid))]
+        rep[name] = {"seconds": el, "grid": list(res.grid.shape),
+                     "displacement_correlation": float(np.sum(res.displacement * u_true)
+                                                       / np.sqrt(np.sum(res.displacement**2) * np.sum(u_true**2))),
+                     "displacement_rms_error_um": float(np.sqrt(np.mean(np.sum((res.displacement - u_true) ** 2, -1)))),
+                     "contractility_pn": res.contractility(center_um=centre)}
+        io.write_result(out / f"pair_{name}.h5", res, {"command": "examples/demo.py", "sample": rep["sample"]})
+        results[name] = res
+    pair_figure(out / "pair.png", s, grid, results)
+    return rep
+
+
+def pair_figure(path: Path, s, grid, results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = grid.shape[0] // 2
+    z = grid.axes_um()[0][k]
+    ext = [0, grid.extent_um[2], grid.extent_um[1], 0]
+    fig, ax = plt.subplots(2, 4, figsize=(15, 7), constrained_layout=True)
+    ax[0, 0].imshow(s["reference"][k], cmap="gray", extent=ext)
+    ax[0, 0].set_title("reference beads")
+    ax[1, 0].imshow(s["deformed"][k], cmap="gray", extent=ext)
+    ax[1, 0].contour(s["cell"][k], [0.5], colors="c", extent=[0, grid.extent_um[2], 0, grid.extent_um[1]], origin="upper")
+    ax[1, 0].set_title("deformed beads, cell outline")
+    umax = float(np.linalg.norm(s["displacement"][k], axis=-1).max())
+    fmax = float(np.linalg.norm(s["force"][k], axis=-1).max())
+    cols = [("FEM truth", grid, s["displacement"], s["force"]),
+            ("DL (shipped weights)", results["dl"].grid, results["dl"].displacement, results["dl"].force),
+            ("classical (DVC + FTTC)", results["classical"].grid, results["classical"].displacement, results["classical"].force)]
+    for j, (title, g, u, f) in enumerate(cols, start=1):
+        kk = int(np.argmin(np.abs(g.axes_um()[0] - z)))
+        ax_ = g.axes_um()
+        e = [ax_[2][0], ax_[2][-1], ax_[1][-1], ax_[1][0]]
+        im = ax[0, j].imshow(np.linalg.norm(u[kk], axis=-1), extent=e, vmin=0, vmax=umax, cmap="viridis")
+        ax[0, j].set_title(f"|u| {title}, µm")
+        fig.colorbar(im, ax=ax[0, j], shrink=0.8)
+        im = ax[1, j].imshow(np.linalg.norm(f[kk], axis=-1), extent=e, vmin=0, cmap="magma",
+                             vmax=fmax if j < 3 else None)
+        ax[1, j].set_title(f"|f| {title}, pN/µm³")
+        fig.colorbar(im, ax=ax[1, j], shrink=0.8)
+    for a in ax.ravel():
+        a.set_xlabel("x, µm")
+    fig.suptitle(f"a bead volume pair, mid-plane z = {z:.0f} µm")
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

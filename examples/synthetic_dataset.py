@@ -70,9 +70,7 @@ def main(argv=None) -> int:
                           progress=not args.quiet)
     t_cls = time.perf_counter() - t0
     # DVC reports on window centres: compare the truth there (nodal values of the same grid).
-    idx = tuple(np.rint((np.asarray(ax) - o) / h).astype(int) for ax, o, h in
-                zip(res.grid.axes_um(), grid.origin_um, grid.spacing_um))
-    u_true = s0["displacement"][np.ix_(*idx)]
+    u_true = s0["displacement"][np.ix_(*grid.nearest_indices(res.grid))]
     err = res.displacement - u_true
     truth = tfm.Result(grid, displacement=s0["displacement"], force=s0["force"])
     cell_c = np.asarray(s0["params"]["cell"]["center_um"])

@@ -129,3 +129,13 @@ def test_field_shape_errors_name_the_problem():
         fields.gradient(np.zeros((8, 8, 8, 3)), g, method="fem")
     with pytest.raises(ValueError, match="3 components"):
         fields.navier(np.zeros((8, 8, 8, 2)), g, MAT)
+
+
+def test_nearest_indices_map_a_coarse_grid_onto_a_fine_one():
+    fine = tfm.Grid((20, 30, 40), (0.5, 1.0, 1.0), origin_um=(1.0, 0.0, -2.0))
+    coarse = tfm.Grid((4, 5, 6), (2.0, 4.0, 3.0), origin_um=(2.0, 4.0, 1.0))
+    idx = fine.nearest_indices(coarse)
+    x = fine.coordinates_um()[np.ix_(*idx)]
+    np.testing.assert_allclose(x, coarse.coordinates_um())
+    with pytest.raises(ValueError, match="outside"):
+        fine.nearest_indices(tfm.Grid((4, 5, 6), 10.0))

@@ -19,6 +19,13 @@ def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatc
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert abs(summary["contractility_error"]) < 0.02
     assert summary["regularization_rule"] == "gcv" and summary["alpha"] > 0
+    # Part 2: a shipped bead pair through the shipped network and the classical pipeline.
+    for name in ("pair_dl.h5", "pair_classical.h5", "pair.png"):
+        assert (tmp_path / name).stat().st_size > 500, name
+    bp = summary["bead_pair"]
+    assert bp["dl"]["displacement_correlation"] > 0.6 and bp["classical"]["displacement_correlation"] > 0.3
+    for m in ("dl", "classical"):
+        assert bp[m]["contractility_pn"] > 0 and bp[m]["seconds"] > 0
 
 
 @pytest.mark.slow
@@ -57,3 +64,20 @@ def test_synthetic_dataset_example(tmp_path, monkeypatch):
     assert s["displacement_correlation"] > 0.6
     assert s["displacement_rms_error_um"] < s["displacement_rms_truth_um"]
     assert s["contractility_truth_pn"] > 0 and s["contractility_classical_pn"] > 0
+
+
+@pytest.mark.slow
+def test_train_dl_example(tmp_path, monkeypatch):
+    """Generate, train a small network (with a kill and resume in between), reconstruct."""
+    base = ["train_dl.py", "--out", str(tmp_path), "--n", "12", "--size", "32", "--widths", "8", "16", "32", "--quiet"]
+    for epochs in ("2", "4"):  # the second run resumes the first (a longer schedule re-uses its steps)
+        monkeypatch.setattr(sys, "argv", base + ["--epochs", epochs])
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(ROOT / "examples" / "train_dl.py"), run_name="__main__")
+        assert e.value.code == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["epoch"] for r in s["epochs"]] == [1, 2, 3, 4]
+    assert s["epochs"][-1]["train_loss"] < s["epochs"][0]["train_loss"]
+    shipped = s["sample48_7"]["shipped model"]
+    assert shipped["displacement_correlation"] > 0.5 and shipped["contractility_pn"] > 0
+    assert (tmp_path / "loss.png").stat().st_size > 5000

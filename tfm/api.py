@@ -15,7 +15,7 @@ from .material import LinearElastic
 from .result import Result
 
 FORCE_METHODS = ("fttc",)
-RECONSTRUCT_METHODS = ("classical",)
+RECONSTRUCT_METHODS = ("classical", "dl")
 
 
 def reconstruct_forces(displacement, grid: Grid, material: LinearElastic, method: str = "fttc", regularization="auto", **options) -> Result:
@@ -91,18 +91,29 @@ def _measure_displacement_2d(reference, deformed, spacing_um, mask, progress, op
 
 
 def reconstruct(reference, deformed, spacing_um, material: LinearElastic, method: str = "classical", mask=None,
-                regularization="auto", progress: bool = True, dvc_options: dict | None = None) -> Result:
+                regularization="auto", progress: bool = True, dvc_options: dict | None = None, model=None,
+                dl_options: dict | None = None) -> Result:
     """Bead volume pair -> displacement and force density in one call.
 
     ``method="classical"``: :func:`measure_displacement` (DVC), then
-    :func:`reconstruct_forces` (3D FTTC) on the DVC grid.
+    :func:`reconstruct_forces` (3D FTTC) on the DVC grid. Returns the fields on the grid
+    of DVC window centres; ``info`` holds both steps' info (``info["dvc"]``, the FTTC keys
+    at top level) and the timings.
 
-    Returns a :class:`~tfm.result.Result` with ``displacement`` (µm) and ``force``
-    (pN/µm³) on the grid of DVC window centres; ``info`` holds both steps' info
-    (``info["dvc"]``, the FTTC keys at top level) and the timings.
+    ``method="dl"``: the physics-informed 3D network (:func:`tfm.nn.infer.predict`) in
+    one pass, on the input voxel grid. ``model`` is a saved-model or ``tfm train`` run
+    directory, or None for the shipped default weights; ``dl_options`` go to ``predict``
+    (``tile``, ``overlap``). ``material`` may be :class:`~tfm.material.NeoHookean` too.
+    ``mask`` is not used by the network (it sees the cell as the bead-free region).
+
+    Returns a :class:`~tfm.result.Result` with ``displacement`` (µm) and ``force`` (pN/µm³).
     """
     if method not in RECONSTRUCT_METHODS:
         raise ValueError(f"method must be one of {RECONSTRUCT_METHODS}, got {method!r}")
+    if method == "dl":
+        from .nn.infer import predict
+
+        return predict(reference, deformed, spacing_um, material, model=model, progress=progress, **(dl_options or {}))
     t0 = time.perf_counter()
     disp = measure_displacement(reference, deformed, spacing_um, mask=mask, progress=progress, **(dvc_options or {}))
     t1 = time.perf_counter()

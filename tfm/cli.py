@@ -101,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_volume_args(r)
     r.add_argument("--youngs-modulus-pa", type=float, required=True, help="Young's modulus of the gel, Pa")
     r.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
-    r.add_argument("--method", choices=("classical",), default="classical", help="reconstruction method (default classical: DVC + FTTC)")
+    r.add_argument("--method", choices=("classical", "dl"), default="classical",
+                   help="classical: DVC + FTTC; dl: the physics-informed 3D network in one pass (default classical)")
+    r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
+    r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
+    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 64 on CPU, 128 on GPU)")
+    r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(24, tile/2))")
     r.add_argument("--regularization", type=_regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
     r.set_defaults(run=_cmd_reconstruct)
 
@@ -149,6 +154,37 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(run=_cmd_synth)
 
+    n = sub.add_parser("train", help="train the 3D network (bead pair -> displacement and force) on synthetic datasets",
+                       description="Minibatch training of the physics-informed 3D U-Net on datasets written by "
+                       "tfm synth: supervised displacement and force, constitutive consistency and equilibrium losses. "
+                       "Checkpoints go to OUT/checkpoints, the best model (validation loss) to OUT/model, one JSON "
+                       "line per epoch to OUT/metrics.jsonl. Run the same command again to resume a killed run.",
+                       epilog="example:\n  tfm synth --n 800 --size 40 --seed 1 -o train.h5\n"
+                       "  tfm train --data train.h5 --out runs/mine --epochs 20\n"
+                       "  tfm reconstruct ref.tif def.tif --method dl --model runs/mine --youngs-modulus-pa 1000 -o r.h5",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    n.add_argument("--data", nargs="+", required=True, help="synthetic dataset files (.h5)")
+    n.add_argument("--out", required=True, help="run directory (created; resumed if it holds this run)")
+    n.add_argument("--epochs", type=int, default=20, help="passes over the training split (default 20)")
+    n.add_argument("--batch-size", type=int, default=2, help="global minibatch, split over devices (default 2)")
+    n.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="adamw, or sgd with Nesterov momentum (default adamw)")
+    n.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    n.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
+    n.add_argument("--widths", type=int, nargs="+", default=[16, 32, 48, 64], help="channels per U-Net level (default 16 32 48 64)")
+    n.add_argument("--crop", type=int, help="train on random cubic crops of this size (default: whole samples)")
+    n.add_argument("--law", choices=("auto", "linear", "neo-hookean"), default="auto", help="constitutive layer (default: the data's law)")
+    n.add_argument("--w-displacement", type=float, default=1.0, help="weight of the supervised displacement loss (default 1)")
+    n.add_argument("--w-force", type=float, default=1.0, help="weight of the supervised force loss (default 1)")
+    n.add_argument("--w-consistency", type=float, default=0.1, help="weight of the constitutive consistency loss (default 0.1)")
+    n.add_argument("--w-equilibrium", type=float, default=0.01, help="weight of the net force/torque loss (default 0.01)")
+    n.add_argument("--val-fraction", type=float, default=0.1, help="samples held out for validation (default 0.1)")
+    n.add_argument("--seed", type=int, default=0, help="initialisation, split, batch order and augmentation (default 0)")
+    n.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint interval, steps (default 200)")
+    n.add_argument("--max-steps", type=int, help="stop after this many steps in total (a later run resumes)")
+    n.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() first")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(run=_cmd_train)
+
     v = sub.add_parser("view", help="3D view of a result: force arrows, displacement glyphs, cell surface",
                        description="Render a result file in 3D with PyVista: the strongest force arrows coloured by "
                        "|f|, displacement glyphs, and optionally the cell's isosurface. Writes a PNG offscreen "
@@ -166,6 +202,23 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--slices", help="also write |u| and |f| mid-plane slices to this PNG")
     v.set_defaults(run=_cmd_view)
     return p
+
+
+def _cmd_train(args) -> int:
+    from .nn import physics, train
+    from .nn.unet3d import ModelConfig
+
+    cfg = train.TrainConfig(
+        data=tuple(args.data), model=ModelConfig(widths=tuple(args.widths), seed=args.seed),
+        loss=physics.LossWeights(displacement=args.w_displacement, force=args.w_force, consistency=args.w_consistency,
+                                 equilibrium=args.w_equilibrium),
+        law=args.law, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, val_fraction=args.val_fraction, crop=args.crop,
+        seed=args.seed, checkpoint_every=args.checkpoint_every)
+    summary = train.train(cfg, args.out, progress=not args.quiet, max_steps=args.max_steps, distributed=args.distributed)
+    if not args.quiet:
+        print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _cmd_view(args) -> int:
@@ -295,10 +348,16 @@ def _cmd_reconstruct(args) -> int:
     from .api import reconstruct
     from .material import LinearElastic
 
-    material = LinearElastic(args.youngs_modulus_pa, args.poisson_ratio)
+    from .material import NeoHookean
+
+    if args.material == "neo-hookean" and args.method != "dl":
+        raise ValueError("--material neo-hookean needs --method dl (FTTC assumes a linear matrix)")
+    law = NeoHookean if args.material == "neo-hookean" else LinearElastic
+    material = law(args.youngs_modulus_pa, args.poisson_ratio)
     ref, dfm, sp, mask, options = _load_pair(args)
     result = reconstruct(ref, dfm, sp, material, method=args.method, mask=mask, regularization=args.regularization,
-                         progress=not args.quiet, dvc_options=options)
+                         progress=not args.quiet, dvc_options=options, model=args.model,
+                         dl_options={"tile": args.tile, "overlap": args.tile_overlap})
     return _finish(args, result, "tfm reconstruct")
 
 

@@ -123,6 +123,17 @@ class Grid:
         """Same spacing and origin, another shape (e.g. a zero-padded box)."""
         return Grid(tuple(shape), self.spacing_um, self.origin_um)
 
+    def nearest_indices(self, other: "Grid") -> tuple:
+        """Per axis, the indices of this grid's points nearest to ``other``'s points, for
+        comparing a field on ``other`` (e.g. DVC window centres) with one on this grid:
+        ``field[np.ix_(*grid.nearest_indices(coarse))]``. Raises ValueError if ``other``
+        reaches outside this grid."""
+        idx = tuple(np.rint((np.asarray(ax) - o) / h).astype(int) for ax, o, h in
+                    zip(other.axes_um(), self.origin_um, self.spacing_um))
+        if any(i.min() < 0 or i.max() >= n for i, n in zip(idx, self.shape)):
+            raise ValueError(f"other grid {other} reaches outside {self}")
+        return idx
+
     def check_field(self, array, name: str, components: int | None = None) -> None:
         """Raise ValueError unless ``array`` is sampled on this grid.
 

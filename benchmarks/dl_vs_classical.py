@@ -1,0 +1,253 @@
+"""The learned reconstruction against the classical pipeline, side by side in one run.
+
+    python benchmarks/dl_vs_classical.py [--test FILE.h5] [--model DIR] [--sizes 64,128]
+                                         [--saenopy-python /path/to/venv/bin/python]
+
+1. Accuracy on a held-out synthetic test set (default: 24 samples at 48³, seed 777 -- a
+   seed no training set used -- generated on first use into .cache/bench/): each sample's
+   bead pair goes through ``tfm.reconstruct(method="dl")`` (shipped weights unless
+   --model) and ``method="classical"`` (DVC + 3D FTTC, regularisation by GCV), both
+   compared with the FEM truth:
+
+   * displacement RMS error (µm) at the DVC window centres (both methods there) and, for
+     the network, on every voxel;
+   * force relative L2 error on the DVC grid: the classical force is a density smoothed
+     over a DVC cell, so the truth and the network's voxel field are averaged over the
+     same boxes (edge = DVC grid step) before comparing; the network's voxel-level error is
+     reported too;
+   * contractility (pN) about the cell's centre, relative error against the truth.
+
+2. Time per volume pair (image pair -> forces) at 64³ and 128³ (a Gaussian-dilatation
+   field rendered into beads): cold (first call, includes JIT compilation) and warm, DL
+   and classical, and saenopy 1.0.8's PIV alone where --saenopy-python is given.
+
+Writes benchmarks/results/dl_vs_classical.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TEST = ROOT / ".cache" / "bench" / "test48_seed777_n24.h5"
+
+
+def ensure_test_set(path: Path, n: int, size: int, seed: int) -> Path:
+    from tfm.synth import dataset
+
+    if not path.exists():
+        print(f"generating the test set {path} ({n} samples, {size}³, seed {seed})", flush=True)
+        dataset.generate(path, n, seed=seed, config=dataset.SynthConfig(size=size))
+    return path
+
+
+def _box_mean_at(field, grid, coarse):
+    """Average ``field`` over boxes of the coarse grid's step centred on its points."""
+    from scipy import ndimage
+
+    step = [max(1, int(round(hc / h))) for hc, h in zip(coarse.spacing_um, grid.spacing_um)]
+    sm = np.stack([ndimage.uniform_filter(field[..., c], size=step, mode="constant") for c in range(field.shape[-1])], -1)
+    return sm[np.ix_(*grid.nearest_indices(coarse))]
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _rms(a):
+    return float(np.sqrt(np.mean(np.sum(a**2, -1))))
+
+
+def accuracy(test: Path, model, limit: int | None = None) -> list:
+    import tfm
+    from tfm.synth.dataset import SyntheticDataset
+
+    rows = []
+    with SyntheticDataset(test) as ds:
+        grid = ds.grid
+        law = tfm.NeoHookean if ds.material == "neo-hookean" else tfm.LinearElastic
+        for i in range(len(ds) if limit is None else min(limit, len(ds))):
+            s = ds[i]
+            e, nu = float(s["youngs_modulus_pa"]), float(s["poisson_ratio"])
+            centre = np.asarray(s["params"]["cell"]["center_um"])
+            ref, dfm = s["reference"].astype(np.float32), s["deformed"].astype(np.float32)
+            truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
+            t0 = time.perf_counter()
+            dl = tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=model, progress=False)
+            t_dl = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            cl = tfm.reconstruct(ref, dfm, grid.spacing_um, tfm.LinearElastic(e, nu), progress=False)
+            t_cl = time.perf_counter() - t0
+            idx = np.ix_(*grid.nearest_indices(cl.grid))
+            u_true_c = s["displacement"][idx]
+            f_true_c = _box_mean_at(s["force"], grid, cl.grid)
+            c_true = truth.contractility(center_um=centre)
+            row = {"sample": i, "youngs_modulus_pa": e, "poisson_ratio": nu, "u_rms_truth_um": _rms(s["displacement"]),
+                   "contractility_truth_pn": c_true, "dvc_grid": list(cl.grid.shape)}
+            for name, res, t in (("dl", dl, t_dl), ("classical", cl, t_cl)):
+                u_c = res.displacement[idx] if name == "dl" else res.displacement
+                f_c = _box_mean_at(res.force, grid, cl.grid) if name == "dl" else res.force
+                c = res.contractility(center_um=centre)
+                row[name] = {"time_s": t, "u_rms_error_um": _rms(u_c - u_true_c), "force_rel_l2": _rel(f_c, f_true_c),
+                             "contractility_pn": c, "contractility_rel_error": abs(c - c_true) / abs(c_true)}
+            row["dl"]["u_rms_error_voxels_um"] = _rms(dl.displacement - s["displacement"])
+            row["dl"]["force_rel_l2_voxels"] = _rel(dl.force, s["force"])
+            rows.append(row)
+            print(f"sample {i}: " + "  ".join(f"{m} f {row[m]['force_rel_l2']:.3f} C {row[m]['contractility_rel_error']:.3f} "
+                                              f"u {row[m]['u_rms_error_um']:.4f}" for m in ("dl", "classical")), flush=True)
+    return rows
+
+
+def summarise(rows: list) -> dict:
+    out = {}
+    for m in ("dl", "classical"):
+        out[m] = {k: float(np.median([r[m][k] for r in rows])) for k in rows[0][m]}
+        out[m]["mean_force_rel_l2"] = float(np.mean([r[m]["force_rel_l2"] for r in rows]))
+        out[m]["mean_contractility_rel_error"] = float(np.mean([r[m]["contractility_rel_error"] for r in rows]))
+    out["u_rms_truth_um"] = float(np.median([r["u_rms_truth_um"] for r in rows]))
+    out["dl_better_force"] = int(sum(r["dl"]["force_rel_l2"] < r["classical"]["force_rel_l2"] for r in rows))
+    out["dl_better_contractility"] = int(sum(r["dl"]["contractility_rel_error"] < r["classical"]["contractility_rel_error"] for r in rows))
+    out["n"] = len(rows)
+    return out
+
+
+def timing_pair(n: int):
+    import tfm
+    from tfm.analytic import GaussianDilatation
+    from tfm.synth import beads
+
+    grid = tfm.Grid((n,) * 3, 1.0)
+    mat = tfm.LinearElastic(1000.0, 0.45)
+    sol = GaussianDilatation(4.0, -0.1, tuple(c for c in grid.center_um), mat)
+    pos = beads.random_positions(grid, 0.025, np.random.default_rng(n), margin_um=3.0)
+    ref, dfm = beads.render_pair(grid, pos, lambda p: np.asarray(sol.displacement(p)), (1.0, 0.45, 0.45))
+    rng = np.random.default_rng(1)
+    return (beads.camera(ref, rng, 200.0, 0.02, 0.05).astype(np.float32),
+            beads.camera(dfm, rng, 200.0, 0.02, 0.05).astype(np.float32), mat)
+
+
+def timing(sizes, model, saenopy_python=None) -> list:
+    import tfm
+
+    rows = []
+    for n in sizes:
+        ref, dfm, mat = timing_pair(n)
+        row = {"size": n}
+        for name, kw in (("dl", {"method": "dl", "model": model}), ("classical", {"method": "classical"})):
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, **kw)
+                times.append(time.perf_counter() - t0)
+            row[name] = {"cold_s": times[0], "warm_s": times[1]}
+        if saenopy_python:
+            from dvc import _saenopy_raw
+
+            try:
+                t, _, _ = _saenopy_raw(saenopy_python, ref, dfm, 12.0, 4.0)
+                row["saenopy_piv_s"] = t
+            except RuntimeError as exc:
+                row["saenopy_piv_error"] = str(exc)
+        rows.append(row)
+        print("timing", row, flush=True)
+    return rows
+
+
+FMTRACK = ROOT.parent / "shared" / "data" / "fmtrack_avic_3d"
+FMTRACK_SPACING = (0.8, 0.29286, 0.29286)
+
+
+def fmtrack_one(model_dir) -> dict:
+    """DL inference on the full FM-Track stacks (176 x 512 x 512), in a fresh process: time, peak memory."""
+    import tfm
+
+    ref, _ = tfm.io.read_volume(FMTRACK / "CytoD_Beads.tif", spacing_um=FMTRACK_SPACING)
+    dfm, _ = tfm.io.read_volume(FMTRACK / "Normal_Beads.tif", spacing_um=FMTRACK_SPACING)
+    base = peak_rss_mb()
+    t0 = time.perf_counter()
+    res = tfm.reconstruct(ref, dfm, FMTRACK_SPACING, tfm.LinearElastic(1000.0, 0.45), method="dl", model=model_dir or None,
+                          progress=False)
+    return {"shape": list(ref.shape), "time_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+            "rss_before_mb": base, "resampled_to_um": res.info["resampled_to_um"], "tile": res.info["tile"],
+            "volume_mb": ref.nbytes / 2**20}
+
+
+def markdown(rep: dict) -> str:
+    s = rep["summary"]
+    L = ["# Learned (DL) vs classical reconstruction", "",
+         f"Machine: {rep['machine']}; jax {rep['jax']}; backend {rep['backend']}; command: `{rep['command']}`.",
+         f"Model: `{rep['model']}`. Test set: `{rep['test_set']}` ({s['n']} samples, unseen seed; median RMS |u| "
+         f"{s['u_rms_truth_um']:.4f} µm).", "",
+         "Force errors are on the DVC grid (truth and network averaged over the DVC cell); contractility about the "
+         "cell centre. Medians over the samples (means in brackets).", "",
+         "| method | force rel. L2 | contractility rel. error | displacement RMS error (µm) | time / pair (s) |",
+         "|---|---|---|---|---|"]
+    for m, label in (("dl", "DL (physics-informed 3D U-Net)"), ("classical", "classical (DVC + FTTC)")):
+        r = s[m]
+        L.append(f"| {label} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | {r['contractility_rel_error']:.3f} "
+                 f"({r['mean_contractility_rel_error']:.3f}) | {r['u_rms_error_um']:.4f} | {r['time_s']:.2f} |")
+    L += ["", f"DL better on force error in {s['dl_better_force']} / {s['n']} samples, on contractility in "
+          f"{s['dl_better_contractility']} / {s['n']}. Network on every voxel: force rel. L2 {s['dl']['force_rel_l2_voxels']:.3f}, "
+          f"displacement RMS error {s['dl']['u_rms_error_voxels_um']:.4f} µm (median).", ""]
+    if rep.get("timing"):
+        L += ["## Time per volume pair (image pair -> displacement and forces)", "",
+              "| volume | DL cold (s) | DL warm (s) | classical cold (s) | classical warm (s) | warm speed-up | saenopy PIV alone (s) |",
+              "|---|---|---|---|---|---|---|"]
+        for r in rep["timing"]:
+            sp = f"{r['saenopy_piv_s']:.1f}" if "saenopy_piv_s" in r else "not run"
+            L.append(f"| {r['size']}³ | {r['dl']['cold_s']:.2f} | {r['dl']['warm_s']:.2f} | {r['classical']['cold_s']:.2f} | "
+                     f"{r['classical']['warm_s']:.2f} | {r['classical']['warm_s'] / r['dl']['warm_s']:.1f}x | {sp} |")
+    if rep.get("fmtrack"):
+        r = rep["fmtrack"]
+        L += ["", "## Tiled inference on a real stack pair (FM-Track, fresh process)", "",
+              f"{' x '.join(map(str, r['shape']))} voxels of {FMTRACK_SPACING} µm ({r['volume_mb']:.0f} MB per stack), "
+              f"resampled to {r['resampled_to_um']} µm and cut into {r['tile']}³ tiles: {r['time_s']:.1f} s, peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before the call, stacks loaded). Timing and "
+              "memory only: these motions lie outside the shipped model's training range (see its model card)."]
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--test", help="synthetic test set (.h5); default: generated, 24 samples at 48³, seed 777")
+    p.add_argument("--model", help="saved model or run directory (default: the shipped weights)")
+    p.add_argument("--sizes", default="64,128", help="volume edges for the timing, comma-separated")
+    p.add_argument("--limit", type=int, help="use only the first N test samples")
+    p.add_argument("--saenopy-python", help="python of a virtualenv with saenopy installed (times its PIV)")
+    p.add_argument("--one-size", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one_size == "fmtrack":
+        print(json.dumps(fmtrack_one(args.model)))
+        return 0
+    import jax
+
+    from tfm.nn import infer
+
+    test = Path(args.test) if args.test else ensure_test_set(DEFAULT_TEST, 24, 48, 777)
+    model = infer.load_model(args.model)
+    rows = accuracy(test, model, args.limit)
+    rep = {"command": "python benchmarks/dl_vs_classical.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
+           "model": args.model or "shipped default (tfm/nn/weights/default)", "test_set": str(test), "samples": rows,
+           "summary": summarise(rows)}
+    sizes = [int(v) for v in args.sizes.split(",") if v]
+    rep["timing"] = timing(sizes, model, args.saenopy_python)
+    if FMTRACK.is_dir():
+        rep["fmtrack"] = run_one_size(Path(__file__), "fmtrack", *(["--model", args.model] if args.model else []))
+        print("fmtrack", rep["fmtrack"], flush=True)
+    write_report(args.out, "dl_vs_classical", rep, markdown(rep))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

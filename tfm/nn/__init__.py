@@ -1,0 +1,1 @@
+"""Learned reconstruction: the 3D network, its physics layer, training and inference."""

@@ -1,0 +1,194 @@
+"""Inference with a trained 3D network: any volume size, any voxel size, bounded memory.
+
+``predict(reference, deformed, spacing_um, material)`` runs the shipped default model (or
+one from ``tfm train``) and returns a :class:`~tfm.result.Result` on the input grid:
+
+1. Both volumes are normalised once, globally (:func:`~tfm.nn.unet3d.normalise_pair`).
+2. If the voxel size differs from the model's training voxel size by more than 1 %, the
+   volumes are resampled (trilinear) to the model's voxel size and the fields are
+   interpolated back at the end: bead images look different at another scale, and the
+   network works in voxel units.
+3. The volume is cut into overlapping cubic tiles (``tile`` voxels, a multiple of the
+   network's pooling factor; ``overlap`` voxels shared by neighbours). Each tile is
+   predicted on its own -- one compiled shape for every tile -- and the tiles are blended
+   with weights that ramp linearly across the overlap, so seams do not show and memory is
+   bounded by one tile plus the output arrays. Volumes smaller than a tile are zero-padded
+   (zero is the background after normalisation).
+4. Network units become physical ones: ``u = u_voxels * h`` (µm) and ``f = g E / h``
+   (pN/µm³) for the material's Young's modulus ``E``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..grid import Grid
+from ..material import LinearElastic, NeoHookean
+from ..progress import Progress
+from ..result import Result
+from . import store
+from .unet3d import ModelConfig, UNet3D, normalise_pair, optical_flow_features
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
+
+
+def load_model(path=None) -> UNet3D:
+    """A trained :class:`UNet3D` from a saved-model directory (default: the shipped one).
+
+    ``path`` may also be a run directory of ``tfm train`` (its ``model/`` is used)."""
+    path = DEFAULT_MODEL if path is None else Path(path)
+    if (path / "model").is_dir() and not (path / "model.json").exists():
+        path = path / "model"
+    desc = store.read_description(path)
+    if desc.get("kind") != "tfm.unet3d":
+        raise ValueError(f"{path} holds a {desc.get('kind')!r} model, not a 3D force network (tfm.unet3d)")
+    model = UNet3D(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in desc["config"].items()}))
+    store.load_weights(path, model)
+    return model
+
+
+def _starts(n: int, tile: int, overlap: int) -> list:
+    if n <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, n - tile, step)) + [n - tile]
+    return sorted(set(starts))
+
+
+def _ramp(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> np.ndarray:
+    """1D blending weight of a tile. On a side shared with a neighbour the outer quarter of
+    the overlap gets weight 0 (those voxels saw the tile's edge, not their whole
+    neighbourhood) and the weight then rises linearly to 1 at ``overlap - overlap // 4``;
+    on the volume's own faces it is 1."""
+    w = np.ones(n, np.float32)
+    if overlap > 0:
+        m = overlap // 4
+        r = np.clip((np.arange(overlap, dtype=np.float32) + 0.5 - m) / max(overlap - 2 * m, 1), 0.0, 1.0)
+        if not lo_edge:
+            w[:overlap] = np.minimum(w[:overlap], r)
+        if not hi_edge:
+            w[-overlap:] = np.minimum(w[-overlap:], r[::-1])
+    return w
+
+
+_FORWARD: dict = {}
+
+
+def _forward_fn(model: UNet3D):
+    """One jitted forward pass per model object (the parameters are its argument)."""
+    key = id(model)
+    if key not in _FORWARD or _FORWARD[key][0] is not model:
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def fwd(state, ref, dfm, nu):
+            return nnx.merge(graphdef, state)(optical_flow_features(ref, dfm, nu))
+
+        if len(_FORWARD) > 4:
+            _FORWARD.clear()
+        _FORWARD[key] = (model, lambda ref, dfm, nu: fwd(state, ref, dfm, nu))
+    return _FORWARD[key][1]
+
+
+def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: float, tile: int = 64, overlap: int = 16,
+                          progress: bool = True):
+    """Normalised volumes on the model's voxel grid -> (u_voxels, g) arrays (Z, Y, X, 3), tiled."""
+    mult = model.config.multiple
+    if tile % mult or tile < mult:
+        raise ValueError(f"tile must be a positive multiple of {mult} for this model, got {tile}")
+    if not 0 <= overlap < tile // 2 + 1:
+        raise ValueError(f"overlap must lie in [0, tile/2], got {overlap}")
+    shape = reference.shape
+    # Per axis: the tile length actually used (volumes smaller than a tile: one padded tile).
+    sizes = [min(tile, -(-n // mult) * mult) for n in shape]
+    pads = [max(s - n, 0) for s, n in zip(sizes, shape)]
+    ref = np.pad(reference, [(0, p) for p in pads])
+    dfm = np.pad(deformed, [(0, p) for p in pads])
+    full = ref.shape
+    starts = [_starts(n, s, overlap) for n, s in zip(full, sizes)]
+    out = np.zeros(full + (6,), np.float32)
+    wsum = np.zeros(full, np.float32)
+    fwd = _forward_fn(model)
+    nu = jnp.asarray([poisson_ratio], jnp.float32)
+    total = int(np.prod([len(s) for s in starts]))
+    with Progress(total, "dl tiles", enabled=progress and total > 1) as bar:
+        for z in starts[0]:
+            for y in starts[1]:
+                for x in starts[2]:
+                    o = (z, y, x)
+                    sl = tuple(slice(a, a + s) for a, s in zip(o, sizes))
+                    pred = np.asarray(fwd(jnp.asarray(ref[sl])[None], jnp.asarray(dfm[sl])[None], nu)[0])
+                    ws = [_ramp(s, overlap, a == 0, a + s == n) for a, s, n in zip(o, sizes, full)]
+                    w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
+                    out[sl] += pred * w[..., None]
+                    wsum[sl] += w
+                    bar.update(1)
+    out /= wsum[..., None]
+    crop = tuple(slice(0, n) for n in shape)
+    return out[crop][..., :3], out[crop][..., 3:]
+
+
+def _resample(volume, factors, order=1):
+    from scipy import ndimage
+
+    return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=False)
+
+
+def predict(reference, deformed, spacing_um, material, model=None, tile: int | None = None, overlap: int | None = None,
+            progress: bool = True) -> Result:
+    """Bead volume pair -> displacement (µm) and force density (pN/µm³) with the network.
+
+    Args:
+      reference, deformed: (Z, Y, X) bead volumes (relaxed / deformed), any dtype.
+      spacing_um: voxel size (z, y, x) or one number, µm.
+      material: the matrix, :class:`~tfm.material.LinearElastic` or :class:`~tfm.material.NeoHookean`.
+      model: a :class:`UNet3D`, a saved-model or run directory, or None for the shipped model.
+      tile: tile edge in voxels (None: 64 on CPU, 128 on GPU).
+      overlap: voxels shared by neighbouring tiles (blended; default min(24, tile / 2)).
+    """
+    t0 = time.perf_counter()
+    ref = np.asarray(reference)
+    dfm = np.asarray(deformed)
+    if ref.ndim != 3:
+        raise ValueError(f"reference must be a 3D volume (Z, Y, X), got shape {ref.shape}")
+    if dfm.shape != ref.shape:
+        raise ValueError(f"deformed must have the reference's shape {ref.shape}, got {dfm.shape}")
+    for name, v in (("reference", ref), ("deformed", dfm)):
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    if not isinstance(material, (LinearElastic, NeoHookean)):
+        raise ValueError(f"material must be tfm.LinearElastic or tfm.NeoHookean, got {type(material).__name__}")
+    grid = Grid(ref.shape, spacing_um)
+    source = "in-memory model"
+    if not isinstance(model, UNet3D):
+        source = str(DEFAULT_MODEL if model is None else model)
+        model = load_model(model)
+    tile = tile or (64 if jax.default_backend() == "cpu" else 128)
+    overlap = min(24, tile // 2) if overlap is None else overlap
+    h_model = np.asarray(model.config.spacing_um)
+    h = np.asarray(grid.spacing_um)
+    resample = bool(np.any(np.abs(h / h_model - 1) > 0.01))
+    ref_n, dfm_n = normalise_pair(ref, dfm)
+    if resample:
+        factors = h / h_model
+        ref_n, dfm_n = _resample(ref_n, factors), _resample(dfm_n, factors)
+    u_vox, g = predict_network_units(model, ref_n, dfm_n, material.poisson_ratio, tile=tile, overlap=overlap,
+                                     progress=progress)
+    u = u_vox * h_model.astype(np.float32)
+    f = g * np.float32(material.youngs_modulus_pa / float(np.exp(np.mean(np.log(h_model)))))
+    if resample:
+        from scipy import ndimage
+
+        coords = np.meshgrid(*[np.arange(n) * (hh / hm) for n, hh, hm in zip(ref.shape, h, h_model)], indexing="ij")
+        u = np.stack([ndimage.map_coordinates(u[..., c], coords, order=1, mode="nearest") for c in range(3)], -1)
+        f = np.stack([ndimage.map_coordinates(f[..., c], coords, order=1, mode="nearest") for c in range(3)], -1)
+    info = {"method": "dl", "model": source, "tile": tile, "overlap": overlap,
+            "resampled_to_um": list(h_model) if resample else None, "youngs_modulus_pa": material.youngs_modulus_pa,
+            "poisson_ratio": material.poisson_ratio, "time_s": time.perf_counter() - t0}
+    return Result(grid=grid, displacement=u.astype(np.float32), force=f.astype(np.float32), info=info)

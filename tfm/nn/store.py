@@ -1,0 +1,112 @@
+"""Saving and loading trained networks, and the run directory's checkpoints.
+
+A saved model is a directory::
+
+    model.json     {"kind": ..., "config": {...}, "card": {...}}  (architecture + model card)
+    weights/       the parameters (orbax-checkpoint v1 PyTree)
+
+written to ``NAME.tmp-*`` and renamed, so an interrupted save never leaves half a model.
+Training checkpoints (:class:`Checkpoints`) hold parameters, optimiser state and the loop
+position under ``RUN/checkpoints/<step>/`` via ``orbax.checkpoint.v1.training.Checkpointer``
+with a fixed-interval save policy; the newest few are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+
+def _ocp():
+    from orbax.checkpoint import v1 as ocp
+
+    return ocp
+
+
+def _host(tree):
+    return jax.tree.map(lambda a: np.asarray(a), tree)
+
+
+def save_model(path, model: nnx.Module, kind: str, config: dict, card: dict | None = None) -> Path:
+    """Write ``model``'s parameters and description to directory ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    try:
+        (tmp / "model.json").write_text(json.dumps({"kind": kind, "config": config, "card": card or {}}, indent=2, default=str))
+        ocp = _ocp()
+        (getattr(ocp, "save", None) or ocp.save_pytree)(tmp / "weights", _host(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_description(path) -> dict:
+    """The ``model.json`` of a saved model, with a clear error if ``path`` is not one."""
+    path = Path(path)
+    f = path / "model.json"
+    if not f.is_file() or not (path / "weights").is_dir():
+        raise FileNotFoundError(f"{path} is not a saved tfm model (needs model.json and weights/)")
+    return json.loads(f.read_text())
+
+
+def load_weights(path, model: nnx.Module) -> nnx.Module:
+    """Replace ``model``'s parameters by those saved at ``path`` (shapes must match)."""
+    state = nnx.state(model, nnx.Param)
+    template = _host(nnx.to_pure_dict(state))
+    try:
+        ocp = _ocp()
+        loaded = (getattr(ocp, "load", None) or ocp.load_pytree)(Path(path) / "weights", template)
+    except Exception as e:  # orbax raises several types for a structure mismatch
+        raise ValueError(f"weights at {path} do not fit the model described in its model.json: {e}") from e
+    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, loaded))
+    nnx.update(model, state)
+    return model
+
+
+class Checkpoints:
+    """Periodic training checkpoints of a pytree (orbax v1 training Checkpointer)."""
+
+    def __init__(self, directory, every_steps: int, keep: int = 2):
+        ocp = _ocp()
+        sd = ocp.training.save_decision_policies
+        pp = ocp.training.preservation_policies
+        self._ckpt = ocp.training.Checkpointer(
+            Path(directory).absolute(), save_decision_policy=sd.FixedIntervalPolicy(int(every_steps)),
+            preservation_policy=pp.LatestN(int(keep)))
+
+    @property
+    def latest_step(self) -> int | None:
+        latest = self._ckpt.latest
+        return None if latest is None else int(latest.step)
+
+    def save(self, step: int, tree, force: bool = False) -> bool:
+        return bool(self._ckpt.save(int(step), _host(tree), force=force))
+
+    def load(self, template, step: int | None = None):
+        return jax.tree.map(np.asarray, self._ckpt.load(self.latest_step if step is None else step, _host(template)))
+
+    def close(self) -> None:
+        self._ckpt.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

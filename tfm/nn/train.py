@@ -1,0 +1,397 @@
+"""Training the 3D network on synthetic datasets: minibatch SGD, checkpoints, resume, devices.
+
+Usage (what ``tfm train`` runs)::
+
+    from tfm.nn import train
+    cfg = train.TrainConfig(data=("train_a.h5", "train_b.h5"), epochs=20, batch_size=2)
+    train.train(cfg, "runs/default")
+
+Data: samples from one or more :mod:`tfm.synth.dataset` files, normalised per sample
+(:func:`tfm.nn.unet3d.normalise_pair`), targets in the network's units (``u / h`` voxels,
+``g = f h / E``). A seeded split holds out ``val_fraction`` of the samples for validation.
+Augmentation keeps the physics: flips of any axis negate that vector component, and the
+lateral axes (y, x) may be swapped with their components; z is never permuted with y or x,
+because the microscope's PSF is elongated along the optical axis.
+
+Optimiser (optax): AdamW (default) or SGD with Nesterov momentum (``optimizer="sgd"``, as
+in Duan et al. 2022), linear warm-up then cosine decay of the learning rate, gradient
+clipping by global norm.
+
+Reproducibility and resume: the batch order of epoch ``e`` is ``rng([seed, e])``'s
+permutation and the augmentation of step ``s`` draws from ``rng([seed, e, s])``, so a run
+restarted from a checkpoint continues exactly as the uninterrupted one would (tested
+bit for bit). Checkpoints (parameters, optimiser state, position, best validation loss)
+are saved every ``checkpoint_every`` steps and at each epoch's end; the model with the
+lowest validation loss is exported to ``RUN/model`` (see :mod:`tfm.nn.store`), and one
+JSON line per epoch goes to ``RUN/metrics.jsonl``.
+
+Devices: the batch is split over all local devices along a ``data`` mesh axis
+(``jax.sharding``), parameters are replicated; XLA inserts the gradient all-reduce. With
+``distributed=True`` the run calls ``jax.distributed.initialize()`` first (SLURM, Cloud TPU
+and ``JAX_COORDINATOR_ADDRESS`` environments are detected by JAX) and each process loads its
+own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ..progress import Progress
+from . import physics, store
+from .unet3d import ModelConfig, UNet3D, normalise_pair
+
+MODEL_KIND = "tfm.unet3d"
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as RUN/config.json)."""
+
+    data: tuple = ()  # synthetic dataset files (tfm synth), same grid shape or use crop
+    model: ModelConfig = ModelConfig()
+    loss: physics.LossWeights = physics.LossWeights()
+    law: str = "auto"  # constitutive layer: "linear", "neo-hookean" or "auto" (the datasets' law)
+    epochs: int = 20
+    batch_size: int = 2  # global batch (split over devices)
+    optimizer: str = "adamw"  # "adamw" or "sgd" (Nesterov momentum)
+    learning_rate: float = 2e-3  # peak, after warm-up
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    grad_clip: float = 1.0  # global-norm clipping
+    val_fraction: float = 0.1  # held out for validation and model selection
+    augment: bool = True
+    crop: int | None = None  # random cubic crops of this size (a multiple of 2^(levels-1)); None = whole volumes
+    seed: int = 0
+    checkpoint_every: int = 200  # steps
+    max_val_samples: int = 64
+
+    def __post_init__(self):
+        if isinstance(self.data, (str, os.PathLike)):
+            object.__setattr__(self, "data", (str(self.data),))
+        object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.law not in ("auto", *physics.LAWS):
+            raise ValueError(f"law must be 'auto' or one of {physics.LAWS}, got {self.law!r}")
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.crop is not None and int(self.crop) % self.model.multiple:
+            raise ValueError(f"crop must be a multiple of {self.model.multiple} for this model, got {self.crop}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("model", {}).items()})
+        d["loss"] = physics.LossWeights(**d.get("loss", {}))
+        d["data"] = tuple(d.get("data", ()))
+        return cls(**d)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+class Samples:
+    """The samples of several dataset files behind one index."""
+
+    def __init__(self, paths):
+        from ..synth.dataset import SyntheticDataset
+
+        if not paths:
+            raise ValueError("data: give at least one synthetic dataset file (tfm synth)")
+        self.sets = [SyntheticDataset(p) for p in paths]
+        self.index = [(k, i) for k, ds in enumerate(self.sets) for i in range(len(ds))]
+        laws = {ds.material for ds in self.sets}
+        self.law = laws.pop() if len(laws) == 1 else "mixed"
+        spacings = {ds.grid.spacing_um for ds in self.sets}
+        if len(spacings) != 1:
+            raise ValueError(f"data: all datasets need one voxel size, got {sorted(spacings)}")
+        self.spacing_um = spacings.pop()
+        if len(set(self.spacing_um)) != 1:
+            raise ValueError(f"data: training needs isotropic voxels, got spacing {self.spacing_um} µm")
+        self.shapes = {ds.grid.shape for ds in self.sets}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, items, rng: np.random.Generator | None, crop: int | None, augment: bool) -> dict:
+        """Stack samples ``items`` into network-unit arrays, cropped and augmented by ``rng``."""
+        h = self.spacing_um[0]
+        out = {"reference": [], "deformed": [], "u": [], "g": [], "nu": []}
+        for item in items:
+            k, i = self.index[int(item)]
+            h5 = self.sets[k]._h5
+            ref, dfm = h5["reference"][i], h5["deformed"][i]
+            u = h5["displacement"][i] / h
+            g = h5["force"][i] * (h / float(h5["youngs_modulus_pa"][i]))
+            if crop is not None:
+                if any(n < crop for n in ref.shape):
+                    raise ValueError(f"crop {crop} is larger than the samples of {self.sets[k].path} {ref.shape}")
+                o = [int(rng.integers(0, n - crop + 1)) if rng is not None else (n - crop) // 2 for n in ref.shape]
+                sl = tuple(slice(a, a + crop) for a in o)
+                ref, dfm, u, g = ref[sl], dfm[sl], u[sl], g[sl]
+            ref, dfm = normalise_pair(ref, dfm)
+            if augment and rng is not None:
+                ref, dfm, u, g = augment_sample(rng, ref, dfm, u, g)
+            for key, v in (("reference", ref), ("deformed", dfm), ("u", u), ("g", g)):
+                out[key].append(np.ascontiguousarray(v, np.float32))
+            out["nu"].append(np.float32(h5["poisson_ratio"][i]))
+        return {k: np.stack(v) for k, v in out.items()}
+
+
+def augment_sample(rng: np.random.Generator, ref, dfm, u, g):
+    """Random flips (any axis) and a lateral y/x swap, transforming vector components too."""
+    u, g = u.copy(), g.copy()
+    for ax in range(3):
+        if rng.random() < 0.5:
+            ref, dfm, u, g = (np.flip(a, ax) for a in (ref, dfm, u, g))
+            u[..., ax] *= -1
+            g[..., ax] *= -1
+    if rng.random() < 0.5:
+        ref, dfm = (np.swapaxes(a, 1, 2) for a in (ref, dfm))
+        u, g = (np.swapaxes(a, 1, 2)[..., [0, 2, 1]] for a in (u, g))
+    return ref, dfm, u, g
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+def schedule(cfg: TrainConfig, total_steps: int):
+    """Linear warm-up to ``learning_rate``, cosine decay to 1 % of it at ``total_steps``."""
+    warm = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warm, max(total_steps, warm + 1), 0.01 * cfg.learning_rate)
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """Clipped AdamW or Nesterov SGD on :func:`schedule`."""
+    sched = schedule(cfg, total_steps)
+    if cfg.optimizer == "adamw":
+        opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
+    else:
+        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.sgd(sched, momentum=cfg.momentum, nesterov=True))
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+
+
+@nnx.jit(static_argnames=("weights", "law"))
+def train_step(model, optimizer, batch, weights, law):
+    def loss_fn(model):
+        u, g = model.apply_pair(batch["reference"], batch["deformed"], batch["nu"])
+        return physics.losses(u, g, batch["u"], batch["g"], batch["nu"], weights, law)
+
+    (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return loss, terms
+
+
+@nnx.jit(static_argnames=("weights", "law"))
+def eval_step(model, batch, weights, law):
+    u, g = model.apply_pair(batch["reference"], batch["deformed"], batch["nu"])
+    loss, terms = physics.losses(u, g, batch["u"], batch["g"], batch["nu"], weights, law)
+    rel_u = jnp.sqrt(jnp.sum((u - batch["u"]) ** 2, (1, 2, 3, 4)) / jnp.maximum(jnp.sum(batch["u"] ** 2, (1, 2, 3, 4)), 1e-20))
+    rel_g = jnp.sqrt(jnp.sum((g - batch["g"]) ** 2, (1, 2, 3, 4)) / jnp.maximum(jnp.sum(batch["g"] ** 2, (1, 2, 3, 4)), 1e-20))
+    return loss, terms, rel_u, rel_g
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def _mesh():
+    devices = np.asarray(jax.devices())
+    return jax.sharding.Mesh(devices, ("data",))
+
+
+def _to_global(batch: dict, sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _process_slice(items, batch_size: int):
+    """This process's contiguous share of a global batch."""
+    n, p = jax.process_count(), jax.process_index()
+    per = batch_size // n
+    return items[p * per : (p + 1) * per]
+
+
+def _write_metrics(path: Path, rows: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | None = None, distributed: bool = False) -> dict:
+    """Train (or resume) the run in ``run_dir``; returns a summary dict.
+
+    ``max_steps`` stops early (after saving a checkpoint), as a kill would; calling again
+    resumes. A run directory holding another configuration is refused."""
+    if distributed:
+        jax.distributed.initialize()
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_file = run / "config.json"
+    cfg_json = json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+    if cfg_file.exists():
+        old = json.loads(cfg_file.read_text())
+        new = json.loads(cfg_json)
+        old.pop("epochs", None)
+        new.pop("epochs", None)
+        if old != new:
+            raise ValueError(f"{run} holds a run with another configuration; choose another --out or delete it")
+    if jax.process_index() == 0:
+        tmp = cfg_file.with_name("config.json.tmp")
+        tmp.write_text(cfg_json)
+        os.replace(tmp, cfg_file)
+
+    data = Samples(cfg.data)
+    law = data.law if cfg.law == "auto" else cfg.law
+    if law == "mixed":
+        raise ValueError("data: datasets with different matrix laws; set law= explicitly")
+    if cfg.crop is None and len(data.shapes) != 1:
+        raise ValueError(f"data: samples of several shapes {sorted(data.shapes)}; set crop= to train on crops")
+    if cfg.model.spacing_um != data.spacing_um:
+        cfg_model = dataclasses.replace(cfg.model, spacing_um=data.spacing_um)
+    else:
+        cfg_model = cfg.model
+    shape = (cfg.crop,) * 3 if cfg.crop is not None else next(iter(data.shapes))
+    if any(n % cfg_model.multiple for n in shape):
+        raise ValueError(f"data: sample shape {shape} is not a multiple of {cfg_model.multiple}; set crop=")
+    n_dev = jax.device_count()
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the device count {n_dev}")
+
+    perm = np.random.default_rng([cfg.seed, 999]).permutation(len(data))
+    n_val = max(1, int(round(cfg.val_fraction * len(data))))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if len(train_idx) < cfg.batch_size:
+        raise ValueError(f"data: {len(train_idx)} training samples, fewer than batch_size {cfg.batch_size}")
+    val_idx = val_idx[: cfg.max_val_samples]
+    steps_per_epoch = len(train_idx) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+
+    model = UNet3D(cfg_model)
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg, total), wrt=nnx.Param)
+    mesh = _mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    names = ["loss", "displacement", "force"] + [k for k in ("consistency", "equilibrium") if getattr(cfg.loss, k) > 0]
+
+    def state_tree():  # everything a resumed run needs to continue exactly
+        return {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param)), "opt": nnx.to_pure_dict(nnx.state(optimizer)),
+                "step": np.int64(step), "best_val": np.float64(best_val),
+                "epoch_sums": {k: np.float64(sums.get(k, 0.0)) for k in names}}
+
+    step, best_val, sums = 0, np.inf, {}
+    ckpt = store.Checkpoints(run / "checkpoints", cfg.checkpoint_every)
+    metrics_file = run / "metrics.jsonl"
+    rows = []
+    if ckpt.latest_step is not None:
+        tree = ckpt.load(state_tree())
+        for obj, key in ((model, "model"), (optimizer, "opt")):
+            st = nnx.state(obj, nnx.Param) if key == "model" else nnx.state(obj)
+            nnx.replace_by_pure_dict(st, tree[key])
+            nnx.update(obj, st)
+        step, best_val = int(tree["step"]), float(tree["best_val"])
+        sums = {k: float(v) for k, v in tree["epoch_sums"].items()} if step % steps_per_epoch else {}
+        if metrics_file.exists():
+            rows = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r["step"] <= step]
+    nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated))
+
+    meta = {"kind": MODEL_KIND, "law": law, "spacing_um": data.spacing_um, "train_samples": int(len(train_idx)),
+            "val_samples": int(len(val_idx)), "data": list(cfg.data)}
+    stop = total if max_steps is None else min(total, int(max_steps))
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def batch_at(s):
+        e, k = divmod(s, steps_per_epoch)
+        order = np.random.default_rng([cfg.seed, e]).permutation(train_idx)
+        items = _process_slice(order[k * cfg.batch_size : (k + 1) * cfg.batch_size], cfg.batch_size)
+        return data.load(items, np.random.default_rng([cfg.seed, e, k]), cfg.crop, cfg.augment)
+
+    t_start = time.perf_counter()
+    pending = pool.submit(batch_at, step) if step < stop else None
+    bar = None
+    while step < stop:
+        epoch = step // steps_per_epoch
+        if bar is None:
+            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and jax.process_index() == 0)
+            bar.update(step % steps_per_epoch)
+            t_epoch = time.perf_counter()
+        batch = pending.result()
+        pending = pool.submit(batch_at, step + 1) if step + 1 < stop else None
+        loss, terms = train_step(model, optimizer, _to_global(batch, sharded), cfg.loss, law)
+        step += 1
+        for k, v in {"loss": loss, **terms}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        bar.update(1, f"loss {float(loss):.4f}")
+        end_of_epoch = step % steps_per_epoch == 0
+        if end_of_epoch:
+            bar.__exit__(None, None, None)
+            bar = None
+            n = steps_per_epoch
+            val = evaluate(model, data, val_idx, cfg, law, sharded)
+            row = {"epoch": step // steps_per_epoch, "step": step, "train": {k: v / n for k, v in sums.items()},
+                   "val": val, "lr": float(schedule(cfg, total)(step)), "seconds": time.perf_counter() - t_epoch}
+            rows.append(row)
+            sums = {}
+            if val["loss"] < best_val:
+                best_val = val["loss"]
+                if jax.process_index() == 0:
+                    store.save_model(run / "model", model, MODEL_KIND, json.loads(cfg_model.to_json()),
+                                     {**meta, "epoch": row["epoch"], "step": step, "val": val})
+            if jax.process_index() == 0:
+                _write_metrics(metrics_file, rows)
+                if progress:
+                    print(f"epoch {row['epoch']}: train loss {row['train']['loss']:.4f}  val loss {val['loss']:.4f}  "
+                          f"val rel.err u {val['rel_u']:.3f} f {val['rel_f']:.3f}", flush=True)
+        ckpt.save(step, state_tree(), force=end_of_epoch or step == stop)
+    if bar is not None:
+        bar.__exit__(None, None, None)
+    pool.shutdown()
+    ckpt.close()
+    return {"steps": step, "total_steps": total, "best_val_loss": best_val, "seconds": time.perf_counter() - t_start,
+            "finished": step >= total, "law": law, "model_dir": str(run / "model")}
+
+
+def evaluate(model, data: Samples, indices, cfg: TrainConfig, law: str, sharding=None) -> dict:
+    """Mean loss terms and per-sample relative L2 errors of u and f over ``indices``."""
+    n_dev = jax.device_count()
+    bs = max(n_dev, (cfg.batch_size // n_dev) * n_dev)
+    sums, rel_u, rel_g, n = {}, [], [], 0
+    indices = np.asarray(indices)
+    if len(indices) == 0:
+        raise ValueError("validation needs at least one sample")
+    for s in range(0, len(indices), bs):
+        real = indices[s : s + bs]
+        items = np.concatenate([real, np.repeat(real[-1:], bs - len(real))])  # pad: one compiled shape
+        batch = data.load(_process_slice(items, bs), None, cfg.crop, False)
+        if sharding is not None:
+            batch = _to_global(batch, sharding)
+        _, terms, ru, rg = eval_step(model, batch, cfg.loss, law)
+        m = len(real)
+        for k, v in terms.items():  # per-term batch means; padding repeats a real sample
+            sums[k] = sums.get(k, 0.0) + float(v) * m
+        rel_u += list(np.asarray(ru)[:m])
+        rel_g += list(np.asarray(rg)[:m])
+        n += m
+    sums["loss"] = sum(getattr(cfg.loss, k) * v for k, v in sums.items())
+    return {**{k: v / n for k, v in sums.items()}, "rel_u": float(np.mean(rel_u)), "rel_f": float(np.mean(rel_g)),
+            "samples": n}
