@@ -67,7 +67,8 @@ def _rms(a):
     return float(np.sqrt(np.mean(np.sum(a**2, -1))))
 
 
-def accuracy(test: Path, model, limit: int | None = None) -> list:
+def accuracy(test: Path, model, limit: int | None = None, ablation: dict | None = None) -> list:
+    """Per-sample errors of "dl" (``model``), "classical" and each ``ablation`` model."""
     import tfm
     from tfm.synth.dataset import SyntheticDataset
 
@@ -81,9 +82,12 @@ def accuracy(test: Path, model, limit: int | None = None) -> list:
             centre = np.asarray(s["params"]["cell"]["center_um"])
             ref, dfm = s["reference"].astype(np.float32), s["deformed"].astype(np.float32)
             truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
-            t0 = time.perf_counter()
-            dl = tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=model, progress=False)
-            t_dl = time.perf_counter() - t0
+            learned = {}
+            for name, m in {"dl": model, **(ablation or {})}.items():
+                t0 = time.perf_counter()
+                learned[name] = (tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=m, progress=False),
+                                 time.perf_counter() - t0)
+            dl = learned["dl"][0]
             t0 = time.perf_counter()
             cl = tfm.reconstruct(ref, dfm, grid.spacing_um, tfm.LinearElastic(e, nu), progress=False)
             t_cl = time.perf_counter() - t0
@@ -93,9 +97,9 @@ def accuracy(test: Path, model, limit: int | None = None) -> list:
             c_true = truth.contractility(center_um=centre)
             row = {"sample": i, "youngs_modulus_pa": e, "poisson_ratio": nu, "u_rms_truth_um": _rms(s["displacement"]),
                    "contractility_truth_pn": c_true, "dvc_grid": list(cl.grid.shape)}
-            for name, res, t in (("dl", dl, t_dl), ("classical", cl, t_cl)):
-                u_c = res.displacement[idx] if name == "dl" else res.displacement
-                f_c = _box_mean_at(res.force, grid, cl.grid) if name == "dl" else res.force
+            for name, (res, t) in {**learned, "classical": (cl, t_cl)}.items():
+                u_c = res.displacement if name == "classical" else res.displacement[idx]
+                f_c = res.force if name == "classical" else _box_mean_at(res.force, grid, cl.grid)
                 c = res.contractility(center_um=centre)
                 row[name] = {"time_s": t, "u_rms_error_um": _rms(u_c - u_true_c), "force_rel_l2": _rel(f_c, f_true_c),
                              "contractility_pn": c, "contractility_rel_error": abs(c - c_true) / abs(c_true)}
@@ -103,13 +107,13 @@ def accuracy(test: Path, model, limit: int | None = None) -> list:
             row["dl"]["force_rel_l2_voxels"] = _rel(dl.force, s["force"])
             rows.append(row)
             print(f"sample {i}: " + "  ".join(f"{m} f {row[m]['force_rel_l2']:.3f} C {row[m]['contractility_rel_error']:.3f} "
-                                              f"u {row[m]['u_rms_error_um']:.4f}" for m in ("dl", "classical")), flush=True)
+                                              f"u {row[m]['u_rms_error_um']:.4f}" for m in (*learned, "classical")), flush=True)
     return rows
 
 
 def summarise(rows: list) -> dict:
     out = {}
-    for m in ("dl", "classical"):
+    for m in [k for k, v in rows[0].items() if isinstance(v, dict)]:
         out[m] = {k: float(np.median([r[m][k] for r in rows])) for k in rows[0][m]}
         out[m]["mean_force_rel_l2"] = float(np.mean([r[m]["force_rel_l2"] for r in rows]))
         out[m]["mean_contractility_rel_error"] = float(np.mean([r[m]["contractility_rel_error"] for r in rows]))
@@ -142,13 +146,22 @@ def timing(sizes, model, saenopy_python=None) -> list:
     for n in sizes:
         ref, dfm, mat = timing_pair(n)
         row = {"size": n}
+        whole = None
         for name, kw in (("dl", {"method": "dl", "model": model}), ("classical", {"method": "classical"})):
             times = []
             for _ in range(2):
                 t0 = time.perf_counter()
-                tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, **kw)
+                res = tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, **kw)
                 times.append(time.perf_counter() - t0)
             row[name] = {"cold_s": times[0], "warm_s": times[1]}
+            whole = res if name == "dl" else whole
+        if n > 64:  # the same volume in 64³ tiles (overlap 24): the cost of tiling, and its effect
+            tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, method="dl", model=model, dl_options={"tile": 64})
+            t0 = time.perf_counter()
+            tiled = tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, method="dl", model=model, dl_options={"tile": 64})
+            row["dl"]["warm_tiles64_s"] = time.perf_counter() - t0
+            for f in ("displacement", "force"):
+                row["dl"][f"tiles64_vs_whole_rel_{f}"] = _rel(getattr(tiled, f), getattr(whole, f))
         if saenopy_python:
             from dvc import _saenopy_raw
 
@@ -198,14 +211,31 @@ def markdown(rep: dict) -> str:
     L += ["", f"DL better on force error in {s['dl_better_force']} / {s['n']} samples, on contractility in "
           f"{s['dl_better_contractility']} / {s['n']}. Network on every voxel: force rel. L2 {s['dl']['force_rel_l2_voxels']:.3f}, "
           f"displacement RMS error {s['dl']['u_rms_error_voxels_um']:.4f} µm (median).", ""]
+    abl = [k for k in s if k.startswith("ablation:")]
+    if abl:
+        L += ["## Loss-term ablation (short runs: same data, 8 epochs)", "",
+              "Each row is a model trained with one setting of the loss weights, on the same data and schedule; "
+              "the shipped model (trained longer, on more data) is not comparable to these rows.", "",
+              "| loss weights | force rel. L2 | contractility rel. error | displacement RMS error (µm) |", "|---|---|---|---|"]
+        for k in abl:
+            r = s[k]
+            L.append(f"| {k.split(':', 1)[1]} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | "
+                     f"{r['contractility_rel_error']:.3f} ({r['mean_contractility_rel_error']:.3f}) | {r['u_rms_error_um']:.4f} |")
+        L.append("")
     if rep.get("timing"):
         L += ["## Time per volume pair (image pair -> displacement and forces)", "",
-              "| volume | DL cold (s) | DL warm (s) | classical cold (s) | classical warm (s) | warm speed-up | saenopy PIV alone (s) |",
-              "|---|---|---|---|---|---|---|"]
+              "| volume | DL cold (s) | DL warm (s) | DL warm, 64³ tiles (s) | classical cold (s) | classical warm (s) | warm speed-up | saenopy PIV alone (s) |",
+              "|---|---|---|---|---|---|---|---|"]
         for r in rep["timing"]:
             sp = f"{r['saenopy_piv_s']:.1f}" if "saenopy_piv_s" in r else "not run"
-            L.append(f"| {r['size']}³ | {r['dl']['cold_s']:.2f} | {r['dl']['warm_s']:.2f} | {r['classical']['cold_s']:.2f} | "
+            t64 = f"{r['dl']['warm_tiles64_s']:.2f}" if "warm_tiles64_s" in r["dl"] else "(one tile)"
+            L.append(f"| {r['size']}³ | {r['dl']['cold_s']:.2f} | {r['dl']['warm_s']:.2f} | {t64} | {r['classical']['cold_s']:.2f} | "
                      f"{r['classical']['warm_s']:.2f} | {r['classical']['warm_s'] / r['dl']['warm_s']:.1f}x | {sp} |")
+    tiled = [r for r in rep.get("timing", []) if "tiles64_vs_whole_rel_displacement" in r["dl"]]
+    for r in tiled:
+        L.append(f"\nAt {r['size']}³, 64³ tiles (overlap 24) differ from one {r['size']}³ pass by a relative L2 of "
+                 f"{r['dl']['tiles64_vs_whole_rel_displacement']:.3f} (displacement) and "
+                 f"{r['dl']['tiles64_vs_whole_rel_force']:.3f} (force).")
     if rep.get("fmtrack"):
         r = rep["fmtrack"]
         L += ["", "## Tiled inference on a real stack pair (FM-Track, fresh process)", "",
@@ -224,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="64,128", help="volume edges for the timing, comma-separated")
     p.add_argument("--limit", type=int, help="use only the first N test samples")
     p.add_argument("--saenopy-python", help="python of a virtualenv with saenopy installed (times its PIV)")
+    p.add_argument("--ablation", nargs="+", default=[], metavar="NAME=RUN",
+                   help="also score these models (e.g. trained with other loss weights) on the test set")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one_size == "fmtrack":
@@ -235,7 +267,11 @@ def main(argv=None) -> int:
 
     test = Path(args.test) if args.test else ensure_test_set(DEFAULT_TEST, 24, 48, 777)
     model = infer.load_model(args.model)
-    rows = accuracy(test, model, args.limit)
+    ablation = {}
+    for spec in args.ablation:
+        name, _, run = spec.partition("=")
+        ablation["ablation:" + name] = infer.load_model(run)
+    rows = accuracy(test, model, args.limit, ablation)
     rep = {"command": "python benchmarks/dl_vs_classical.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
            "model": args.model or "shipped default (tfm/nn/weights/default)", "test_set": str(test), "samples": rows,

@@ -48,7 +48,7 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          f"{train_cfg['warmup_steps']} steps, cosine decay, batch {train_cfg['batch_size']}, {train_cfg['epochs']} epochs; "
          f"loss weights {train_cfg['loss']}.",
          f"- Selected: epoch {best['epoch']} (step {best['step']}) of {len(rows)}, lowest validation loss "
-         f"{best['val']['loss']:.4f}; validation relative L2 error u {best['val']['rel_u']:.3f}, f {best['val']['rel_f']:.3f}.",
+         f"{best['val']['loss']:.4f}; validation relative L2 error (voxel level, mean over samples) u {best['val']['rel_u']:.3f}, f {best['val']['rel_f']:.3f}.",
          f"- Machine: {c.get('machine', 'the project CPU machine (2 cores)')}; {sum(r['seconds'] for r in rows) / 60:.0f} min of training.", "",
          "| epoch | train loss | val loss | val rel. err. u | val rel. err. f |", "|---|---|---|---|---|"]
     for r in rows:

@@ -246,8 +246,9 @@ def test_shipped_model_tiled_equals_untiled_and_finds_the_cell():
     assert whole.info["method"] == "dl"
 
 
-TILE_TOLERANCE = {"displacement": 0.1, "force": 0.15}
-SHIPPED_MIN_CORRELATION = 0.5
+# Measured: 0.055 (u) and 0.053 (f) for sample 7 with 32³ tiles; correlation 0.973.
+TILE_TOLERANCE = {"displacement": 0.1, "force": 0.1}
+SHIPPED_MIN_CORRELATION = 0.9
 
 
 def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys):

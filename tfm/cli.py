@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="classical: DVC + FTTC; dl: the physics-informed 3D network in one pass (default classical)")
     r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
-    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 64 on CPU, 128 on GPU)")
+    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 128)")
     r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(24, tile/2))")
     r.add_argument("--regularization", type=_regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
     r.set_defaults(run=_cmd_reconstruct)

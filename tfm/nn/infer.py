@@ -149,7 +149,7 @@ def predict(reference, deformed, spacing_um, material, model=None, tile: int | N
       spacing_um: voxel size (z, y, x) or one number, µm.
       material: the matrix, :class:`~tfm.material.LinearElastic` or :class:`~tfm.material.NeoHookean`.
       model: a :class:`UNet3D`, a saved-model or run directory, or None for the shipped model.
-      tile: tile edge in voxels (None: 64 on CPU, 128 on GPU).
+      tile: tile edge in voxels (default 128; a smaller volume is one tile).
       overlap: voxels shared by neighbouring tiles (blended; default min(24, tile / 2)).
     """
     t0 = time.perf_counter()
@@ -169,7 +169,7 @@ def predict(reference, deformed, spacing_um, material, model=None, tile: int | N
     if not isinstance(model, UNet3D):
         source = str(DEFAULT_MODEL if model is None else model)
         model = load_model(model)
-    tile = tile or (64 if jax.default_backend() == "cpu" else 128)
+    tile = tile or 128
     overlap = min(24, tile // 2) if overlap is None else overlap
     h_model = np.asarray(model.config.spacing_um)
     h = np.asarray(grid.spacing_um)
