@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     t_gen = time.perf_counter() - t0
 
     cfg = train.TrainConfig(data=(str(data),), model=ModelConfig(widths=tuple(args.widths)), epochs=args.epochs,
-                            batch_size=2, learning_rate=2e-3, warmup_steps=10, val_fraction=0.2, checkpoint_every=50)
+                            batch_size=2, learning_rate=1e-3, warmup_steps=10, val_fraction=0.2, checkpoint_every=50)
     t0 = time.perf_counter()
     summary = train.train(cfg, out / "run", progress=not args.quiet)
     t_train = time.perf_counter() - t0

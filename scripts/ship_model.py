@@ -43,7 +43,9 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          f"- Matrix law: {c.get('law')}; voxel size {c.get('spacing_um')} µm.", "",
          "## Training", "",
          f"- Command: `{command}`" if command else "",
-         f"- Architecture: widths {desc['config']['widths']}, {desc['config']['convs_per_level']} convolutions per level.",
+         f"- Architecture: widths {desc['config']['widths']}, {desc['config']['convs_per_level']} convolutions per level, "
+         f"stem {desc['config'].get('stem', 1)} (2 = U-Net at half resolution, pixel-shuffle output), Lucas-Kanade windows "
+         f"{desc['config'].get('lk_sigmas', [2.0, 4.0])} voxels.",
          f"- Optimiser {train_cfg['optimizer']}, peak learning rate {train_cfg['learning_rate']}, warm-up "
          f"{train_cfg['warmup_steps']} steps, cosine decay, batch {train_cfg['batch_size']}, {train_cfg['epochs']} epochs; "
          f"loss weights {train_cfg['loss']}.",

@@ -39,6 +39,18 @@ def test_conv_implementations_agree():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
+def test_space_to_depth_round_trip_and_full_resolution_stem():
+    from tfm.nn.unet3d import depth_to_space, space_to_depth
+
+    x = jnp.arange(2 * 4 * 6 * 8 * 3, dtype=jnp.float32).reshape(2, 4, 6, 8, 3)
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 2, 3, 4, 24)
+    np.testing.assert_array_equal(np.asarray(y[0, 0, 0, 0, :3]), np.asarray(x[0, 0, 0, 0]))  # block's first voxel first
+    np.testing.assert_array_equal(np.asarray(depth_to_space(y, 2)), np.asarray(x))
+    full = UNet3D(ModelConfig(widths=(4, 8), stem=1))
+    assert full(jnp.zeros((1, 6, 6, 6, 14))).shape == (1, 6, 6, 6, 6)
+
+
 def test_flow_features_recover_a_subvoxel_shift():
     """The Lucas-Kanade channels see an imposed 0.3-voxel shift of a smooth bead volume."""
     grid = tfm.Grid((24, 24, 24), 1.0)
@@ -130,18 +142,23 @@ def test_config_errors_name_the_argument():
         train.TrainConfig(model=ModelConfig(widths=(8, 16, 32)), crop=18)
     with pytest.raises(ValueError, match="impl"):
         ModelConfig(impl="fast")
-    with pytest.raises(ValueError, match="multiple of 2"):
-        UNet3D(TINY)(jnp.zeros((1, 9, 8, 8, 14)))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        UNet3D(TINY)(jnp.zeros((1, 10, 8, 8, 14)))
+    with pytest.raises(ValueError, match="stem"):
+        ModelConfig(stem=3)
 
 
-def test_store_round_trip(tmp_path):
+def test_store_round_trip(tmp_path, monkeypatch):
     model = UNet3D(TINY)
-    store.save_model(tmp_path / "m", model, "tfm.unet3d", json.loads(TINY.to_json()), {"note": "test"})
-    loaded = infer.load_model(tmp_path / "m")
+    monkeypatch.chdir(tmp_path)  # relative paths, as users type them (orbax itself needs absolute ones)
+    store.save_model(Path("runs") / "m", model, "tfm.unet3d", json.loads(TINY.to_json()), {"note": "test"})
+    loaded = infer.load_model(Path("runs") / "m")
     for a, b in zip(jax.tree.leaves(nnx_params(model)), jax.tree.leaves(nnx_params(loaded))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(FileNotFoundError, match="not a saved tfm model"):
         infer.load_model(tmp_path)
+    with pytest.raises(ValueError, match="not a tfm.stiffness model"):
+        store.open_model(Path("runs") / "m", "tfm.stiffness")
 
 
 def nnx_params(model):
@@ -228,29 +245,48 @@ def test_predict_units_and_errors():
         tfm.reconstruct(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), method="cnn")
 
 
-def test_shipped_model_tiled_equals_untiled_and_finds_the_cell():
-    """The default weights, on a held-out shipped sample: tiles (32³, 16 overlap) agree with one
-    48³ pass, and the displacement correlates with the FEM truth."""
+def test_shipped_model_finds_the_cell():
+    """The default weights on a held-out shipped sample (not in its training data): the
+    displacement correlates with the FEM truth."""
     s, grid = _sample(7)
     mat = tfm.NeoHookean(float(s["youngs_modulus_pa"]), float(s["poisson_ratio"]))
-    whole = tfm.reconstruct(s["reference"], s["deformed"], grid.spacing_um, mat, method="dl", progress=False,
-                            dl_options={"tile": 48})
-    tiled = tfm.reconstruct(s["reference"], s["deformed"], grid.spacing_um, mat, method="dl", progress=False,
-                            dl_options={"tile": 32, "overlap": 16})
-    for name in ("displacement", "force"):
-        x, y = getattr(whole, name), getattr(tiled, name)
-        assert np.linalg.norm(x - y) / np.linalg.norm(x) < TILE_TOLERANCE[name], name
+    whole = tfm.reconstruct(s["reference"], s["deformed"], grid.spacing_um, mat, method="dl", progress=False)
     u = s["displacement"]
     corr = np.sum(whole.displacement * u) / np.sqrt(np.sum(whole.displacement**2) * np.sum(u**2))
     assert corr > SHIPPED_MIN_CORRELATION
-    assert whole.info["method"] == "dl"
+    assert whole.info["method"] == "dl" and whole.info["tile"] == 128
 
 
-# Measured: 0.055 (u) and 0.053 (f) for sample 7 with 32³ tiles; correlation 0.973.
-TILE_TOLERANCE = {"displacement": 0.1, "force": 0.1}
+def test_shipped_model_tiled_equals_untiled():
+    """A 96³ pair (contracting Gaussian inclusion at the centre, so the cell straddles every
+    seam): 64³ tiles with 32 overlap, blended, reproduce one whole-volume pass; tiles below
+    the network's context size warn."""
+    from tfm.analytic import GaussianDilatation
+    from tfm.synth import beads
+
+    grid = tfm.Grid((96, 96, 96), 1.0)
+    mat = tfm.LinearElastic(1000.0, 0.45)
+    sol = GaussianDilatation(4.0, -0.1, grid.center_um(), mat)
+    pos = beads.random_positions(grid, 0.025, np.random.default_rng(96), margin_um=3.0)
+    ref, dfm = beads.render_pair(grid, pos, lambda p: np.asarray(sol.displacement(p)), (1.0, 0.45, 0.45))
+    model = infer.load_model()
+    whole = infer.predict(ref, dfm, 1.0, mat, model=model, tile=96, progress=False)
+    tiled = infer.predict(ref, dfm, 1.0, mat, model=model, tile=64, overlap=32, progress=False)
+    for name in ("displacement", "force"):
+        x, y = getattr(whole, name), getattr(tiled, name)
+        assert np.linalg.norm(x - y) / np.linalg.norm(x) < TILE_TOLERANCE[name], name
+    with pytest.warns(UserWarning, match="smaller than 64"):
+        infer.predict_network_units(model, np.zeros((40, 40, 40), np.float32), np.zeros((40, 40, 40), np.float32), 0.45,
+                                    tile=32, overlap=8, progress=False)
+
+
+# Measured with the shipped weights: tiled vs whole 0.023 (u) and 0.026 (f); sample 7
+# correlation 0.981.
+TILE_TOLERANCE = {"displacement": 0.05, "force": 0.05}
 SHIPPED_MIN_CORRELATION = 0.9
 
 
+@pytest.mark.filterwarnings("ignore:tile 32 is smaller")
 def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys):
     from tfm import cli, io
 

@@ -13,7 +13,10 @@ one from ``tfm train``) and returns a :class:`~tfm.result.Result` on the input g
    predicted on its own -- one compiled shape for every tile -- and the tiles are blended
    with weights that ramp linearly across the overlap, so seams do not show and memory is
    bounded by one tile plus the output arrays. Volumes smaller than a tile are zero-padded
-   (zero is the background after normalisation).
+   (zero is the background after normalisation). The shipped network's output feels a cut
+   face up to ~24 voxels in (measured: 8 % RMS deviation 8 voxels from the cut, 1.4 % at
+   24), so tiles should be 64 voxels or more: 64³ tiles with 32 overlap reproduce a whole
+   96³ pass to 2.3 % (u) and 2.6 % (f); smaller tiles raise a warning.
 4. Network units become physical ones: ``u = u_voxels * h`` (µm) and ``f = g E / h``
    (pN/µm³) for the material's Young's modulus ``E``.
 """
@@ -21,6 +24,7 @@ one from ``tfm train``) and returns a :class:`~tfm.result.Result` on the input g
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -33,8 +37,9 @@ from ..material import LinearElastic, NeoHookean
 from ..progress import Progress
 from ..result import Result
 from . import store
-from .unet3d import ModelConfig, UNet3D, normalise_pair, optical_flow_features
+from .unet3d import ModelConfig, UNet3D, normalise_pair
 
+MIN_TILE = 64  # smallest tile edge whose blended result matches a whole-volume pass (see the module docs)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 
 
@@ -42,12 +47,7 @@ def load_model(path=None) -> UNet3D:
     """A trained :class:`UNet3D` from a saved-model directory (default: the shipped one).
 
     ``path`` may also be a run directory of ``tfm train`` (its ``model/`` is used)."""
-    path = DEFAULT_MODEL if path is None else Path(path)
-    if (path / "model").is_dir() and not (path / "model.json").exists():
-        path = path / "model"
-    desc = store.read_description(path)
-    if desc.get("kind") != "tfm.unet3d":
-        raise ValueError(f"{path} holds a {desc.get('kind')!r} model, not a 3D force network (tfm.unet3d)")
+    path, desc = store.open_model(DEFAULT_MODEL if path is None else path, "tfm.unet3d")
     model = UNet3D(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in desc["config"].items()}))
     store.load_weights(path, model)
     return model
@@ -88,7 +88,8 @@ def _forward_fn(model: UNet3D):
 
         @jax.jit
         def fwd(state, ref, dfm, nu):
-            return nnx.merge(graphdef, state)(optical_flow_features(ref, dfm, nu))
+            model = nnx.merge(graphdef, state)
+            return model(model.features(ref, dfm, nu))
 
         if len(_FORWARD) > 4:
             _FORWARD.clear()
@@ -105,6 +106,10 @@ def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: flo
     if not 0 <= overlap < tile // 2 + 1:
         raise ValueError(f"overlap must lie in [0, tile/2], got {overlap}")
     shape = reference.shape
+    if tile < MIN_TILE and any(n > tile for n in shape):
+        warnings.warn(f"tile {tile} is smaller than {MIN_TILE} voxels: the network's context reaches ~24 voxels "
+                      "from a tile's face, so tiled results deviate from a whole-volume pass; use tile >= 64",
+                      stacklevel=3)
     # Per axis: the tile length actually used (volumes smaller than a tile: one padded tile).
     sizes = [min(tile, -(-n // mult) * mult) for n in shape]
     pads = [max(s - n, 0) for s, n in zip(sizes, shape)]
@@ -150,7 +155,7 @@ def predict(reference, deformed, spacing_um, material, model=None, tile: int | N
       material: the matrix, :class:`~tfm.material.LinearElastic` or :class:`~tfm.material.NeoHookean`.
       model: a :class:`UNet3D`, a saved-model or run directory, or None for the shipped model.
       tile: tile edge in voxels (default 128; a smaller volume is one tile).
-      overlap: voxels shared by neighbouring tiles (blended; default min(24, tile / 2)).
+      overlap: voxels shared by neighbouring tiles (blended; default min(32, tile / 2)).
     """
     t0 = time.perf_counter()
     ref = np.asarray(reference)
@@ -170,7 +175,7 @@ def predict(reference, deformed, spacing_um, material, model=None, tile: int | N
         source = str(DEFAULT_MODEL if model is None else model)
         model = load_model(model)
     tile = tile or 128
-    overlap = min(24, tile // 2) if overlap is None else overlap
+    overlap = min(32, tile // 2) if overlap is None else overlap
     h_model = np.asarray(model.config.spacing_um)
     h = np.asarray(grid.spacing_um)
     resample = bool(np.any(np.abs(h / h_model - 1) > 0.01))

@@ -36,7 +36,7 @@ def _host(tree):
 
 def save_model(path, model: nnx.Module, kind: str, config: dict, card: dict | None = None) -> Path:
     """Write ``model``'s parameters and description to directory ``path`` atomically."""
-    path = Path(path)
+    path = Path(path).absolute()  # orbax needs absolute paths
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
     try:
@@ -65,13 +65,65 @@ def read_description(path) -> dict:
     return json.loads(f.read_text())
 
 
+def open_model(path, kind: str) -> tuple[Path, dict]:
+    """(directory, model.json) of a saved model of ``kind``; ``path`` may be a run directory
+    (its ``model/`` is used)."""
+    path = Path(path)
+    if (path / "model").is_dir() and not (path / "model.json").exists():
+        path = path / "model"
+    desc = read_description(path)
+    if desc.get("kind") != kind:
+        raise ValueError(f"{path} holds a {desc.get('kind')!r} model, not a {kind} model")
+    return path, desc
+
+
+def claim_run(run: Path, config: dict) -> None:
+    """Write ``run/config.json`` (atomically), refusing a directory that holds a run with
+    another configuration; a different ``epochs`` is allowed (it extends the run)."""
+    f = run / "config.json"
+    text = json.dumps(config, indent=2, sort_keys=True, default=list)
+    if f.exists():
+        old, new = json.loads(f.read_text()), json.loads(text)
+        old.pop("epochs", None)
+        new.pop("epochs", None)
+        if old != new:
+            raise ValueError(f"{run} holds a run with another configuration; choose another --out or delete it")
+    if jax.process_index() == 0:
+        write_text(f, text)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def resume(ckpt: "Checkpoints", tree: dict, model: nnx.Module, optimizer, metrics_file: Path):
+    """Load the latest checkpoint (if any) into ``model`` and ``optimizer``.
+
+    ``tree`` is the template (``{"model", "opt", ...}``); returns (loaded tree or None,
+    the metrics rows up to its step)."""
+    if ckpt.latest_step is None:
+        return None, []
+    tree = ckpt.load(tree)
+    for obj, key in ((model, "model"), (optimizer, "opt")):
+        st = nnx.state(obj, nnx.Param) if key == "model" else nnx.state(obj)
+        nnx.replace_by_pure_dict(st, tree[key])
+        nnx.update(obj, st)
+    rows = []
+    if metrics_file.exists():
+        rows = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r["step"] <= int(tree["step"])]
+    return tree, rows
+
+
 def load_weights(path, model: nnx.Module) -> nnx.Module:
     """Replace ``model``'s parameters by those saved at ``path`` (shapes must match)."""
     state = nnx.state(model, nnx.Param)
     template = _host(nnx.to_pure_dict(state))
     try:
         ocp = _ocp()
-        loaded = (getattr(ocp, "load", None) or ocp.load_pytree)(Path(path) / "weights", template)
+        loaded = (getattr(ocp, "load", None) or ocp.load_pytree)(Path(path).absolute() / "weights", template)
     except Exception as e:  # orbax raises several types for a structure mismatch
         raise ValueError(f"weights at {path} do not fit the model described in its model.json: {e}") from e
     nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, loaded))

@@ -232,9 +232,7 @@ def _process_slice(items, batch_size: int):
 
 
 def _write_metrics(path: Path, rows: list) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    store.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | None = None, distributed: bool = False) -> dict:
@@ -246,19 +244,7 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | Non
         jax.distributed.initialize()
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    cfg_file = run / "config.json"
-    cfg_json = json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
-    if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
-        new = json.loads(cfg_json)
-        old.pop("epochs", None)
-        new.pop("epochs", None)
-        if old != new:
-            raise ValueError(f"{run} holds a run with another configuration; choose another --out or delete it")
-    if jax.process_index() == 0:
-        tmp = cfg_file.with_name("config.json.tmp")
-        tmp.write_text(cfg_json)
-        os.replace(tmp, cfg_file)
+    store.claim_run(run, cfg.to_dict())
 
     data = Samples(cfg.data)
     law = data.law if cfg.law == "auto" else cfg.law
@@ -302,17 +288,10 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | Non
     step, best_val, sums = 0, np.inf, {}
     ckpt = store.Checkpoints(run / "checkpoints", cfg.checkpoint_every)
     metrics_file = run / "metrics.jsonl"
-    rows = []
-    if ckpt.latest_step is not None:
-        tree = ckpt.load(state_tree())
-        for obj, key in ((model, "model"), (optimizer, "opt")):
-            st = nnx.state(obj, nnx.Param) if key == "model" else nnx.state(obj)
-            nnx.replace_by_pure_dict(st, tree[key])
-            nnx.update(obj, st)
+    tree, rows = store.resume(ckpt, state_tree(), model, optimizer, metrics_file)
+    if tree is not None:
         step, best_val = int(tree["step"]), float(tree["best_val"])
         sums = {k: float(v) for k, v in tree["epoch_sums"].items()} if step % steps_per_epoch else {}
-        if metrics_file.exists():
-            rows = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r["step"] <= step]
     nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated))
 
     meta = {"kind": MODEL_KIND, "law": law, "spacing_um": data.spacing_um, "train_samples": int(len(train_idx)),

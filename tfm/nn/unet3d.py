@@ -3,17 +3,14 @@
 Input layer (``optical_flow_features``)
 ---------------------------------------
 The displacements the network must see are small (typically 0.01-1 voxel), so it is
-given the brightness-constancy terms that make sub-voxel motion linear in the data:
-with ``m`` the mean and ``d`` the difference of the two normalised volumes and
-``g = grad m`` (central differences, per voxel),
-
-    d ~ -g . u    =>    (sum g g^T) u = -sum g d     (Lucas-Kanade, windowed sums)
-
-so the channels ``m, d, g (3), g d (3), g g^T (6)`` plus the Poisson ratio (a constant
-channel, ``(nu - 0.4) / 0.1``) let the first layers form local least-squares flow
-estimates, and the U-Net's pooling supplies the windows at four scales. Both volumes are
-normalised together (background = reference median, scale = its 99.9th percentile above
-background), so brightness units never matter.
+given the brightness-constancy terms that make sub-voxel motion linear in the data: with
+``m`` the mean and ``d`` the difference of the two normalised volumes and ``g = grad m``
+(central differences, per voxel), ``d ~ -g . u``, whose windowed least-squares solution is
+the Lucas-Kanade flow ``u = -(S[g g^T] + a I)^-1 S[g d]``. The channels are ``m, d, g``,
+the LK flow and its confidence for each Gaussian window in ``lk_sigmas`` (default 2 and 4
+voxels), and the Poisson ratio as a constant channel (``(nu - 0.4) / 0.1``): 14 channels.
+Each volume is normalised by its own median and 99.9th percentile, so brightness units and
+photobleaching divide out.
 
 Physical scale
 --------------
@@ -33,7 +30,7 @@ implementations (identical weights, results equal to float rounding):
 * ``"stacked2d"``: the three z-shifted slices are stacked on the channel axis and one 2D
   convolution with a ``(3, 3, 3 in, out)`` kernel runs over (Y, X) on every z-plane.
   On the 2-core CPU this is 4.7x faster forward and 5.1x faster for the gradient than
-  ``"native"`` (2 x 40³, 16 channels: 21 vs 98 ms and 75 vs 385 ms; see docs/methods.md).
+  ``"native"`` (2 x 40³, 16 channels: 21 vs 98 ms and 75 vs 385 ms; see docs/learned.md).
 
 ``"auto"`` picks ``"native"`` on GPU/TPU and ``"stacked2d"`` on CPU. Layout is
 channels-last (N, Z, Y, X, C) throughout.
@@ -53,7 +50,12 @@ from flax import nnx
 from ..material import inv3
 
 IMPLS = ("auto", "native", "stacked2d")
-N_FEATURES = 14  # m, d, g(3), LK flow (3 + 3), LK confidence (2), nu
+
+
+def n_features(lk_sigmas) -> int:
+    """Input channels: m, d, g (3), per LK window flow (3) + confidence (1), nu."""
+    return 6 + 4 * len(lk_sigmas)
+
 U_SCALE = 0.1  # network output 1 = 0.1 voxel of displacement
 G_SCALE = 0.1  # network output 1 = 0.1 E / h of force density
 
@@ -62,8 +64,10 @@ G_SCALE = 0.1  # network output 1 = 0.1 E / h of force density
 class ModelConfig:
     """Architecture of :class:`UNet3D` (saved as JSON beside the weights)."""
 
-    widths: tuple = (16, 32, 48, 64)  # channels per level, finest first; len = levels
+    widths: tuple = (24, 48, 64)  # channels per level, finest first; len = levels
     convs_per_level: int = 2  # 3x3x3 convolutions per block
+    stem: int = 2  # 1: U-Net at full resolution; 2: at half resolution (space-to-depth in, pixel shuffle out)
+    lk_sigmas: tuple = (2.0, 4.0)  # Gaussian windows (voxels) of the Lucas-Kanade input channels
     impl: str = "auto"  # convolution implementation: "auto", "native" or "stacked2d"
     spacing_um: tuple = (1.0, 1.0, 1.0)  # voxel size of the training data (z, y, x), µm
     seed: int = 0  # parameter initialisation
@@ -71,6 +75,11 @@ class ModelConfig:
     def __post_init__(self):
         if len(self.widths) < 1 or any(int(w) < 1 for w in self.widths):
             raise ValueError(f"widths must be positive channel counts, got {self.widths}")
+        if int(self.stem) not in (1, 2):
+            raise ValueError(f"stem must be 1 or 2, got {self.stem}")
+        if not self.lk_sigmas or any(float(v) <= 0 for v in self.lk_sigmas):
+            raise ValueError(f"lk_sigmas must be positive window widths (voxels), got {self.lk_sigmas}")
+        object.__setattr__(self, "lk_sigmas", tuple(float(v) for v in self.lk_sigmas))
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
         if len(self.spacing_um) != 3 or any(float(h) <= 0 for h in self.spacing_um):
@@ -81,7 +90,7 @@ class ModelConfig:
     @property
     def multiple(self) -> int:
         """Every spatial size the network sees must be a multiple of this (pooling)."""
-        return 2 ** (len(self.widths) - 1)
+        return int(self.stem) * 2 ** (len(self.widths) - 1)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -97,6 +106,12 @@ def _resolve_impl(impl: str) -> str:
     if impl != "auto":
         return impl
     return "stacked2d" if jax.default_backend() == "cpu" else "native"
+
+
+def he_normal(rng: np.random.Generator, shape, fan_in: int, scale: float = 1.0):
+    """He-normal weights drawn from a NumPy generator: no JAX PRNG compilation per
+    parameter shape, which costs seconds each on CPU (shared by every tfm network)."""
+    return jnp.asarray(rng.standard_normal(shape) * np.sqrt(2.0 / fan_in) * scale, jnp.float32)
 
 
 def conv3d(x, kernel, impl: str):
@@ -119,9 +134,7 @@ class Conv3d(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, rng: np.random.Generator, size: int = 3, impl: str = "auto",
                  scale: float = 1.0):
-        fan_in = c_in * size**3
-        w = rng.standard_normal((size, size, size, c_in, c_out)) * np.sqrt(2.0 / fan_in) * scale
-        self.kernel = nnx.Param(jnp.asarray(w, jnp.float32))
+        self.kernel = nnx.Param(he_normal(rng, (size, size, size, c_in, c_out), c_in * size**3, scale))
         self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32))
         self.impl = impl
 
@@ -144,6 +157,21 @@ def _down(x):
     return x.reshape(n, z // 2, 2, y // 2, 2, xx // 2, 2, c).mean(axis=(2, 4, 6))
 
 
+def space_to_depth(x, s: int):
+    """(N, Z, Y, X, C) -> (N, Z/s, Y/s, X/s, s³ C): each s³ block becomes one voxel's channels."""
+    n, z, y, xx, c = x.shape
+    x = x.reshape(n, z // s, s, y // s, s, xx // s, s, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(n, z // s, y // s, xx // s, s**3 * c)
+
+
+def depth_to_space(x, s: int):
+    """Inverse of :func:`space_to_depth` (a 3D pixel shuffle)."""
+    n, z, y, xx, cs = x.shape
+    c = cs // s**3
+    x = x.reshape(n, z, y, xx, s, s, s, c).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(n, z * s, y * s, xx * s, c)
+
+
 def _up(x):
     for ax in (1, 2, 3):
         x = jnp.repeat(x, 2, axis=ax)
@@ -155,20 +183,23 @@ def _gradient(v):
     return jnp.stack([jnp.gradient(v, axis=ax) for ax in (1, 2, 3)], axis=-1)
 
 
-def _blur(x, sigma: float):
-    """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C) (zero outside)."""
+def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian window matrix, truncated at 2.5 sigma, rows normalised: applying it
+    along an axis is a Gaussian blur that treats the outside as missing (normalised
+    convolution), not as zero."""
     r = int(math.ceil(2.5 * sigma))
-    w = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    w = w / w.sum()
-    ones = jnp.ones(x.shape[1:4] + (1,), x.dtype)
+    d = np.arange(n)[:, None] - np.arange(n)[None, :]
+    w = np.where(np.abs(d) <= r, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _blur(x, sigma: float):
+    """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded matrix
+    product per axis (dense matmuls are the fastest separable filter on CPU)."""
     for ax in (1, 2, 3):
-        n = x.shape[ax]
-        pad = [(0, 0)] * 5
-        pad[ax] = (r, r)
-        xp, op = jnp.pad(x, pad), jnp.pad(ones[None], pad)
-        x = sum(float(w[k]) * jax.lax.slice_in_dim(xp, k, k + n, axis=ax) for k in range(2 * r + 1))
-        ones = sum(float(w[k]) * jax.lax.slice_in_dim(op, k, k + n, axis=ax) for k in range(2 * r + 1))[0]
-    return x / ones
+        a = jnp.asarray(_gaussian_matrix(x.shape[ax], sigma), x.dtype)
+        x = jnp.moveaxis(jnp.tensordot(a, x, axes=([1], [ax])), 0, ax)
+    return x
 
 
 def lucas_kanade(g, d, sigma: float, reg: float = 0.1):
@@ -186,19 +217,16 @@ def lucas_kanade(g, d, sigma: float, reg: float = 0.1):
     return u, jnp.log1p(tr * 100.0)
 
 
-LK_SIGMAS = (2.0, 4.0)  # voxels
-
-
-def optical_flow_features(reference, deformed, poisson_ratio):
-    """(N, Z, Y, X) normalised volumes + (N,) Poisson ratios -> (N, Z, Y, X, 14) channels:
-    mean, difference, gradient (3), Lucas-Kanade flow at two window sizes (3 + 3, in units of
-    0.1 voxel, clipped to +-1 voxel) and their confidences (2), Poisson ratio."""
+def optical_flow_features(reference, deformed, poisson_ratio, lk_sigmas=(2.0, 4.0)):
+    """(N, Z, Y, X) normalised volumes + (N,) Poisson ratios -> (N, Z, Y, X, C) channels:
+    mean, difference, gradient (3), Lucas-Kanade flow per window in ``lk_sigmas`` (3 each, in
+    units of 0.1 voxel, clipped to +-1 voxel) and its confidence (1 each), Poisson ratio."""
     m = 0.5 * (reference + deformed)
     d = deformed - reference
     g = _gradient(m)
     chans = [m[..., None], d[..., None], g]
     conf = []
-    for sigma in LK_SIGMAS:
+    for sigma in lk_sigmas:
         u, c = lucas_kanade(g, d, sigma)
         chans.append(jnp.clip(u / U_SCALE, -10.0, 10.0))
         conf.append(c[..., None])
@@ -220,7 +248,12 @@ def normalise_pair(reference, deformed):
 
 
 class UNet3D(nnx.Module):
-    """Image pair -> (u in voxels, g = f h / E): returns (N, Z, Y, X, 6)."""
+    """Image pair -> (u in voxels, g = f h / E): returns (N, Z, Y, X, 6).
+
+    With ``stem=2`` the U-Net runs at half resolution: the input channels of each 2³ block
+    are stacked (space-to-depth) and mixed by a 1x1x1 convolution, and a 1x1x1 head emits
+    the 6 outputs of all 8 voxels of the block (pixel shuffle) -- full-resolution output
+    without full-resolution 3x3x3 convolutions, which dominate the cost on CPU."""
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         self.config = config
@@ -228,27 +261,38 @@ class UNet3D(nnx.Module):
         w = config.widths
         k = config.convs_per_level
         impl = config.impl
-        self.enc = nnx.List([Block(N_FEATURES if i == 0 else w[i - 1], w[i], k, rng, impl) for i in range(len(w))])
+        s3 = config.stem**3
+        c_in = n_features(config.lk_sigmas)
+        self.stem = Conv3d(c_in * s3, w[0], rng, size=1, impl=impl) if config.stem > 1 else None
+        first = w[0] if config.stem > 1 else c_in
+        self.enc = nnx.List([Block(first if i == 0 else w[i - 1], w[i], k, rng, impl) for i in range(len(w))])
         self.dec = nnx.List([Block(w[i] + w[i + 1], w[i], k, rng, impl) for i in range(len(w) - 1)])
-        self.head = Conv3d(w[0], 6, rng, size=1, impl=impl, scale=0.1)
+        self.head = Conv3d(w[0], 6 * s3, rng, size=1, impl=impl, scale=0.1)
 
     def __call__(self, features):
         m = self.config.multiple
         if any(s % m for s in features.shape[1:4]):
             raise ValueError(f"spatial shape {features.shape[1:4]} must be a multiple of {m} (use tfm.nn.infer.predict)")
-        skips = []
         x = features
+        if self.stem is not None:
+            x = jax.nn.silu(self.stem(space_to_depth(x, self.config.stem)))
+        skips = []
         for i, block in enumerate(self.enc):
             x = block(x if i == 0 else _down(x))
             skips.append(x)
         for i in reversed(range(len(self.dec))):
             x = self.dec[i](jnp.concatenate([_up(x), skips[i]], axis=-1))
         out = self.head(x)
+        if self.stem is not None:
+            out = depth_to_space(out, self.config.stem)
         return jnp.concatenate([U_SCALE * out[..., :3], G_SCALE * out[..., 3:]], axis=-1)
+
+    def features(self, reference, deformed, poisson_ratio):
+        return optical_flow_features(reference, deformed, poisson_ratio, self.config.lk_sigmas)
 
     def apply_pair(self, reference, deformed, poisson_ratio):
         """Normalised volumes (N, Z, Y, X) -> (u_voxels, g), each (N, Z, Y, X, 3)."""
-        out = self(optical_flow_features(reference, deformed, poisson_ratio))
+        out = self(self.features(reference, deformed, poisson_ratio))
         return out[..., :3], out[..., 3:]
 
 
