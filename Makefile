@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dvc.py --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) benchmarks/synth.py --out benchmarks/results
 	$(PY) benchmarks/dl_vs_classical.py --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) benchmarks/stiffness.py --out benchmarks/results --search-trials 10
 	$(PY) benchmarks/make_docs.py
 
 clean:

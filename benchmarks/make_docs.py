@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 SECTIONS = [("dl_vs_classical.md", "benchmarks/dl_vs_classical.py"), ("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py"),
-            ("synth.md", "benchmarks/synth.py")]
+            ("synth.md", "benchmarks/synth.py"), ("stiffness.md", "benchmarks/stiffness.py")]
 
 
 def main(argv=None):

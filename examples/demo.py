@@ -25,6 +25,15 @@ pipeline (DVC + FTTC). Writes:
   pair_dl.h5, pair_classical.h5   both Results
   pair.png                       beads, |u| and |f| on the mid-plane: truth, DL, classical
   summary.json["bead_pair"]      times and errors of both against the FEM truth
+
+Part 3 (real data, when ../shared/data/fmtrack_avic_3d is present): a 96 x 256 x 256 crop
+around the FM-Track cell through the classical pipeline (examples/fmtrack_classical.py):
+
+  fmtrack/result.h5, result.vti  the Result (forces for an ASSUMED E = 1 kPa)
+  fmtrack/slice.png              bead max-intensity projection, cell outline, displacement arrows
+  fmtrack/decay.png              |u| against distance from the cell surface
+  fmtrack/view3d.png             3D: cell surface, force arrows, displacement glyphs, bead plane
+  summary.json["fmtrack_crop"]   drift, contraction toward the cell, decay, timings
 """
 
 from __future__ import annotations
@@ -91,6 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="demo_output", help="output folder (created)")
     p.add_argument("--noise", type=float, default=0.03, help="noise std as a fraction of the RMS displacement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-real-data", action="store_true", help="skip part 3 (the FM-Track crop) even if the data are present")
     args = p.parse_args(argv)
     out = Path(args.out)
 
@@ -136,6 +146,9 @@ def main(argv=None) -> int:
     summary["bead_pair"] = bead_pair(out)
     with io.atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
+    summary["fmtrack_crop"] = None if args.no_real_data else fmtrack_crop(out)
+    with io.atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     print("[4/4] summary")
     for key in ("contractility_within_16um_pn", "true_contractility_pn", "contractility_error", "net_force_pn",
                 "strain_energy_pn_um", "alpha", "cutoff_wavelength_um", "wall_time_s"):
@@ -146,10 +159,35 @@ def main(argv=None) -> int:
         r = bp[m]
         print(f"  bead pair, {m:9s}: {r['seconds']:.2f} s, displacement correlation {r['displacement_correlation']:.2f}, "
               f"contractility {r['contractility_pn']:.4g} pN (truth {bp['contractility_truth_pn']:.4g})")
+    fm = summary["fmtrack_crop"]
+    if fm:
+        print(f"  FM-Track crop: {fm['time_total_s']:.1f} s, {100 * fm['fraction_toward_cell_beyond_tips']:.0f} % of the gel "
+              f"beyond the cell's tips moves toward it; results in {out / 'fmtrack'}")
     return 0
 
 
 PAIR_SAMPLE = 7
+FMTRACK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fmtrack_avic_3d"
+
+
+def fmtrack_crop(out: Path) -> dict | None:
+    """Part 3: a crop of the real FM-Track stacks through the classical pipeline, if present."""
+    if not FMTRACK.is_dir():
+        print(f"[3c/4] real data not found at {FMTRACK}: part 3 skipped", flush=True)
+        return None
+    import importlib.util
+
+    print("[3c/4] real stacks (FM-Track): a 96 x 256 x 256 crop around the cell, classical pipeline", flush=True)
+    spec = importlib.util.spec_from_file_location("fmtrack_classical", Path(__file__).with_name("fmtrack_classical.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    rc = example.main(["--data", str(FMTRACK), "--out", str(out / "fmtrack"), "--crop", "96", "256", "256", "--quiet"])
+    if rc != 0:
+        raise RuntimeError(f"the FM-Track part failed (exit status {rc})")
+    s = json.loads((out / "fmtrack" / "summary.json").read_text())
+    keep = ("volume_shape", "rigid_shift_voxels", "fraction_toward_cell_beyond_tips", "assumed_youngs_modulus_pa",
+            "contractility_pn", "time_total_s")
+    return {k: s[k] for k in keep if k in s} | {"median_u_um_by_distance": [(r["distance_um"], r["median_u_um"]) for r in s["decay"]]}
 
 
 def bead_pair(out: Path) -> dict:

@@ -10,7 +10,8 @@ from conftest import ROOT
 
 
 def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["demo.py", "--out", str(tmp_path)])
+    """Parts 1 and 2 (part 3, the real-data crop, is the slow test below)."""
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--out", str(tmp_path), "--no-real-data"])
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(ROOT / "examples" / "demo.py"), run_name="__main__")
     assert e.value.code == 0
@@ -26,6 +27,16 @@ def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatc
     assert bp["dl"]["displacement_correlation"] > 0.6 and bp["classical"]["displacement_correlation"] > 0.3
     for m in ("dl", "classical"):
         assert bp[m]["contractility_pn"] > 0 and bp[m]["seconds"] > 0
+    assert summary["fmtrack_crop"] is None
+
+
+@pytest.mark.slow
+def test_demo_part3_real_data_crop(tmp_path, shared_data):
+    demo = runpy.run_path(str(ROOT / "examples" / "demo.py"))
+    s = demo["fmtrack_crop"](tmp_path)
+    assert s["volume_shape"] == [96, 256, 256] and s["fraction_toward_cell_beyond_tips"] > 0.6
+    for name in ("result.h5", "result.vti", "slice.png", "decay.png", "view3d.png"):
+        assert (tmp_path / "fmtrack" / name).stat().st_size > 1000, name
 
 
 @pytest.mark.slow
@@ -47,7 +58,7 @@ def test_fmtrack_example_on_a_crop_shows_contraction_toward_the_cell(tmp_path, m
     assert decay[0] > 1.5 * decay[-1]
     assert min(s["dipole_eigenvalues_pn_um"]) < 0
     assert s["angle_most_contractile_axis_to_cell_axis_deg"] < 30
-    for name in ("result.h5", "result.vti", "decay.png", "slice.png"):
+    for name in ("result.h5", "result.vti", "decay.png", "slice.png", "view3d.png"):
         assert (tmp_path / name).stat().st_size > 1000
 
 
@@ -81,3 +92,17 @@ def test_train_dl_example(tmp_path, monkeypatch):
     shipped = s["sample48_7"]["shipped model"]
     assert shipped["displacement_correlation"] > 0.5 and shipped["contractility_pn"] > 0
     assert (tmp_path / "loss.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_stiffness_example(tmp_path, monkeypatch):
+    """Synthetic cells -> trained CNN -> held-out metrics, baseline, saliency on the cell."""
+    monkeypatch.setattr(sys, "argv", ["stiffness_cnn.py", "--out", str(tmp_path), "--n", "200", "--size", "64",
+                                      "--epochs", "8", "--widths", "8", "16", "32", "--quiet"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "examples" / "stiffness_cnn.py"), run_name="__main__")
+    assert e.value.code == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["cnn_test"]["regression"]["spearman"] > 0.5
+    assert all(v["Grad-CAM_mass_on_cell"] > v["cell_area_fraction"] for v in s["saliency"])
+    assert (tmp_path / "eval" / "roc.png").stat().st_size > 5000

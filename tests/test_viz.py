@@ -53,3 +53,22 @@ def test_slices_and_cli_view(result, tmp_path, capsys):
     assert _image_stats(tmp_path / "s.png")[1] > 0.02
     assert cli.main(["view", str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5" in capsys.readouterr().err
+
+
+def test_image_volumes_sit_at_the_image_origin_not_the_result_grid_origin():
+    """A DVC result's grid starts at the first window centre; a cell image given as
+    (volume, spacing) must stay where the image is (first voxel at 0 µm)."""
+    from tfm import viz
+
+    g = tfm.Grid((6, 6, 6), 2.0, origin_um=(8.0, 8.0, 8.0))  # like DVC window centres
+    res = tfm.Result(g, displacement=np.zeros(g.shape + (3,), np.float32))
+    cell = np.zeros((20, 20, 20), np.float32)
+    cell[4:8, 4:8, 4:8] = 1.0  # voxels 4-7 of a 1-µm image: 4-7 µm
+    surf = viz._volume_image((cell, (1.0, 1.0, 1.0)), res, "cell").contour([0.5], scalars="cell")
+    lo, hi = np.array(surf.bounds).reshape(3, 2).T
+    np.testing.assert_allclose(lo, 3.5, atol=0.01)
+    np.testing.assert_allclose(hi, 7.5, atol=0.01)
+    on_grid = viz._volume_image(np.ones(g.shape), res, "cell")
+    np.testing.assert_allclose(on_grid.origin, (8.0, 8.0, 8.0))
+    with pytest.raises(ValueError, match="not on the result's grid"):
+        viz._volume_image(cell, res, "cell")

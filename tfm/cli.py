@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
     r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 128)")
-    r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(24, tile/2))")
+    r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(32, tile/2))")
     r.add_argument("--regularization", type=_regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
     r.set_defaults(run=_cmd_reconstruct)
 
@@ -170,7 +170,11 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="adamw, or sgd with Nesterov momentum (default adamw)")
     n.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     n.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
-    n.add_argument("--widths", type=int, nargs="+", default=[16, 32, 48, 64], help="channels per U-Net level (default 16 32 48 64)")
+    n.add_argument("--widths", type=int, nargs="+", default=[24, 48, 64], help="channels per U-Net level (default 24 48 64)")
+    n.add_argument("--stem", type=int, choices=(1, 2), default=2,
+                   help="1: U-Net at full resolution; 2: at half resolution with a pixel-shuffle output (default 2)")
+    n.add_argument("--lk-sigmas", type=float, nargs="+", default=[2.0, 4.0],
+                   help="Gaussian windows (voxels) of the Lucas-Kanade input channels (default 2 4)")
     n.add_argument("--crop", type=int, help="train on random cubic crops of this size (default: whole samples)")
     n.add_argument("--law", choices=("auto", "linear", "neo-hookean"), default="auto", help="constitutive layer (default: the data's law)")
     n.add_argument("--w-displacement", type=float, default=1.0, help="weight of the supervised displacement loss (default 1)")
@@ -201,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--arrows", type=int, default=400, help="number of force arrows, strongest first (default 400)")
     v.add_argument("--slices", help="also write |u| and |f| mid-plane slices to this PNG")
     v.set_defaults(run=_cmd_view)
+
+    from .stiffness.cli import add_parser as add_stiffness
+
+    add_stiffness(sub)
     return p
 
 
@@ -209,7 +217,8 @@ def _cmd_train(args) -> int:
     from .nn.unet3d import ModelConfig
 
     cfg = train.TrainConfig(
-        data=tuple(args.data), model=ModelConfig(widths=tuple(args.widths), seed=args.seed),
+        data=tuple(args.data), model=ModelConfig(widths=tuple(args.widths), stem=args.stem, lk_sigmas=tuple(args.lk_sigmas),
+                                                 seed=args.seed),
         loss=physics.LossWeights(displacement=args.w_displacement, force=args.w_force, consistency=args.w_consistency,
                                  equilibrium=args.w_equilibrium),
         law=args.law, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,

@@ -48,16 +48,32 @@ def _top_points(img, name: str, count: int):
     return pts
 
 
+def _volume_image(vol, result: Result, name: str):
+    """A scalar volume as a PyVista image: on the result's grid, or ``(volume, spacing_um)``
+    as an image whose first voxel is at 0 µm."""
+    from .grid import Grid
+
+    if isinstance(vol, tuple):
+        v, spacing = vol
+        return _image(Grid(np.shape(v), spacing), v, name)
+    if np.shape(vol) != result.grid.shape:
+        raise ValueError(f"{name} volume {np.shape(vol)} is not on the result's grid {result.grid.shape}; "
+                         f"pass ({name}_volume, spacing_um) for an image volume")
+    return _image(result.grid, vol, name)
+
+
 def scene(result: Result, cell=None, beads=None, cell_level: float | None = None, arrows: int = 400,
           glyphs: int = 600, offscreen: bool = True, window_size=(900, 700)):
     """A PyVista plotter showing ``result`` in 3D.
 
     Args:
-      cell: optional cell volume (e.g. the cell channel or a mask / volume fraction) on the
-        result's grid or any grid of the same extent given as ``(volume, spacing_um)``:
-        drawn as an isosurface at ``cell_level`` (default: half its maximum).
-      beads: optional bead volume ``(volume, spacing_um)``: its mid-z plane is drawn
-        translucent under the field.
+      cell: optional cell volume (e.g. the cell channel or a mask / volume fraction): on the
+        result's grid, or an image volume ``(volume, spacing_um)`` whose first voxel lies at
+        0 µm (the image the result was measured on; DVC result grids start at the first
+        window centre, not at 0): drawn as an isosurface at ``cell_level`` (default: half
+        its maximum).
+      beads: optional bead image ``(volume, spacing_um)`` (first voxel at 0 µm): its mid-z
+        plane is drawn translucent under the field.
       arrows: number of force arrows (the strongest), coloured by |f| (pN/µm³).
       glyphs: number of displacement glyphs (the largest), grey.
     """
@@ -70,21 +86,15 @@ def scene(result: Result, cell=None, beads=None, cell_level: float | None = None
     scale_len = 0.08 * float(extent.max())
     focus = []
     if cell is not None:
-        vol, spacing = cell if isinstance(cell, tuple) else (cell, result.grid.spacing_um)
-        from .grid import Grid
-
-        cimg = _image(Grid(np.shape(vol), spacing, result.grid.origin_um), vol, "cell")
+        vol = cell[0] if isinstance(cell, tuple) else cell
+        cimg = _volume_image(cell, result, "cell")
         level = 0.5 * float(np.max(vol)) if cell_level is None else cell_level
         surf = cimg.contour([level], scalars="cell")
         if surf.n_points:
             pl.add_mesh(surf, color="#4caf50", opacity=0.55, smooth_shading=True)
             focus.append(surf)
     if beads is not None:
-        vol, spacing = beads
-        from .grid import Grid
-
-        bimg = _image(Grid(np.shape(vol), spacing, result.grid.origin_um), vol, "beads")
-        sl = bimg.slice(normal="z")
+        sl = _volume_image(beads, result, "beads").slice(normal="z")
         pl.add_mesh(sl, cmap="gray", opacity=0.35, show_scalar_bar=False)
     if result.displacement is not None and glyphs:
         pts = _top_points(img, "displacement_um", glyphs)

@@ -34,11 +34,9 @@ own slice of every global batch.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 
 import jax
@@ -47,8 +45,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..progress import Progress
-from . import physics, store
+from . import loop, physics, store
 from .unet3d import ModelConfig, UNet3D, normalise_pair
 
 MODEL_KIND = "tfm.unet3d"
@@ -231,10 +228,6 @@ def _process_slice(items, batch_size: int):
     return items[p * per : (p + 1) * per]
 
 
-def _write_metrics(path: Path, rows: list) -> None:
-    store.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | None = None, distributed: bool = False) -> dict:
     """Train (or resume) the run in ``run_dir``; returns a summary dict.
 
@@ -279,25 +272,8 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | Non
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
     names = ["loss", "displacement", "force"] + [k for k in ("consistency", "equilibrium") if getattr(cfg.loss, k) > 0]
-
-    def state_tree():  # everything a resumed run needs to continue exactly
-        return {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param)), "opt": nnx.to_pure_dict(nnx.state(optimizer)),
-                "step": np.int64(step), "best_val": np.float64(best_val),
-                "epoch_sums": {k: np.float64(sums.get(k, 0.0)) for k in names}}
-
-    step, best_val, sums = 0, np.inf, {}
-    ckpt = store.Checkpoints(run / "checkpoints", cfg.checkpoint_every)
-    metrics_file = run / "metrics.jsonl"
-    tree, rows = store.resume(ckpt, state_tree(), model, optimizer, metrics_file)
-    if tree is not None:
-        step, best_val = int(tree["step"]), float(tree["best_val"])
-        sums = {k: float(v) for k, v in tree["epoch_sums"].items()} if step % steps_per_epoch else {}
-    nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated))
-
     meta = {"kind": MODEL_KIND, "law": law, "spacing_um": data.spacing_um, "train_samples": int(len(train_idx)),
             "val_samples": int(len(val_idx)), "data": list(cfg.data)}
-    stop = total if max_steps is None else min(total, int(max_steps))
-    pool = concurrent.futures.ThreadPoolExecutor(1)
 
     def batch_at(s):
         e, k = divmod(s, steps_per_epoch)
@@ -305,49 +281,19 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | Non
         items = _process_slice(order[k * cfg.batch_size : (k + 1) * cfg.batch_size], cfg.batch_size)
         return data.load(items, np.random.default_rng([cfg.seed, e, k]), cfg.crop, cfg.augment)
 
-    t_start = time.perf_counter()
-    pending = pool.submit(batch_at, step) if step < stop else None
-    bar = None
-    while step < stop:
-        epoch = step // steps_per_epoch
-        if bar is None:
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and jax.process_index() == 0)
-            bar.update(step % steps_per_epoch)
-            t_epoch = time.perf_counter()
-        batch = pending.result()
-        pending = pool.submit(batch_at, step + 1) if step + 1 < stop else None
-        loss, terms = train_step(model, optimizer, _to_global(batch, sharded), cfg.loss, law)
-        step += 1
-        for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        bar.update(1, f"loss {float(loss):.4f}")
-        end_of_epoch = step % steps_per_epoch == 0
-        if end_of_epoch:
-            bar.__exit__(None, None, None)
-            bar = None
-            n = steps_per_epoch
-            val = evaluate(model, data, val_idx, cfg, law, sharded)
-            row = {"epoch": step // steps_per_epoch, "step": step, "train": {k: v / n for k, v in sums.items()},
-                   "val": val, "lr": float(schedule(cfg, total)(step)), "seconds": time.perf_counter() - t_epoch}
-            rows.append(row)
-            sums = {}
-            if val["loss"] < best_val:
-                best_val = val["loss"]
-                if jax.process_index() == 0:
-                    store.save_model(run / "model", model, MODEL_KIND, json.loads(cfg_model.to_json()),
-                                     {**meta, "epoch": row["epoch"], "step": step, "val": val})
-            if jax.process_index() == 0:
-                _write_metrics(metrics_file, rows)
-                if progress:
-                    print(f"epoch {row['epoch']}: train loss {row['train']['loss']:.4f}  val loss {val['loss']:.4f}  "
-                          f"val rel.err u {val['rel_u']:.3f} f {val['rel_f']:.3f}", flush=True)
-        ckpt.save(step, state_tree(), force=end_of_epoch or step == stop)
-    if bar is not None:
-        bar.__exit__(None, None, None)
-    pool.shutdown()
-    ckpt.close()
-    return {"steps": step, "total_steps": total, "best_val_loss": best_val, "seconds": time.perf_counter() - t_start,
-            "finished": step >= total, "law": law, "model_dir": str(run / "model")}
+    def save_best(row):
+        store.save_model(run / "model", model, MODEL_KIND, json.loads(cfg_model.to_json()),
+                         {**meta, "epoch": row["epoch"], "step": row["step"], "val": row["val"]})
+
+    out = loop.fit(
+        run, model, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
+        names=names, batch_at=batch_at,
+        step=lambda batch, s: train_step(model, optimizer, _to_global(batch, sharded), cfg.loss, law),
+        evaluate=lambda: evaluate(model, data, val_idx, cfg, law, sharded), learning_rate=schedule(cfg, total),
+        save_best=save_best, progress=progress, max_steps=max_steps, main_process=jax.process_index() == 0,
+        epoch_message=lambda r: f"val loss {r['val']['loss']:.4f}  val rel.err u {r['val']['rel_u']:.3f} f {r['val']['rel_f']:.3f}",
+        after_restore=lambda: nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated)))
+    return {**out, "law": law, "model_dir": str(run / "model")}
 
 
 def evaluate(model, data: Samples, indices, cfg: TrainConfig, law: str, sharding=None) -> dict:
