@@ -24,16 +24,24 @@ pipeline (DVC + FTTC). Writes:
 
   pair_dl.h5, pair_classical.h5   both Results
   pair.png                       beads, |u| and |f| on the mid-plane: truth, DL, classical
+  pair_beads.png                 max-intensity projections of both bead volumes with the
+                                 DL displacement arrows, |u| and |f| through the cell
+  pair_decay.png                 |u| (DL) against distance from the cell surface
+  pair_view3d.png                3D: cell surface, DL force arrows, displacement glyphs,
+                                 a translucent bead plane
   summary.json["bead_pair"]      times and errors of both against the FEM truth
 
 Part 3 (real data, when ../shared/data/fmtrack_avic_3d is present): a 96 x 256 x 256 crop
 around the FM-Track cell through the classical pipeline (examples/fmtrack_classical.py):
 
   fmtrack/result.h5, result.vti  the Result (forces for an ASSUMED E = 1 kPa)
-  fmtrack/slice.png              bead max-intensity projection, cell outline, displacement arrows
+  fmtrack/beads.png              max-intensity projections of both bead stacks, cell outline,
+                                 displacement arrows; |u| and |f| through the cell
   fmtrack/decay.png              |u| against distance from the cell surface
   fmtrack/view3d.png             3D: cell surface, force arrows, displacement glyphs, bead plane
-  summary.json["fmtrack_crop"]   drift, contraction toward the cell, decay, timings
+  fmtrack/summary.json           net force, contractility, strain energy, regularisation,
+                                 drift, contraction toward the cell, decay, timings
+  summary.json["fmtrack_crop"]   the headline numbers of it
 """
 
 from __future__ import annotations
@@ -186,7 +194,7 @@ def fmtrack_crop(out: Path) -> dict | None:
         raise RuntimeError(f"the FM-Track part failed (exit status {rc})")
     s = json.loads((out / "fmtrack" / "summary.json").read_text())
     keep = ("volume_shape", "rigid_shift_voxels", "fraction_toward_cell_beyond_tips", "assumed_youngs_modulus_pa",
-            "contractility_pn", "time_total_s")
+            "contractility_pn", "net_force_pn", "strain_energy_pn_um", "alpha", "regularization_rule", "time_total_s")
     return {k: s[k] for k in keep if k in s} | {"median_u_um_by_distance": [(r["distance_um"], r["median_u_um"]) for r in s["decay"]]}
 
 
@@ -217,6 +225,17 @@ def bead_pair(out: Path) -> dict:
         io.write_result(out / f"pair_{name}.h5", res, {"command": "examples/demo.py", "sample": rep["sample"]})
         results[name] = res
     pair_figure(out / "pair.png", s, grid, results)
+    # The views a user gets from a real pair, here of the learned reconstruction.
+    from tfm import segment, viz
+
+    cell = np.asarray(s["cell"]) > 0.5
+    viz.bead_pair_figure(ref, dfm, grid.spacing_um, results["dl"], out / "pair_beads.png", mask=cell, slab_um=4.0,
+                         title="shipped synthetic pair, learned reconstruction")
+    decay = segment.displacement_decay(results["dl"], cell, grid.spacing_um, bins_um=(0, 2, 4, 6, 8, 10, 14, 18, 24, 40))
+    viz.decay_figure(decay, out / "pair_decay.png", title="shipped synthetic pair: displacement decay (DL)")
+    viz.render_png(results["dl"], out / "pair_view3d.png", cell=(cell.astype(np.float32), grid.spacing_um),
+                   beads=(ref, grid.spacing_um))
+    rep["dl"]["median_u_um_by_distance"] = [(r["distance_um"], r["median_u_um"]) for r in decay["bins"]]
     return rep
 
 

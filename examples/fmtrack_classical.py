@@ -14,9 +14,11 @@ of whole z-planes between the acquisitions) -> FTTC -> analysis: |u| against dis
 from the cell surface, the direction of the displacements beyond the cell's tips and
 beside it, the force dipole near the cell, and figures.
 Writes into --out: result.h5, result.vti, decay.png (|u| against distance from the cell),
-slice.png (bead max-intensity projection, cell outline, displacement arrows), view3d.png
-(PyVista, offscreen: the cell's surface from its channel, force arrows coloured by |f|,
-displacement glyphs, a translucent bead plane) and summary.json.
+beads.png (max-intensity projections of both bead stacks with the cell outline and
+displacement arrows; |u| and |f| on the plane through the cell), view3d.png (PyVista,
+offscreen: the cell's surface from its channel, force arrows coloured by |f|,
+displacement glyphs, a translucent bead plane) and summary.json (net force,
+contractility, strain energy, regularisation parameter, drift, decay, timings).
 """
 
 from __future__ import annotations
@@ -63,25 +65,10 @@ def analyse(result, mask, spacing):
     force dipole, pushes it outward beside its middle (the (F.e)e term of Kelvin's
     solution), so "pointing toward the cell" is expected beyond the tips, not everywhere.
     """
-    dist = segment.distance_from_mask_um(mask, spacing)
-    grad = np.stack(np.gradient(dist, *spacing), -1)  # points away from the cell
-    # Window centres in voxel indices of the analysed volume (the DVC grid is in µm from voxel 0).
-    x = result.grid.coordinates_um()
-    vox = np.clip(np.round(x / np.asarray(spacing)).astype(int), 0, np.asarray(mask.shape) - 1)
-    d = dist[vox[..., 0], vox[..., 1], vox[..., 2]]
-    g = grad[vox[..., 0], vox[..., 1], vox[..., 2]]
-    u = result.displacement
-    mag = np.linalg.norm(u, axis=-1)
-    valid = result.info.get("dvc", result.info)["valid"] & (d > 0)
-    toward = -np.sum(u * g, -1) / np.maximum(mag * np.linalg.norm(g, axis=-1), 1e-12)
-    bins = np.array([0, 5, 10, 15, 20, 30, 40, 60, 100])
-    rows = []
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        sel = valid & (d >= lo) & (d < hi)
-        if sel.sum() >= 3:
-            rows.append({"distance_um": [float(lo), float(hi)], "n": int(sel.sum()), "median_u_um": float(np.median(mag[sel])),
-                         "p90_u_um": float(np.percentile(mag[sel], 90)), "fraction_toward_cell": float(np.mean(toward[sel] > 0))})
+    decay = segment.displacement_decay(result, mask, spacing)
+    d, valid, toward = decay["distance_um"], decay["valid"], decay["toward_cell"]
     c, axes, sizes = cell_axes(mask, spacing)
+    x = result.grid.coordinates_um()  # window centres, µm from the first voxel
     rel = x - c
     cos_long = np.abs(rel @ axes[0]) / np.maximum(np.linalg.norm(rel, axis=-1), 1e-12)
     near = valid & (d < 15)
@@ -98,45 +85,7 @@ def analyse(result, mask, spacing):
         "dipole_eigenvalues_pn_um": w.tolist(),
         "angle_most_contractile_axis_to_cell_axis_deg": angle,
     }
-    return d, mag, valid, rows, checks
-
-
-def figures(out, d, mag, valid, rows, result, reference, mask, spacing):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
-    ax.scatter(d[valid], mag[valid], s=4, alpha=0.3, color="0.5", label="DVC windows")
-    mids = [0.5 * sum(r["distance_um"]) for r in rows]
-    ax.plot(mids, [r["median_u_um"] for r in rows], "o-", color="C3", label="median per distance bin")
-    ax.set_xlabel("distance from the cell surface (µm)")
-    ax.set_ylabel("|u| (µm)")
-    ax.set_title("FM-Track cell: displacement decay")
-    ax.legend()
-    with io.atomic_path(out / "decay.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-    # Max-intensity projection of the reference beads over z, cell outline and in-plane vectors.
-    fig, ax = plt.subplots(figsize=(6, 6), constrained_layout=True)
-    mip = reference.max(axis=0)
-    ny, nx = mip.shape
-    ext = (0, nx * spacing[2], 0, ny * spacing[1])
-    ax.imshow(mip, cmap="gray", origin="lower", extent=ext, vmax=np.percentile(mip, 99.5))
-    ax.contour(mask.any(axis=0), levels=[0.5], colors="yellow", origin="lower", extent=ext, linewidths=1)
-    g = result.grid
-    zc = np.argmin(np.abs(g.axes_um()[0] - np.argwhere(mask)[:, 0].mean() * spacing[0]))
-    yy, xx = np.meshgrid(g.axes_um()[1], g.axes_um()[2], indexing="ij")
-    u = result.displacement[zc]
-    ax.quiver(xx, yy, u[..., 2], u[..., 1], color="cyan", angles="xy", scale_units="xy", scale=0.1, width=0.003)
-    ax.set_title(f"reference MIP, cell outline, u at z = {g.axes_um()[0][zc]:.1f} µm (arrows x10)")
-    ax.set_xlabel("x (µm)")
-    ax.set_ylabel("y (µm)")
-    with io.atomic_path(out / "slice.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return decay, checks
 
 
 def main(argv=None) -> int:
@@ -168,13 +117,16 @@ def main(argv=None) -> int:
     # or affine correction leaves in the displacement. See docs/fmtrack.md.
     dvc_options = {"windows": windows, "drift": args.drift}
     result = tfm.reconstruct(ref, dfm, SPACING_UM, gel, mask=mask, progress=not args.quiet, dvc_options=dvc_options)
-    d, mag, valid, rows, checks = analyse(result, mask, SPACING_UM)
+    decay, checks = analyse(result, mask, SPACING_UM)
+    rows = decay["bins"]
     io.write_result(out / "result.h5", result, {"command": "examples/fmtrack_classical.py", "argv": sys.argv[1:],
                                                   "assumed_youngs_modulus_pa": args.youngs_modulus_pa})
     io.write_vtk(out / "result.vti", result)
-    figures(out, d, mag, valid, rows, result, ref, mask, SPACING_UM)
     from tfm import viz
 
+    viz.decay_figure(decay, out / "decay.png", title="FM-Track cell: displacement decay")
+    viz.bead_pair_figure(ref, dfm, SPACING_UM, result, out / "beads.png", mask=mask,
+                         title="FM-Track cell: relaxed (CytoD) and contractile (Normal) beads")
     viz.render_png(result, out / "view3d.png", cell=(mask.astype(np.float32), SPACING_UM), beads=(ref, SPACING_UM))
     dvc_info = result.info["dvc"]
     summary = {
@@ -186,8 +138,7 @@ def main(argv=None) -> int:
         **checks,
         "decay": rows,
         "assumed_youngs_modulus_pa": args.youngs_modulus_pa,
-        "contractility_pn": result.contractility(),
-        "net_force_pn": result.net_force().tolist(),
+        **result.summary(),  # net force, contractility, strain energy, regularisation parameter
         "time_dvc_s": result.info["time_dvc_s"], "time_fttc_s": result.info["time_fttc_s"],
         "time_total_s": time.perf_counter() - t0,
     }

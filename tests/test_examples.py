@@ -21,9 +21,11 @@ def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatc
     assert abs(summary["contractility_error"]) < 0.02
     assert summary["regularization_rule"] == "gcv" and summary["alpha"] > 0
     # Part 2: a shipped bead pair through the shipped network and the classical pipeline.
-    for name in ("pair_dl.h5", "pair_classical.h5", "pair.png"):
+    for name in ("pair_dl.h5", "pair_classical.h5", "pair.png", "pair_beads.png", "pair_decay.png", "pair_view3d.png"):
         assert (tmp_path / name).stat().st_size > 500, name
     bp = summary["bead_pair"]
+    decay = [m for _, m in bp["dl"]["median_u_um_by_distance"]]
+    assert len(decay) >= 4 and decay[0] > 3 * decay[-1]  # the displacement decays away from the cell
     assert bp["dl"]["displacement_correlation"] > 0.6 and bp["classical"]["displacement_correlation"] > 0.3
     for m in ("dl", "classical"):
         assert bp[m]["contractility_pn"] > 0 and bp[m]["seconds"] > 0
@@ -35,7 +37,7 @@ def test_demo_part3_real_data_crop(tmp_path, shared_data):
     demo = runpy.run_path(str(ROOT / "examples" / "demo.py"))
     s = demo["fmtrack_crop"](tmp_path)
     assert s["volume_shape"] == [96, 256, 256] and s["fraction_toward_cell_beyond_tips"] > 0.6
-    for name in ("result.h5", "result.vti", "slice.png", "decay.png", "view3d.png"):
+    for name in ("result.h5", "result.vti", "beads.png", "decay.png", "view3d.png"):
         assert (tmp_path / "fmtrack" / name).stat().st_size > 1000, name
 
 
@@ -58,7 +60,7 @@ def test_fmtrack_example_on_a_crop_shows_contraction_toward_the_cell(tmp_path, m
     assert decay[0] > 1.5 * decay[-1]
     assert min(s["dipole_eigenvalues_pn_um"]) < 0
     assert s["angle_most_contractile_axis_to_cell_axis_deg"] < 30
-    for name in ("result.h5", "result.vti", "decay.png", "slice.png", "view3d.png"):
+    for name in ("result.h5", "result.vti", "decay.png", "beads.png", "view3d.png"):
         assert (tmp_path / name).stat().st_size > 1000
 
 

@@ -47,7 +47,10 @@ def test_slices_and_cli_view(result, tmp_path, capsys):
     io.write_volume(tmp_path / "cell.tif", (np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1) < 4).astype(np.uint8) * 200, g.spacing_um)
     from tfm import cli
 
-    rc = cli.main(["view", str(tmp_path / "r.h5"), "--cell", str(tmp_path / "cell.tif"), "--slices", str(tmp_path / "s.png")])
+    beads = (np.random.default_rng(2).random(g.shape) > 0.98).astype(np.uint8) * 255
+    io.write_volume(tmp_path / "beads.tif", beads, g.spacing_um)
+    rc = cli.main(["view", str(tmp_path / "r.h5"), "--cell", str(tmp_path / "cell.tif"), "--beads", str(tmp_path / "beads.tif"),
+                   "--slices", str(tmp_path / "s.png")])
     assert rc == 0, capsys.readouterr().err
     assert _image_stats(tmp_path / "r.png")[2] > 50
     assert _image_stats(tmp_path / "s.png")[1] > 0.02
@@ -72,3 +75,48 @@ def test_image_volumes_sit_at_the_image_origin_not_the_result_grid_origin():
     np.testing.assert_allclose(on_grid.origin, (8.0, 8.0, 8.0))
     with pytest.raises(ValueError, match="not on the result's grid"):
         viz._volume_image(cell, res, "cell")
+
+
+def test_displacement_decay_follows_the_closed_form_law():
+    """Outside a contracting Eshelby sphere |u| = C / r^2 and u points at the centre:
+    the binned profile must reproduce both from the voxel mask alone."""
+    from tfm import segment
+
+    g = tfm.Grid((40, 40, 40), 1.0)
+    a = 6.0
+    sol = tfm.analytic.EshelbySphere(a, -0.05, g.center_um(), tfm.LinearElastic(1000.0, 0.45))
+    u = np.asarray(sol.sample(g))
+    r = np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1)
+    res = tfm.Result(g, displacement=u)
+    decay = segment.displacement_decay(res, r <= a, g.spacing_um, bins_um=(0, 2, 4, 6, 8, 10, 12))
+    c = float(np.median((np.linalg.norm(u, axis=-1) * r**2)[r > a + 1]))
+    rows = decay["bins"]
+    assert len(rows) == 6
+    for row in rows:
+        lo, hi = row["distance_um"]
+        assert row["fraction_toward_cell"] == 1.0
+        expected = c / (a + 0.5 * (lo + hi)) ** 2
+        assert abs(row["median_u_um"] / expected - 1) < 0.25, (row, expected)
+    med = [row["median_u_um"] for row in rows]
+    assert all(m1 > m2 for m1, m2 in zip(med, med[1:]))
+    with pytest.raises(ValueError, match="mask"):
+        segment.displacement_decay(res, np.zeros((4, 4), bool), g.spacing_um)
+
+
+def test_bead_pair_and_decay_figures(result, tmp_path):
+    from tfm import segment, viz
+
+    res, g, _ = result
+    rng = np.random.default_rng(1)
+    ref = (rng.random(g.shape) > 0.98).astype(np.float32)
+    cell = np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1) < 4.0
+    out = viz.bead_pair_figure(ref, ref, g.spacing_um, res, tmp_path / "beads.png", mask=cell, slab_um=4.0)
+    shape, std, colours = _image_stats(out)
+    assert std > 0.05 and colours > 50
+    decay = segment.displacement_decay(res, cell, g.spacing_um, bins_um=(0, 2, 4, 6, 8))
+    assert _image_stats(viz.decay_figure(decay, tmp_path / "decay.png"))[2] > 20
+    with pytest.raises(ValueError, match="reference and deformed"):
+        viz.bead_pair_figure(ref, ref[1:], g.spacing_um, res, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="mask"):
+        viz.bead_pair_figure(ref, ref, g.spacing_um, res, tmp_path / "x.png", mask=cell[1:])
+    assert not (tmp_path / "x.png").exists()

@@ -193,15 +193,16 @@ def _parser() -> argparse.ArgumentParser:
                        description="Render a result file in 3D with PyVista: the strongest force arrows coloured by "
                        "|f|, displacement glyphs, and optionally the cell's isosurface. Writes a PNG offscreen "
                        "(default RESULT.png) or opens a window with --interactive.",
-                       epilog="example:\n  tfm view result.h5 --cell cell.tif --png view.png --slices slices.png",
+                       epilog="example:\n  tfm view result.h5 --cell cell.tif --beads relaxed.tif --png view.png --slices slices.png",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("result", help="result file (.h5) written by tfm")
     v.add_argument("--png", help="image to write (default: RESULT with .png)")
     v.add_argument("--interactive", action="store_true", help="open an interactive window (needs a display)")
     v.add_argument("--cell", help="cell-channel stack (TIFF) drawn as an isosurface")
     v.add_argument("--cell-spacing-um", type=float, nargs=3, metavar=("Z", "Y", "X"),
-                   help="voxel size of the cell stack, µm (when its file records none)")
+                   help="voxel size of the cell and bead stacks, µm (when their files record none)")
     v.add_argument("--cell-level", type=float, help="isosurface level of the cell stack (default: half its maximum)")
+    v.add_argument("--beads", help="bead stack (TIFF, e.g. the reference) drawn as a translucent plane through the cell")
     v.add_argument("--arrows", type=int, default=400, help="number of force arrows, strongest first (default 400)")
     v.add_argument("--slices", help="also write |u| and |f| mid-plane slices to this PNG")
     v.set_defaults(run=_cmd_view)
@@ -239,7 +240,8 @@ def _cmd_view(args) -> int:
     cell = None
     if args.cell:
         cell = io.read_volume(args.cell, spacing_um=args.cell_spacing_um)
-    kw = {"cell": cell, "cell_level": args.cell_level, "arrows": args.arrows}
+    beads = io.read_volume(args.beads, spacing_um=args.cell_spacing_um) if args.beads else None
+    kw = {"cell": cell, "beads": beads, "cell_level": args.cell_level, "arrows": args.arrows}
     if args.interactive:
         viz.show(result, **kw)
     else:

@@ -54,3 +54,51 @@ def distance_from_mask_um(mask, spacing_um) -> np.ndarray:
     if not mask.any():
         raise ValueError("mask is empty")
     return ndimage.distance_transform_edt(~mask, sampling=np.broadcast_to(np.asarray(spacing_um, float), (3,)))
+
+
+DECAY_BINS_UM = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 100.0)
+
+
+def displacement_decay(result, mask, spacing_um, bins_um=DECAY_BINS_UM, valid=None, min_count: int = 3) -> dict:
+    """How the displacement decays with distance from the cell surface.
+
+    Args:
+      result: a :class:`tfm.Result` with a displacement, on a grid in µm from the image's
+        first voxel (as every tfm reconstruction of an image pair is).
+      mask: the cell mask on the image's voxels (e.g. :func:`cell_mask`).
+      spacing_um: the image's voxel size.
+      bins_um: distance bin edges, µm.
+      valid: optional boolean array on the result's grid (default: the DVC's valid windows
+        when the result has them, else all points).
+
+    Returns a dict: per result grid point ``distance_um``, ``magnitude_um`` (|u|),
+    ``toward_cell`` (cosine between u and the direction to the nearest cell surface) and
+    ``valid`` (outside the cell and trusted); and ``bins``, one row per distance bin with
+    at least ``min_count`` points: ``distance_um`` [lo, hi), ``n``, ``median_u_um``,
+    ``p90_u_um``, ``fraction_toward_cell``.
+    """
+    if result.displacement is None:
+        raise ValueError("result holds no displacement field")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != result.grid.ndim:
+        raise ValueError(f"mask must be {result.grid.ndim}D like the result, got shape {mask.shape}")
+    sp = np.broadcast_to(np.asarray(spacing_um, float), (mask.ndim,))
+    dist = distance_from_mask_um(mask, sp)
+    grad = np.stack(np.gradient(dist, *sp), -1)  # points away from the cell
+    vox = np.clip(np.round(result.grid.coordinates_um() / sp).astype(int), 0, np.asarray(mask.shape) - 1)
+    idx = tuple(vox[..., i] for i in range(mask.ndim))
+    d, g = dist[idx], grad[idx]
+    u = np.asarray(result.displacement)
+    mag = np.linalg.norm(u, axis=-1)
+    if valid is None:
+        valid = result.info.get("dvc", result.info).get("valid", np.ones(mag.shape, bool))
+    valid = np.asarray(valid, bool) & (d > 0)
+    toward = -np.sum(u * g, -1) / np.maximum(mag * np.linalg.norm(g, axis=-1), 1e-12)
+    rows = []
+    for lo, hi in zip(bins_um[:-1], bins_um[1:]):
+        sel = valid & (d >= lo) & (d < hi)
+        if sel.sum() >= min_count:
+            rows.append({"distance_um": [float(lo), float(hi)], "n": int(sel.sum()), "median_u_um": float(np.median(mag[sel])),
+                         "p90_u_um": float(np.percentile(mag[sel], 90)),
+                         "fraction_toward_cell": float(np.mean(toward[sel] > 0))})
+    return {"distance_um": d, "magnitude_um": mag, "toward_cell": toward, "valid": valid, "bins": rows}

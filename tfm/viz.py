@@ -62,6 +62,29 @@ def _volume_image(vol, result: Result, name: str):
     return _image(result.grid, vol, name)
 
 
+BEAD_CMAP, BEAD_OPACITY = "gray", 0.7
+
+
+def _bead_plane(beads, result: Result, z_um: float | None = None, slab_um: float = 6.0):
+    """A flat image of the beads at height ``z_um`` (default: the middle): the maximum over
+    a slab ``slab_um`` thick, so that beads near the plane show as dots, and the grey
+    levels to draw it with (1st to 99.7th percentile)."""
+    img = _volume_image(beads, result, "beads")
+    v = np.asarray(img.point_data["beads"]).reshape(tuple(img.dimensions)[::-1])
+    hz = float(img.spacing[2])
+    z0 = float(img.origin[2])
+    k = v.shape[0] // 2 if z_um is None else int(np.clip(round((z_um - z0) / hz), 0, v.shape[0] - 1))
+    half = max(0, int(round(0.5 * slab_um / hz)))
+    slab = v[max(0, k - half): k + half + 1].max(axis=0)
+    import pyvista as pv
+
+    plane = pv.ImageData(dimensions=(v.shape[2], v.shape[1], 1), spacing=(img.spacing[0], img.spacing[1], 1.0),
+                         origin=(img.origin[0], img.origin[1], z0 + k * hz))
+    plane.point_data["beads"] = np.ascontiguousarray(slab.ravel())
+    lo, hi = np.percentile(slab, [1.0, 99.7])
+    return plane, (float(lo), float(max(hi, lo + 1e-6)))
+
+
 def scene(result: Result, cell=None, beads=None, cell_level: float | None = None, arrows: int = 400,
           glyphs: int = 600, offscreen: bool = True, window_size=(900, 700)):
     """A PyVista plotter showing ``result`` in 3D.
@@ -72,8 +95,9 @@ def scene(result: Result, cell=None, beads=None, cell_level: float | None = None
         0 µm (the image the result was measured on; DVC result grids start at the first
         window centre, not at 0): drawn as an isosurface at ``cell_level`` (default: half
         its maximum).
-      beads: optional bead image ``(volume, spacing_um)`` (first voxel at 0 µm): its mid-z
-        plane is drawn translucent under the field.
+      beads: optional bead image ``(volume, spacing_um)`` (first voxel at 0 µm) or a volume
+        on the result's grid: a plane through the cell (or the middle), the maximum over a
+        6 µm slab, is drawn translucent under the field.
       arrows: number of force arrows (the strongest), coloured by |f| (pN/µm³).
       glyphs: number of displacement glyphs (the largest), grey.
     """
@@ -94,8 +118,12 @@ def scene(result: Result, cell=None, beads=None, cell_level: float | None = None
             pl.add_mesh(surf, color="#4caf50", opacity=0.55, smooth_shading=True)
             focus.append(surf)
     if beads is not None:
-        sl = _volume_image(beads, result, "beads").slice(normal="z")
-        pl.add_mesh(sl, cmap="gray", opacity=0.35, show_scalar_bar=False)
+        z_um = None
+        if cell is not None and np.any(np.asarray(vol) > level):  # the plane through the cell
+            zs = np.nonzero(np.asarray(vol) > level)[0]
+            z_um = float(np.mean(zs)) * float(cimg.spacing[2]) + float(cimg.origin[2])
+        plane, clim = _bead_plane(beads, result, z_um)
+        pl.add_mesh(plane, cmap=BEAD_CMAP, clim=clim, opacity=BEAD_OPACITY, show_scalar_bar=False)
     if result.displacement is not None and glyphs:
         pts = _top_points(img, "displacement_um", glyphs)
         if pts is not None:
@@ -107,7 +135,7 @@ def scene(result: Result, cell=None, beads=None, cell_level: float | None = None
             factor = 1.5 * scale_len / float(pts.point_data["magnitude"].max())
             focus.append(pts)
             pl.add_mesh(pts.glyph(orient="force_pN_per_um3", scale="magnitude", factor=factor), scalars="magnitude",
-                        cmap="inferno", scalar_bar_args={"title": "|f| pN/µm³", "color": "black"})
+                        cmap="inferno", scalar_bar_args={"title": "force density, pN/µm³", "color": "black"})
     pl.add_axes(color="black")
     pl.camera_position = "iso"
     if focus:  # frame the cell and the strongest forces, not the whole box
@@ -134,13 +162,26 @@ def show(result: Result, **kwargs) -> None:
     pl.show()
 
 
-def slices_figure(result: Result, path, z_index: int | None = None) -> Path:
-    """|u| and |f| on one z-plane (default: the middle), side by side, as a PNG."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _savefig(fig, path, dpi: int = 110) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    _plt().close(fig)
+    return path
+
+
+def slices_figure(result: Result, path, z_index: int | None = None) -> Path:
+    """|u| and |f| on one z-plane (default: the middle), side by side, as a PNG."""
+    plt = _plt()
     g = result.grid
     z = g.shape[0] // 2 if z_index is None else int(z_index)
     fields = [(n, a, u) for n, a, u in (("|u|", result.displacement, "µm"), ("|f|", result.force, "pN/µm³")) if a is not None]
@@ -154,8 +195,97 @@ def slices_figure(result: Result, path, z_index: int | None = None) -> Path:
         a.set_ylabel("y, µm")
         fig.colorbar(im, ax=a, shrink=0.85)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _savefig(fig, path)
+
+
+def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask=None, z_um: float | None = None,
+                     slab_um: float | None = None, max_arrows: int = 24, title: str | None = None) -> Path:
+    """The 2D overview of a reconstruction from a bead volume pair, as a PNG:
+    maximum-intensity projections (over z) of both bead volumes with the in-plane
+    displacement arrows of one z-plane of the result, and |u| and |f| on that plane.
+
+    Args:
+      reference, deformed: the bead volumes (Z, Y, X), first voxel at 0 µm.
+      spacing_um: their voxel size.
+      result: the reconstruction (its grid in µm from the images' first voxel).
+      mask: optional cell mask on the image's voxels: outlined, and the plane defaults to
+        its centroid.
+      z_um: the plane (default: the cell's centroid, else the middle of the volume).
+      slab_um: project only a slab this thick around the plane (default: the whole stack;
+        use a slab where beads are so dense that the full projection saturates).
+      max_arrows: at most this many arrows along each axis (the grid is subsampled).
+    """
+    ref, dfm = np.asarray(reference), np.asarray(deformed)
+    if ref.ndim != 3 or ref.shape != dfm.shape:
+        raise ValueError(f"reference and deformed must be 3D volumes of one shape, got {ref.shape} and {dfm.shape}")
+    if result.displacement is None:
+        raise ValueError("result holds no displacement field")
+    sp = np.broadcast_to(np.asarray(spacing_um, float), (3,))
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != ref.shape:
+            raise ValueError(f"mask {mask.shape} is not on the bead volumes' voxels {ref.shape}")
+    if z_um is None:
+        z_um = float(np.argwhere(mask)[:, 0].mean() * sp[0]) if mask is not None and mask.any() else 0.5 * (ref.shape[0] - 1) * sp[0]
+    g = result.grid
+    zax, yax, xax = g.axes_um()
+    k = int(np.argmin(np.abs(zax - z_um)))
+    u = np.asarray(result.displacement[k])
+    step = tuple(max(1, int(np.ceil(n / max_arrows))) for n in g.shape[1:])
+    yy, xx = np.meshgrid(yax[::step[0]], xax[::step[1]], indexing="ij")
+    uu = u[::step[0], ::step[1]]
+    inplane = np.linalg.norm(uu[..., 1:], axis=-1)
+    ref_len = float(np.percentile(inplane, 95)) if np.any(inplane > 0) else 1.0
+    # The 95th-percentile arrow is drawn one arrow spacing long.
+    spacing_arrows = float(min(step[0] * g.spacing_um[1], step[1] * g.spacing_um[2]))
+    scale = max(ref_len, 1e-12) / spacing_arrows  # data units per µm of drawn arrow
+    img_ext = (-0.5 * sp[2], (ref.shape[2] - 0.5) * sp[2], -0.5 * sp[1], (ref.shape[1] - 0.5) * sp[1])
+    plt = _plt()
+    fig, ax = plt.subplots(2, 2, figsize=(11, 10), constrained_layout=True)
+    if slab_um is None:
+        zsl, what = slice(None), "max-intensity projection"
+    else:
+        kz, half = int(round(z_um / sp[0])), max(0, int(round(0.5 * slab_um / sp[0])))
+        zsl, what = slice(max(0, kz - half), kz + half + 1), f"max-intensity projection of {slab_um:g} µm"
+    for a, vol, name in ((ax[0, 0], ref, "reference"), (ax[0, 1], dfm, "deformed")):
+        mip = vol[zsl].max(axis=0)
+        a.imshow(mip, cmap="gray", origin="lower", extent=img_ext, vmax=np.percentile(mip, 99.5))
+        a.quiver(xx, yy, uu[..., 2], uu[..., 1], color="cyan", angles="xy", scale_units="xy", scale=scale, width=0.003)
+        a.set_title(f"{name} beads, {what};\nu at z = {zax[k]:.1f} µm (arrow of one spacing = {ref_len:.2g} µm)")
+    fields = [("|u|, µm", np.linalg.norm(u, axis=-1), "viridis")]
+    if result.force is not None:
+        fields.append(("|f|, pN/µm³", np.linalg.norm(np.asarray(result.force[k]), axis=-1), "magma"))
+    grid_ext = (xax[0], xax[-1], yax[0], yax[-1])
+    for a, (name, img, cmap) in zip(ax[1], fields):
+        im = a.imshow(img, origin="lower", extent=grid_ext, cmap=cmap)
+        a.set_title(f"{name} at z = {zax[k]:.1f} µm")
+        fig.colorbar(im, ax=a, shrink=0.85)
+    if len(fields) == 1:
+        ax[1, 1].axis("off")
+    for a in ax.ravel():
+        if mask is not None and a.has_data():
+            a.contour(mask.any(axis=0), levels=[0.5], colors="yellow", origin="lower", extent=img_ext, linewidths=1)
+        a.set_xlim(img_ext[0], img_ext[1])
+        a.set_ylim(img_ext[2], img_ext[3])
+        a.set_xlabel("x (µm)")
+        a.set_ylabel("y (µm)")
+    if title:
+        fig.suptitle(title)
+    return _savefig(fig, path)
+
+
+def decay_figure(decay: dict, path, title: str = "displacement decay") -> Path:
+    """|u| against distance from the cell surface, from :func:`tfm.segment.displacement_decay`:
+    every trusted grid point, and the median per distance bin."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+    v = decay["valid"]
+    ax.scatter(decay["distance_um"][v], decay["magnitude_um"][v], s=4, alpha=0.3, color="0.5", label="grid points")
+    rows = decay["bins"]
+    ax.plot([0.5 * sum(r["distance_um"]) for r in rows], [r["median_u_um"] for r in rows], "o-", color="C3",
+            label="median per distance bin")
+    ax.set_xlabel("distance from the cell surface (µm)")
+    ax.set_ylabel("|u| (µm)")
+    ax.set_title(title)
+    ax.legend()
+    return _savefig(fig, path, dpi=120)
