@@ -102,26 +102,45 @@ class Stack:
         return self.a
 
 ref = np.load(sys.argv[1]); dfm = np.load(sys.argv[2])
+window, element, max_iterations = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[6])
 t0 = time.perf_counter()
-mesh = get_displacements_from_stacks(Stack(ref), Stack(dfm), window_size=float(sys.argv[3]), element_size=float(sys.argv[4]),
+mesh = get_displacements_from_stacks(Stack(ref), Stack(dfm), window_size=window, element_size=element,
                                      signal_to_noise=1.1, drift_correction=False)
 el = time.perf_counter() - t0
-json.dump({"time_s": el, "nodes": np.asarray(mesh.nodes).tolist(), "u": np.asarray(mesh.displacements_measured).tolist()},
-          open(sys.argv[5], "w"))
+out = {"time_s": el, "nodes": np.asarray(mesh.nodes).tolist(), "u": np.asarray(mesh.displacements_measured).tolist()}
+if max_iterations > 0:
+    # The force solve as saenopy's own pipeline runs it: the PIV field interpolated onto a
+    # tetrahedral mesh of the PIV box, then solve_regularized with its defaults (alpha
+    # 1e10, Huber weights, convergence when the energy's coefficient of variation over 6
+    # iterations < 1 %), a linear material of stiffness k = E.
+    from saenopy.solver import interpolate_mesh
+    from saenopy.materials import LinearMaterial
+    t1 = time.perf_counter()
+    solver = interpolate_mesh(mesh, mesh.displacements_measured, {"mesh_size": "piv", "element_size": element})
+    solver.set_material_model(LinearMaterial(float(sys.argv[7])))
+    rec = solver.solve_regularized(max_iterations=max_iterations)
+    out.update(time_solve_s=time.perf_counter() - t1, solve_iterations=len(rec) - 1,
+               solve_converged=len(rec) - 1 < max_iterations, solve_nodes=int(solver.mesh.nodes.shape[0]))
+json.dump(out, open(sys.argv[5], "w"))
 """
 
 
-def _saenopy_raw(python, ref, dfm, window, element):
+def _saenopy_raw(python, ref, dfm, window, element, solve_iterations: int = 0, stiffness_pa: float = 1000.0, full=False):
+    """saenopy's PIV (and, with ``solve_iterations`` > 0, its regularised FEM force solve,
+    at most that many iterations) in its own interpreter. Returns (PIV seconds, nodes µm,
+    displacements µm), or with ``full`` the whole output dict."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/r.npy", ref)
         np.save(f"{tmp}/d.npy", dfm)
         Path(f"{tmp}/s.py").write_text(SAENOPY_SCRIPT)
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/r.npy", f"{tmp}/d.npy", str(window), str(element), f"{tmp}/o.json"],
-                              capture_output=True, text=True, env=env)
+        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/r.npy", f"{tmp}/d.npy", str(window), str(element), f"{tmp}/o.json",
+                               str(int(solve_iterations)), str(stiffness_pa)], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-1500:])
         out = json.loads(Path(f"{tmp}/o.json").read_text())
+    if full:
+        return out
     return out["time_s"], np.asarray(out["nodes"]) * 1e6, np.asarray(out["u"]) * 1e6  # m -> µm (= voxels here)
 
 
