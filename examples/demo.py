@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 import tfm
-from tfm import analytic, io
+from tfm import analytic, io, viz
 
 
 DIPOLE_PN, DIPOLE_UM = 5000.0, 24.0
@@ -69,10 +69,7 @@ def make_cell(grid: tfm.Grid, material: tfm.LinearElastic):
 
 
 def figure(path: Path, grid, u_true, result, f_dipole_true):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()
 
     k = grid.shape[0] // 2
     zyx = grid.axes_um()
@@ -98,9 +95,7 @@ def figure(path: Path, grid, u_true, result, f_dipole_true):
     ax[2].quiver(xx[keep], yy[keep], f[..., 2][keep], f[..., 1][keep], color="cyan", angles="xy",
                  scale_units="xy", scale=mag.max() / 4.0, width=0.004)
     fig.suptitle("tfm demo: contracting cell in a 1 kPa gel, mid-plane z = %.1f µm" % zyx[0][k])
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    viz.save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -132,8 +127,7 @@ def main(argv=None) -> int:
     io.write_result(out / "result.h5", result, prov)
     io.write_vtk(out / "result.vti", result)
     figure(out / "slices.png", grid, u_true, result, np.asarray(dipole.body_force(grid.coordinates_um())))
-    from tfm import viz  # PyVista, offscreen: force arrows coloured by |f|, displacement glyphs, the cell
-
+    # PyVista, offscreen: force arrows coloured by |f|, displacement glyphs, the cell
     cell = (np.linalg.norm(grid.coordinates_um() - np.asarray(grid.center_um()), axis=-1) < sphere.radius_um).astype(np.float32)
     viz.render_png(result, out / "view3d.png", cell=cell)
 
@@ -226,7 +220,7 @@ def bead_pair(out: Path) -> dict:
         results[name] = res
     pair_figure(out / "pair.png", s, grid, results)
     # The views a user gets from a real pair, here of the learned reconstruction.
-    from tfm import segment, viz
+    from tfm import segment
 
     cell = np.asarray(s["cell"]) > 0.5
     viz.bead_pair_figure(ref, dfm, grid.spacing_um, results["dl"], out / "pair_beads.png", mask=cell, slab_um=4.0,
@@ -240,10 +234,7 @@ def bead_pair(out: Path) -> dict:
 
 
 def pair_figure(path: Path, s, grid, results) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()
 
     k = grid.shape[0] // 2
     z = grid.axes_um()[0][k]
@@ -273,9 +264,7 @@ def pair_figure(path: Path, s, grid, results) -> None:
     for a in ax.ravel():
         a.set_xlabel("x, µm")
     fig.suptitle(f"a bead volume pair, mid-plane z = {z:.0f} µm")
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    viz.save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,9 @@ def main(argv=None) -> int:
 
 
 def _figure(path, s, grid, res) -> None:
-    import matplotlib
+    from tfm import viz
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()
 
     z = grid.shape[0] // 2
     zr = int(np.argmin(np.abs(res.grid.axes_um()[0] - grid.axes_um()[0][z])))
@@ -121,8 +120,7 @@ def _figure(path, s, grid, res) -> None:
     for a in ax.ravel():
         a.set_xlabel("x, µm")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    viz.save_figure(fig, path)
 
 
 if __name__ == "__main__":

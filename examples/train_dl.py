@@ -98,10 +98,9 @@ def main(argv=None) -> int:
 
 
 def _figure(path, rows) -> None:
-    import matplotlib
+    from tfm import viz
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
     ep = [r["epoch"] for r in rows]
@@ -116,8 +115,7 @@ def _figure(path, rows) -> None:
     ax[1].set_ylabel("validation relative L2 error")
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    viz.save_figure(fig, path)
 
 
 if __name__ == "__main__":

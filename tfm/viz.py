@@ -65,6 +65,12 @@ def _volume_image(vol, result: Result, name: str):
 BEAD_CMAP, BEAD_OPACITY = "gray", 0.7
 
 
+def _slab(k: int, slab_um: float, step_um: float) -> slice:
+    """The z-planes of a slab ``slab_um`` thick centred on plane ``k`` (planes ``step_um`` apart)."""
+    half = max(0, int(round(0.5 * slab_um / step_um)))
+    return slice(max(0, k - half), k + half + 1)
+
+
 def _bead_plane(beads, result: Result, z_um: float | None = None, slab_um: float = 6.0):
     """A flat image of the beads at height ``z_um`` (default: the middle): the maximum over
     a slab ``slab_um`` thick, so that beads near the plane show as dots, and the grey
@@ -74,8 +80,7 @@ def _bead_plane(beads, result: Result, z_um: float | None = None, slab_um: float
     hz = float(img.spacing[2])
     z0 = float(img.origin[2])
     k = v.shape[0] // 2 if z_um is None else int(np.clip(round((z_um - z0) / hz), 0, v.shape[0] - 1))
-    half = max(0, int(round(0.5 * slab_um / hz)))
-    slab = v[max(0, k - half): k + half + 1].max(axis=0)
+    slab = v[_slab(k, slab_um, hz)].max(axis=0)
     import pyvista as pv
 
     plane = pv.ImageData(dimensions=(v.shape[2], v.shape[1], 1), spacing=(img.spacing[0], img.spacing[1], 1.0),
@@ -118,10 +123,8 @@ def scene(result: Result, cell=None, beads=None, cell_level: float | None = None
             pl.add_mesh(surf, color="#4caf50", opacity=0.55, smooth_shading=True)
             focus.append(surf)
     if beads is not None:
-        z_um = None
-        if cell is not None and np.any(np.asarray(vol) > level):  # the plane through the cell
-            zs = np.nonzero(np.asarray(vol) > level)[0]
-            z_um = float(np.mean(zs)) * float(cimg.spacing[2]) + float(cimg.origin[2])
+        zs = np.nonzero(np.asarray(vol) > level)[0] if cell is not None else ()
+        z_um = float(np.mean(zs)) * float(cimg.spacing[2]) + float(cimg.origin[2]) if len(zs) else None  # through the cell
         plane, clim = _bead_plane(beads, result, z_um)
         pl.add_mesh(plane, cmap=BEAD_CMAP, clim=clim, opacity=BEAD_OPACITY, show_scalar_bar=False)
     if result.displacement is not None and glyphs:
@@ -162,7 +165,8 @@ def show(result: Result, **kwargs) -> None:
     pl.show()
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (figures are written, not shown)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,17 +175,18 @@ def _plt():
     return plt
 
 
-def _savefig(fig, path, dpi: int = 110) -> Path:
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure atomically (format from the suffix of ``path``) and close it."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    _plt().close(fig)
+    with atomic_path(path) as tmp:  # the temporary file keeps the suffix, so the format follows it
+        fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
 def slices_figure(result: Result, path, z_index: int | None = None) -> Path:
     """|u| and |f| on one z-plane (default: the middle), side by side, as a PNG."""
-    plt = _plt()
+    plt = pyplot()
     g = result.grid
     z = g.shape[0] // 2 if z_index is None else int(z_index)
     fields = [(n, a, u) for n, a, u in (("|u|", result.displacement, "µm"), ("|f|", result.force, "pN/µm³")) if a is not None]
@@ -195,7 +200,7 @@ def slices_figure(result: Result, path, z_index: int | None = None) -> Path:
         a.set_ylabel("y, µm")
         fig.colorbar(im, ax=a, shrink=0.85)
     fig.tight_layout()
-    return _savefig(fig, path)
+    return save_figure(fig, path)
 
 
 def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask=None, z_um: float | None = None,
@@ -240,13 +245,12 @@ def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask
     spacing_arrows = float(min(step[0] * g.spacing_um[1], step[1] * g.spacing_um[2]))
     scale = max(ref_len, 1e-12) / spacing_arrows  # data units per µm of drawn arrow
     img_ext = (-0.5 * sp[2], (ref.shape[2] - 0.5) * sp[2], -0.5 * sp[1], (ref.shape[1] - 0.5) * sp[1])
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(2, 2, figsize=(11, 10), constrained_layout=True)
     if slab_um is None:
         zsl, what = slice(None), "max-intensity projection"
     else:
-        kz, half = int(round(z_um / sp[0])), max(0, int(round(0.5 * slab_um / sp[0])))
-        zsl, what = slice(max(0, kz - half), kz + half + 1), f"max-intensity projection of {slab_um:g} µm"
+        zsl, what = _slab(int(round(z_um / sp[0])), slab_um, sp[0]), f"max-intensity projection of {slab_um:g} µm"
     for a, vol, name in ((ax[0, 0], ref, "reference"), (ax[0, 1], dfm, "deformed")):
         mip = vol[zsl].max(axis=0)
         a.imshow(mip, cmap="gray", origin="lower", extent=img_ext, vmax=np.percentile(mip, 99.5))
@@ -271,13 +275,13 @@ def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask
         a.set_ylabel("y (µm)")
     if title:
         fig.suptitle(title)
-    return _savefig(fig, path)
+    return save_figure(fig, path)
 
 
 def decay_figure(decay: dict, path, title: str = "displacement decay") -> Path:
     """|u| against distance from the cell surface, from :func:`tfm.segment.displacement_decay`:
     every trusted grid point, and the median per distance bin."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
     v = decay["valid"]
     ax.scatter(decay["distance_um"][v], decay["magnitude_um"][v], s=4, alpha=0.3, color="0.5", label="grid points")
@@ -288,4 +292,4 @@ def decay_figure(decay: dict, path, title: str = "displacement decay") -> Path:
     ax.set_ylabel("|u| (µm)")
     ax.set_title(title)
     ax.legend()
-    return _savefig(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120)

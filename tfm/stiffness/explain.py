@@ -75,10 +75,9 @@ def mask_fraction(saliency: np.ndarray, mask: np.ndarray) -> tuple[float, float]
 
 def figure(image: np.ndarray, maps: dict, path, title: str = "") -> None:
     """The image and each saliency map laid over it, side by side, to ``path``."""
-    import matplotlib
+    from ..viz import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     img = np.asarray(image, float).squeeze()
     fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4))
@@ -91,6 +90,5 @@ def figure(image: np.ndarray, maps: dict, path, title: str = "") -> None:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 

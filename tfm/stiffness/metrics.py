@@ -103,10 +103,9 @@ def classification_metrics(y_true, proba, class_names=None) -> dict:
 
 def roc_figure(y_true, proba, path, class_names=None, title: str = "ROC") -> None:
     """ROC curve(s) to an image file (one curve per class for K > 2)."""
-    import matplotlib
+    from ..viz import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     y = np.asarray(y_true, int)
     p = np.asarray(proba, float)
@@ -122,5 +121,4 @@ def roc_figure(y_true, proba, path, class_names=None, title: str = "ROC") -> Non
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
