@@ -169,7 +169,7 @@ def timing(sizes, model, saenopy_python=None, saenopy_solve_iterations: int = 0)
 
             try:
                 out = _saenopy_raw(saenopy_python, ref, dfm, 12.0, 4.0, solve_iterations=saenopy_solve_iterations,
-                                   stiffness_pa=mat.youngs_modulus_pa, full=True)
+                                   stiffness_pa=mat.youngs_modulus_pa)
                 row["saenopy_piv_s"] = out["time_s"]
                 for k in ("time_solve_s", "solve_iterations", "solve_converged", "solve_nodes"):
                     if k in out:

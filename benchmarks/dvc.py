@@ -125,10 +125,10 @@ json.dump(out, open(sys.argv[5], "w"))
 """
 
 
-def _saenopy_raw(python, ref, dfm, window, element, solve_iterations: int = 0, stiffness_pa: float = 1000.0, full=False):
+def _saenopy_raw(python, ref, dfm, window, element, solve_iterations: int = 0, stiffness_pa: float = 1000.0) -> dict:
     """saenopy's PIV (and, with ``solve_iterations`` > 0, its regularised FEM force solve,
-    at most that many iterations) in its own interpreter. Returns (PIV seconds, nodes µm,
-    displacements µm), or with ``full`` the whole output dict."""
+    at most that many iterations) in its own interpreter. Returns its output dict with the
+    PIV nodes and displacements converted to arrays in µm (``nodes_um``, ``u_um``)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/r.npy", ref)
         np.save(f"{tmp}/d.npy", dfm)
@@ -139,9 +139,8 @@ def _saenopy_raw(python, ref, dfm, window, element, solve_iterations: int = 0, s
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-1500:])
         out = json.loads(Path(f"{tmp}/o.json").read_text())
-    if full:
-        return out
-    return out["time_s"], np.asarray(out["nodes"]) * 1e6, np.asarray(out["u"]) * 1e6  # m -> µm (= voxels here)
+    out["nodes_um"], out["u_um"] = np.asarray(out.pop("nodes")) * 1e6, np.asarray(out.pop("u")) * 1e6  # m -> µm (= voxels here)
+    return out
 
 
 def saenopy_axes(python, window, element):
@@ -159,7 +158,7 @@ def saenopy_axes(python, window, element):
         rng = np.random.default_rng(10 + a)
         pos = beads.random_positions(grid, 0.0099, rng, margin_um=4)
         r, d = beads.render_pair(grid, pos, lambda q: np.broadcast_to(shift, q.shape), psf_sigma_um=PSF)
-        _, _, u = _saenopy_raw(python, r, d, window, element)
+        u = _saenopy_raw(python, r, d, window, element)["u_um"]
         med = np.nanmedian(u, axis=0)
         j = int(np.argmax(np.abs(med)))
         M[j, a] = np.sign(med[j])
@@ -172,7 +171,8 @@ def run_saenopy(python, ref, dfm, window=12.0, element=4.0):
     """saenopy's PIV in its own interpreter, scored at its own mesh nodes (voxel units)."""
     try:
         M = saenopy_axes(python, window, element)
-        t, nodes, u = _saenopy_raw(python, ref, dfm, window, element)
+        out = _saenopy_raw(python, ref, dfm, window, element)
+        t, nodes, u = out["time_s"], out["nodes_um"], out["u_um"]
     except RuntimeError as exc:
         return {"error": str(exc)}
     ok = np.all(np.isfinite(u), axis=1)
