@@ -101,6 +101,12 @@ def test_displacement_decay_follows_the_closed_form_law():
     assert all(m1 > m2 for m1, m2 in zip(med, med[1:]))
     with pytest.raises(ValueError, match="mask"):
         segment.displacement_decay(res, np.zeros((4, 4), bool), g.spacing_um)
+    with pytest.raises(ValueError, match="outside the mask's image"):  # a mask of a smaller image
+        segment.displacement_decay(res, (r <= a)[:20], g.spacing_um)
+    with pytest.raises(ValueError, match="bins_um"):
+        segment.displacement_decay(res, r <= a, g.spacing_um, bins_um=(4, 2))
+    with pytest.raises(ValueError, match="spacing_um"):
+        segment.displacement_decay(res, r <= a, 0.0)
 
 
 def test_bead_pair_and_decay_figures(result, tmp_path):

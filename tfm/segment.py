@@ -83,9 +83,18 @@ def displacement_decay(result, mask, spacing_um, bins_um=DECAY_BINS_UM, valid=No
     if mask.ndim != result.grid.ndim:
         raise ValueError(f"mask must be {result.grid.ndim}D like the result, got shape {mask.shape}")
     sp = np.broadcast_to(np.asarray(spacing_um, float), (mask.ndim,))
+    if not np.all(np.isfinite(sp) & (sp > 0)):
+        raise ValueError(f"spacing_um must be positive and finite, got {spacing_um}")
+    edges = np.asarray(bins_um, float)
+    if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
+        raise ValueError(f"bins_um must be at least two increasing distances, got {bins_um}")
+    pos = result.grid.coordinates_um() / sp  # result points in the mask's voxel indices
+    if np.any(pos < -0.5) or np.any(pos > np.asarray(mask.shape) - 0.5):
+        raise ValueError(f"the result's grid reaches outside the mask's image ({mask.shape} voxels of {tuple(sp)} µm): "
+                         "mask and spacing_um must describe the image the result was measured on")
     dist = distance_from_mask_um(mask, sp)
     grad = np.stack(np.gradient(dist, *sp), -1)  # points away from the cell
-    vox = np.clip(np.round(result.grid.coordinates_um() / sp).astype(int), 0, np.asarray(mask.shape) - 1)
+    vox = np.clip(np.round(pos).astype(int), 0, np.asarray(mask.shape) - 1)
     idx = tuple(vox[..., i] for i in range(mask.ndim))
     d, g = dist[idx], grad[idx]
     u = np.asarray(result.displacement)
@@ -95,7 +104,7 @@ def displacement_decay(result, mask, spacing_um, bins_um=DECAY_BINS_UM, valid=No
     valid = np.asarray(valid, bool) & (d > 0)
     toward = -np.sum(u * g, -1) / np.maximum(mag * np.linalg.norm(g, axis=-1), 1e-12)
     rows = []
-    for lo, hi in zip(bins_um[:-1], bins_um[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:]):
         sel = valid & (d >= lo) & (d < hi)
         if sel.sum() >= min_count:
             rows.append({"distance_um": [float(lo), float(hi)], "n": int(sel.sum()), "median_u_um": float(np.median(mag[sel])),
