@@ -29,21 +29,21 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --out demo_output
 
 bench: $(STAMP)
-	$(PY) benchmarks/fttc.py --out benchmarks/results
-	$(PY) benchmarks/dvc.py --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
-	$(PY) benchmarks/synth.py --out benchmarks/results
-	$(PY) benchmarks/dl_vs_classical.py --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
-	$(PY) benchmarks/stiffness.py --out benchmarks/results --search-trials 10
-	$(PY) benchmarks/make_docs.py
+	$(PY) -m benchmarks.fttc --out benchmarks/results
+	$(PY) -m benchmarks.dvc --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) -m benchmarks.synth --out benchmarks/results
+	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) -m benchmarks.stiffness --out benchmarks/results --search-trials 10
+	$(PY) -m benchmarks.make_docs
 
 clean:
 	rm -rf $(VENV) .cache demo_output .pytest_cache

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: machine description and report writing."""
+"""Helpers shared by the benchmark scripts: machine description, report writing and
+one-measurement-per-process runs."""
 
 import json
 import os
@@ -8,17 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tfm.atomic import jsonable, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def write_report(out, name: str, report: dict, markdown: str) -> None:
-    """Write ``name``.json and ``name``.md into ``out`` (created)."""
+    """Write ``name``.json and ``name``.md into ``out`` (created), atomically."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{name}.md").write_text(markdown)
+    write_text(out / f"{name}.json", json.dumps(jsonable(report), indent=2, allow_nan=False))
+    write_text(out / f"{name}.md", markdown)
     print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
@@ -27,10 +31,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_one_size(script, *args) -> dict:
-    """Run ``script --one-size ARGS`` in a fresh Python (so its peak memory is its own) and
-    return the JSON on its last output line; on failure print its stderr and exit 1."""
-    proc = subprocess.run([sys.executable, str(script), "--one-size", *map(str, args)], capture_output=True, text=True)
+def run_one_size(benchmark: str, *args) -> dict:
+    """Run ``python -m benchmarks.BENCHMARK --one-size ARGS`` in a fresh Python (so its
+    peak memory is its own) and return the JSON on its last output line; on failure print
+    its stderr and exit 1."""
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{benchmark}", "--one-size", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(1)

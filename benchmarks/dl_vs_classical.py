@@ -1,6 +1,6 @@
 """The learned reconstruction against the classical pipeline, side by side in one run.
 
-    python benchmarks/dl_vs_classical.py [--test FILE.h5] [--model DIR] [--sizes 64,128]
+    python -m benchmarks.dl_vs_classical [--test FILE.h5] [--model DIR] [--sizes 64,128]
                                          [--saenopy-python /path/to/venv/bin/python]
 
 1. Accuracy on a held-out synthetic test set (default: 24 samples at 48³, seed 777 -- a
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
+from .common import machine, peak_rss_mb, run_one_size, write_report
+from .peers import saenopy_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEST = ROOT / ".cache" / "bench" / "test48_seed777_n24.h5"
@@ -165,10 +165,9 @@ def timing(sizes, model, saenopy_python=None, saenopy_solve_iterations: int = 0)
             for f in ("displacement", "force"):
                 row["dl"][f"tiles64_vs_whole_rel_{f}"] = _rel(getattr(tiled, f), getattr(whole, f))
         if saenopy_python:
-            from dvc import _saenopy_raw
 
             try:
-                out = _saenopy_raw(saenopy_python, ref, dfm, 12.0, 4.0, solve_iterations=saenopy_solve_iterations,
+                out = saenopy_raw(saenopy_python, ref, dfm, 12.0, 4.0, solve_iterations=saenopy_solve_iterations,
                                    stiffness_pa=mat.youngs_modulus_pa)
                 row["saenopy_piv_s"] = out["time_s"]
                 for k in ("time_solve_s", "solve_iterations", "solve_converged", "solve_nodes"):
@@ -294,7 +293,7 @@ def main(argv=None) -> int:
         name, _, run = spec.partition("=")
         ablation["ablation:" + name] = infer.load_model(run)
     rows = accuracy(test, model, args.limit, ablation)
-    rep = {"command": "python benchmarks/dl_vs_classical.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.dl_vs_classical " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
            "model": args.model or "shipped default (tfm/nn/weights/default)", "test_set": str(test), "samples": rows,
            "summary": summarise(rows)}
@@ -302,7 +301,7 @@ def main(argv=None) -> int:
     rep["timing"] = timing(sizes, model, args.saenopy_python, args.saenopy_solve_iterations)
     write_report(args.out, "dl_vs_classical", rep, markdown(rep))  # kept if the FM-Track run below fails
     if FMTRACK.is_dir():
-        rep["fmtrack"] = run_one_size(Path(__file__), "fmtrack", *(["--model", args.model] if args.model else []))
+        rep["fmtrack"] = run_one_size("dl_vs_classical", "fmtrack", *(["--model", args.model] if args.model else []))
         print("fmtrack", rep["fmtrack"], flush=True)
     write_report(args.out, "dl_vs_classical", rep, markdown(rep))
     return 0

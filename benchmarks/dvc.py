@@ -1,8 +1,8 @@
 """Benchmark of tfm's digital volume correlation (and saenopy's PIV where installed).
 
-    python benchmarks/dvc.py --out benchmarks/results                 # everything
-    python benchmarks/dvc.py --out /tmp/b --skip-sizes --skip-sweeps  # the 96³ headline only
-    python benchmarks/dvc.py --saenopy-python /path/to/venv/bin/python  # add saenopy side by side
+    python -m benchmarks.dvc --out benchmarks/results                 # everything
+    python -m benchmarks.dvc --out /tmp/b --skip-sizes --skip-sweeps  # the 96³ headline only
+    python -m benchmarks.dvc --saenopy-python /path/to/venv/bin/python  # add saenopy side by side
 
 Writes ``dvc.json`` and ``dvc.md``.
 
@@ -26,17 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
+from .common import machine, peak_rss_mb, run_one_size, write_report
+from .peers import saenopy_axes, saenopy_raw
 
 PSF = (1.2, 0.8, 0.8)
 WAVELENGTH = 143.0
@@ -86,92 +82,11 @@ def run_tfm(ref, dfm, windows=(32, 24, 16), repeat=True):
                  "iterations": [p["iterations"] for p in res.info["passes"]]}
 
 
-SAENOPY_SCRIPT = r"""
-import json, sys, time
-import numpy as np
-from saenopy.get_deformations import get_displacements_from_stacks
-
-class Stack:
-    # The three things get_displacements_from_stacks reads: an array (Y, X, C, Z),
-    # the voxel size (x, y, z) and the shape.
-    def __init__(self, vol):
-        self.a = np.asarray(vol, np.float32).transpose(1, 2, 0)[:, :, None, :]
-        self.voxel_size = (1.0, 1.0, 1.0)
-        self.shape = self.a.shape
-    def __array__(self, dtype=None, copy=None):
-        return self.a
-
-ref = np.load(sys.argv[1]); dfm = np.load(sys.argv[2])
-window, element, max_iterations = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[6])
-t0 = time.perf_counter()
-mesh = get_displacements_from_stacks(Stack(ref), Stack(dfm), window_size=window, element_size=element,
-                                     signal_to_noise=1.1, drift_correction=False)
-el = time.perf_counter() - t0
-out = {"time_s": el, "nodes": np.asarray(mesh.nodes).tolist(), "u": np.asarray(mesh.displacements_measured).tolist()}
-if max_iterations > 0:
-    # The force solve as saenopy's own pipeline runs it: the PIV field interpolated onto a
-    # tetrahedral mesh of the PIV box, then solve_regularized with its defaults (alpha
-    # 1e10, Huber weights, convergence when the energy's coefficient of variation over 6
-    # iterations < 1 %), a linear material of stiffness k = E.
-    from saenopy.solver import interpolate_mesh
-    from saenopy.materials import LinearMaterial
-    t1 = time.perf_counter()
-    solver = interpolate_mesh(mesh, mesh.displacements_measured, {"mesh_size": "piv", "element_size": element})
-    solver.set_material_model(LinearMaterial(float(sys.argv[7])))
-    rec = solver.solve_regularized(max_iterations=max_iterations)
-    out.update(time_solve_s=time.perf_counter() - t1, solve_iterations=len(rec) - 1,
-               solve_converged=len(rec) - 1 < max_iterations, solve_nodes=int(solver.mesh.nodes.shape[0]))
-json.dump(out, open(sys.argv[5], "w"))
-"""
-
-
-def _saenopy_raw(python, ref, dfm, window, element, solve_iterations: int = 0, stiffness_pa: float = 1000.0) -> dict:
-    """saenopy's PIV (and, with ``solve_iterations`` > 0, its regularised FEM force solve,
-    at most that many iterations) in its own interpreter. Returns its output dict with the
-    PIV nodes and displacements converted to arrays in µm (``nodes_um``, ``u_um``)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        np.save(f"{tmp}/r.npy", ref)
-        np.save(f"{tmp}/d.npy", dfm)
-        Path(f"{tmp}/s.py").write_text(SAENOPY_SCRIPT)
-        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/r.npy", f"{tmp}/d.npy", str(window), str(element), f"{tmp}/o.json",
-                               str(int(solve_iterations)), str(stiffness_pa)], capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-1500:])
-        out = json.loads(Path(f"{tmp}/o.json").read_text())
-    out["nodes_um"], out["u_um"] = np.asarray(out.pop("nodes")) * 1e6, np.asarray(out.pop("u")) * 1e6  # m -> µm (= voxels here)
-    return out
-
-
-def saenopy_axes(python, window, element):
-    """Signed permutation M with u_saenopy = M u_tfm, measured with uniform shifts along
-    each of tfm's axes (z, y, x): saenopy's component order and signs are read off its
-    output, not assumed."""
-    import tfm
-    from tfm.synth import beads
-
-    M = np.zeros((3, 3))
-    grid = tfm.Grid((48, 48, 48), 1.0)
-    for a in range(3):
-        shift = np.zeros(3)
-        shift[a] = 0.6
-        rng = np.random.default_rng(10 + a)
-        pos = beads.random_positions(grid, 0.0099, rng, margin_um=4)
-        r, d = beads.render_pair(grid, pos, lambda q: np.broadcast_to(shift, q.shape), psf_sigma_um=PSF)
-        u = _saenopy_raw(python, r, d, window, element)["u_um"]
-        med = np.nanmedian(u, axis=0)
-        j = int(np.argmax(np.abs(med)))
-        M[j, a] = np.sign(med[j])
-    if not np.allclose(np.abs(M).sum(0), 1) or not np.allclose(np.abs(M).sum(1), 1):
-        raise RuntimeError(f"could not calibrate saenopy's axes: {M}")
-    return M
-
-
 def run_saenopy(python, ref, dfm, window=12.0, element=4.0):
     """saenopy's PIV in its own interpreter, scored at its own mesh nodes (voxel units)."""
     try:
-        M = saenopy_axes(python, window, element)
-        out = _saenopy_raw(python, ref, dfm, window, element)
+        M = saenopy_axes(python, window, element, PSF)
+        out = saenopy_raw(python, ref, dfm, window, element)
         t, nodes, u = out["time_s"], out["nodes_um"], out["u_um"]
     except RuntimeError as exc:
         return {"error": str(exc)}
@@ -252,7 +167,7 @@ def main(argv=None):
         return 0
     import jax
 
-    rep = {"command": "python benchmarks/dvc.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.dvc " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__}
     ref, dfm, n = make_pair((96, 96, 96))
     _, rep["headline"] = run_tfm(ref, dfm)
@@ -291,7 +206,7 @@ def main(argv=None):
     rep["sizes"] = []
     if not args.skip_sizes:
         for spec in args.sizes.split(";"):
-            rep["sizes"].append(run_one_size(__file__, spec))
+            rep["sizes"].append(run_one_size("dvc", spec))
             print("size", rep["sizes"][-1], flush=True)
     write_report(args.out, "dvc", rep, markdown(rep))
     return 0

@@ -1,8 +1,8 @@
 """Benchmark of 3D FTTC: time and peak memory against grid size, and accuracy against
 noise, with the regularisation rules side by side in one run.
 
-    python benchmarks/fttc.py --out benchmarks/results            # full run (sizes 32..256)
-    python benchmarks/fttc.py --out /tmp/b --sizes 32 64 --seeds 1  # quick
+    python -m benchmarks.fttc --out benchmarks/results            # full run (sizes 32..256)
+    python -m benchmarks.fttc --out /tmp/b --sizes 32 64 --seeds 1  # quick
 
 Writes ``fttc.json`` and ``fttc.md`` into ``--out``.
 
@@ -21,12 +21,10 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
+from .common import machine, peak_rss_mb, run_one_size, write_report
 
 RULES = ("gcv", "lcurve", "fixed")
 
@@ -143,14 +141,14 @@ def main(argv=None) -> int:
     timing = []
     for n in args.sizes:
         print(f"timing {n}^3 ...", flush=True)
-        timing.append(run_one_size(__file__, n, "--repeats", args.repeats))
+        timing.append(run_one_size("fttc", n, "--repeats", args.repeats))
         t = timing[-1]
         print(f"  gcv {t['gcv']['warm_s']:.3f}s lcurve {t['lcurve']['warm_s']:.3f}s fixed {t['fixed']['warm_s']:.3f}s "
               f"peak {t['peak_rss_mb']:.0f} MB", flush=True)
     print("accuracy against noise ...", flush=True)
     acc = accuracy(args.noise, args.seeds)
     report = {
-        "command": "python benchmarks/fttc.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.fttc " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "jax_version": jax.__version__, "backend": jax.default_backend(),
         "timing": timing, "accuracy": acc,

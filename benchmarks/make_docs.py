@@ -1,13 +1,13 @@
 """Assemble docs/benchmarks.md from the tables the benchmark scripts wrote.
 
-    python benchmarks/make_docs.py [--results benchmarks/results] [--out docs/benchmarks.md]
+    python -m benchmarks.make_docs [--results benchmarks/results] [--out docs/benchmarks.md]
 """
 
 import argparse
 from pathlib import Path
 
-SECTIONS = [("dl_vs_classical.md", "benchmarks/dl_vs_classical.py"), ("dvc.md", "benchmarks/dvc.py"), ("fttc.md", "benchmarks/fttc.py"),
-            ("synth.md", "benchmarks/synth.py"), ("stiffness.md", "benchmarks/stiffness.py")]
+SECTIONS = [("dl_vs_classical.md", "python -m benchmarks.dl_vs_classical"), ("dvc.md", "python -m benchmarks.dvc"), ("fttc.md", "python -m benchmarks.fttc"),
+            ("synth.md", "python -m benchmarks.synth"), ("stiffness.md", "python -m benchmarks.stiffness")]
 
 
 def main(argv=None):
@@ -17,7 +17,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     parts = ["# Benchmarks", "",
              "Generated from the scripts in `benchmarks/` on the project's 2-core CPU machine by "
-             "`python benchmarks/make_docs.py`; each section names the command that measured it. "
+             "`python -m benchmarks.make_docs`; each section names the command that measured it. "
              "Re-run everything with `make bench`.", ""]
     for name, script in SECTIONS:
         path = Path(args.results) / name

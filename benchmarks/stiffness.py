@@ -1,6 +1,6 @@
 """Stiffness CNN vs a shape-feature baseline on synthetic bright-field cells; inference speed.
 
-    python benchmarks/stiffness.py [--out benchmarks/results] [--n-train 1200] [--n-test 400] [--epochs 60]
+    python -m benchmarks.stiffness [--out benchmarks/results] [--n-train 1200] [--n-test 400] [--epochs 60]
                                    [--search-trials 10] [--config best_config.json]
 
 Accuracy: both methods learn from the same training set (``tfm stiffness synth``, seed 11,
@@ -28,23 +28,22 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_report  # noqa: E402
+from .common import machine, write_report
 
 
 def throughput(model, size: int, batches=(1, 32, 256), repeats: int = 5) -> dict:
     import jax.numpy as jnp
 
-    from tfm.stiffness.train import _forward
+    from tfm.stiffness.train import forward
 
     out = {}
     for b in batches:
         x = jnp.asarray(np.random.default_rng(0).normal(size=(b, size, size, 1)).astype(np.float32))
-        _forward(model, x)["log_stiffness"].block_until_ready()  # compile
+        forward(model, x)["log_stiffness"].block_until_ready()  # compile
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            _forward(model, x)["log_stiffness"].block_until_ready()
+            forward(model, x)["log_stiffness"].block_until_ready()
             ts.append(time.perf_counter() - t0)
         out[str(b)] = {"seconds": float(np.median(ts)), "images_per_s": float(b / np.median(ts))}
     return out
@@ -142,7 +141,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     train.predict_arrays(model, pre, batch_size=64)
     t_net = time.perf_counter() - t1
-    rep = {"command": "python benchmarks/stiffness.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.stiffness " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
            "train_images": len(tr_data), "test_images": len(test), "excluded_test": len(test.excluded),
            "cnn": {"parameters": count_parameters(model), "epochs": args.epochs, "train_seconds": t_train,

@@ -2,8 +2,8 @@
 (linear and neo-Hookean side by side), whole samples per minute against grid size, and
 the FEM's error against closed-form solutions under refinement.
 
-    python benchmarks/synth.py --out benchmarks/results                     # full run
-    python benchmarks/synth.py --out /tmp/b --sizes 32 48 --samples 2       # quick
+    python -m benchmarks.synth --out benchmarks/results                     # full run
+    python -m benchmarks.synth --out /tmp/b --sizes 32 48 --samples 2       # quick
 
 Writes ``synth.json`` and ``synth.md`` into ``--out``.
 
@@ -23,12 +23,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, run_one_size, write_report  # noqa: E402
+from .common import machine, peak_rss_mb, run_one_size, write_report
 
 LAWS = ("linear", "neo-hookean")
 
@@ -171,14 +169,14 @@ def main(argv=None) -> int:
     timing = []
     for n in args.sizes:
         print(f"FEM {n}^3 ...", flush=True)
-        timing.append(run_one_size(__file__, n))
+        timing.append(run_one_size("synth", n))
         t = timing[-1]
         print(f"  linear {t['linear']['warm_s']:.2f}s neo-Hookean {t['neo-hookean']['warm_s']:.2f}s peak {t['peak_rss_mb']:.0f} MB", flush=True)
     print("samples per minute ...", flush=True)
     rows = samples_per_minute(args.sample_sizes, args.samples)
     print("accuracy ...", flush=True)
     acc = accuracy(args.accuracy_sizes)
-    report = {"command": "python benchmarks/synth.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m benchmarks.synth " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "jax_version": jax.__version__, "backend": jax.default_backend(),
               "fem": timing, "samples": rows, "accuracy": acc}
     write_report(args.out, "synth", report, markdown(report))

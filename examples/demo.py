@@ -56,6 +56,7 @@ import numpy as np
 
 import tfm
 from tfm import analytic, io, viz
+from tfm.atomic import write_json
 
 
 DIPOLE_PN, DIPOLE_UM = 5000.0, 24.0
@@ -143,14 +144,11 @@ def main(argv=None) -> int:
         "noise_fraction_of_rms_u": args.noise,
     }
     summary["contractility_error"] = summary["contractility_within_16um_pn"] / true_contractility - 1
-    with io.atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     summary["bead_pair"] = bead_pair(out)
-    with io.atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     summary["fmtrack_crop"] = None if args.no_real_data else fmtrack_crop(out)
-    with io.atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     print("[4/4] summary")
     for key in ("contractility_within_16um_pn", "true_contractility_pn", "contractility_error", "net_force_pn",
                 "strain_energy_pn_um", "alpha", "cutoff_wavelength_um", "wall_time_s"):

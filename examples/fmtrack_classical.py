@@ -33,6 +33,7 @@ import numpy as np
 
 import tfm
 from tfm import io, segment
+from tfm.atomic import write_json
 
 SPACING_UM = (0.8, 0.29286, 0.29286)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fmtrack_avic_3d"
@@ -102,10 +103,10 @@ def main(argv=None) -> int:
         print(f"data folder not found: {data} (this example needs ../shared/data/fmtrack_avic_3d)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    ref, _ = io.read_volume(data / "CytoD_Beads.tif", spacing_um=SPACING_UM)
+    ref, grid = io.read_volume(data / "CytoD_Beads.tif", spacing_um=SPACING_UM)
     dfm, _ = io.read_volume(data / "Normal_Beads.tif", spacing_um=SPACING_UM)
     cell, _ = io.read_volume(data / "Normal_Cell.tif", spacing_um=SPACING_UM)
-    mask = segment.cell_mask(cell, SPACING_UM)
+    mask = segment.cell_mask(cell, grid)
     if args.crop:
         sl = crop_around(mask, ref.shape, args.crop)
         ref, dfm, mask = ref[sl], dfm[sl], mask[sl]
@@ -142,8 +143,7 @@ def main(argv=None) -> int:
         "time_dvc_s": result.info["time_dvc_s"], "time_fttc_s": result.info["time_fttc_s"],
         "time_total_s": time.perf_counter() - t0,
     }
-    with io.atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     if not args.quiet:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("decay", "drift_per_plane_voxels")}, indent=2))
         for r in rows:

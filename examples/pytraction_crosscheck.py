@@ -33,6 +33,7 @@ import numpy as np
 from scipy.interpolate import griddata
 
 import tfm
+from tfm.atomic import write_json
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pytraction_bayesian_2d"
 E, NU, PX_PER_UM, MESH_PX, L_PYTRACTION = 10000.0, 0.3, 1.3, 10.0, 145.84
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "pytraction_crosscheck.json").write_text(json.dumps(out, indent=2))
+        write_json(Path(args.out) / "pytraction_crosscheck.json", out)
     return 0
 
 

@@ -9,7 +9,7 @@
 2. `tfm.stiffness.train.train`: the residual CNN with a regression head (log10 E) and a
    soft/stiff classification head, donor-wise train/validation/test split, AdamW,
    checkpoints (resumable), best model by validation loss (what `tfm stiffness train` runs).
-3. `tfm.stiffness.train.evaluate` on the held-out donors: MAPE, R², Spearman, AUC, F1,
+3. `tfm.stiffness.train.evaluation` on the held-out donors: MAPE, R², Spearman, AUC, F1,
    sensitivity, specificity, PPV, NPV, confusion matrix, ROC figure; the shape-feature
    baseline beside it.
 4. Grad-CAM and SmoothGrad maps of four test cells, with the fraction of each map's mass
@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tfm import viz
+from tfm.atomic import write_json
+from tfm.cli.stiffness import write_evaluation
 from tfm.stiffness import baseline, data, explain, metrics, synth, train
 from tfm.stiffness.model import NetConfig
 
@@ -53,7 +56,8 @@ def main(argv=None) -> int:
     print(f"{len(ds)} images, {len(ds.excluded)} excluded as over-exposed; classes {ds.class_names}")
     run = out / "run"
     summary = train.train(cfg, run, progress=not args.quiet, data=ds)
-    res = train.evaluate(run, split="test", out_dir=out / "eval", progress=False)
+    res, test_set, pred = train.evaluation(run, split="test")
+    write_evaluation(out / "eval", res, test_set, pred)
 
     splits = json.loads((run / "splits.json").read_text())
     fit = np.flatnonzero(np.isin(ds.files, splits["train"]))
@@ -75,13 +79,13 @@ def main(argv=None) -> int:
         m = np.pad(masks[Path(f).name], args.size)[y0 + args.size : y0 + 2 * args.size, x0 + args.size : x0 + 2 * args.size]
         maps = {"Grad-CAM": explain.gradcam(model, x), "SmoothGrad": explain.smoothgrad(model, x)}
         e_pred = float(train.predict_arrays(model, x[None, ..., None])["stiffness_pa"][0])
-        explain.figure(x, maps, out / f"explain_{Path(f).stem}.png", title=f"{Path(f).name}: {e_pred:.0f} Pa predicted")
+        viz.saliency_figure(x, maps, out / f"explain_{Path(f).stem}.png", title=f"{Path(f).name}: {e_pred:.0f} Pa predicted")
         looks.append({"file": Path(f).name, "cell_area_fraction": float(m.mean()),
                       **{f"{k}_mass_on_cell": explain.mask_fraction(v, m)[0] for k, v in maps.items()}})
     rep = {"images": len(ds), "excluded": len(ds.excluded), "train": summary, "cnn_test": res, "shape_baseline_test": res_base,
            "saliency": looks}
     rep["train"].pop("excluded", None)
-    (out / "summary.json").write_text(json.dumps(rep, indent=2))
+    write_json(out / "summary.json", rep)
     r, c = res["regression"], res["classification"]
     print(f"CNN, held-out donors: MAPE {r['mape_percent']:.0f} %, R² {r['r2_log10']:.2f}, Spearman {r['spearman']:.2f}, "
           f"AUC {c['auc']:.3f}, F1 {c['f1']:.3f}")

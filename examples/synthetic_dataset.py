@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import tfm
+from tfm.atomic import write_json
 from tfm.synth import dataset
 
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         "contractility_truth_pn": float(truth.contractility(center_um=cell_c)),
         "contractility_classical_pn": float(res.contractility(center_um=cell_c)),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     _figure(out / "sample0.png", s0, grid, res)
     if not args.quiet:
         print(json.dumps({k: v for k, v in summary.items() if k != "samples_table"}, indent=2))

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import tfm
+from tfm.atomic import write_json
+from tfm.learn.optim import OptimConfig
 from tfm.nn import train
 from tfm.nn.unet3d import ModelConfig
 from tfm.synth import dataset
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     t_gen = time.perf_counter() - t0
 
     cfg = train.TrainConfig(data=(str(data),), model=ModelConfig(widths=tuple(args.widths)), epochs=args.epochs,
-                            batch_size=2, learning_rate=1e-3, warmup_steps=10, val_fraction=0.2, checkpoint_every=50)
+                            batch_size=2, optim=OptimConfig(learning_rate=1e-3, warmup_steps=10), val_fraction=0.2,
+                            checkpoint_every=50)
     t0 = time.perf_counter()
     summary = train.train(cfg, out / "run", progress=not args.quiet)
     t_train = time.perf_counter() - t0
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
               "epochs": [{"epoch": r["epoch"], "train_loss": r["train"]["loss"], "val_loss": r["val"]["loss"],
                           "val_rel_u": r["val"]["rel_u"], "val_rel_f": r["val"]["rel_f"]} for r in rows],
               "sample48_7": results}
-    (out / "summary.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(out / "summary.json", report)
     _figure(out / "loss.png", rows)
     if not args.quiet:
         print(json.dumps(results, indent=2))

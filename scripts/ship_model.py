@@ -18,12 +18,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from tfm.atomic import atomic_dir, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "tfm" / "nn" / "weights" / "default"
 
 
 def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_command: str, bench: dict | None) -> str:
     best = min(rows, key=lambda r: r["val"]["loss"])
+    optim = train_cfg.get("optim", train_cfg)  # runs before the house move kept these at top level
     c = desc["card"]
     L = ["# Model card: tfm default 3D force network", "",
          "Physics-informed 3D U-Net: bead volume pair -> displacement (µm) and body-force density (pN/µm³). "
@@ -46,8 +49,8 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          f"- Architecture: widths {desc['config']['widths']}, {desc['config']['convs_per_level']} convolutions per level, "
          f"stem {desc['config'].get('stem', 1)} (2 = U-Net at half resolution, pixel-shuffle output), Lucas-Kanade windows "
          f"{desc['config'].get('lk_sigmas', [2.0, 4.0])} voxels.",
-         f"- Optimiser {train_cfg['optimizer']}, peak learning rate {train_cfg['learning_rate']}, warm-up "
-         f"{train_cfg['warmup_steps']} steps, cosine decay, batch {train_cfg['batch_size']}, {train_cfg['epochs']} epochs; "
+         f"- Optimiser {optim['optimizer']}, peak learning rate {optim['learning_rate']}, warm-up "
+         f"{optim['warmup_steps']} steps, cosine decay, batch {train_cfg['batch_size']}, {train_cfg['epochs']} epochs; "
          f"loss weights {train_cfg['loss']}.",
          f"- Selected: epoch {best['epoch']} (step {best['step']}) of {len(rows)}, lowest validation loss "
          f"{best['val']['loss']:.4f}; validation relative L2 error (voxel level, mean over samples) u {best['val']['rel_u']:.3f}, f {best['val']['rel_f']:.3f}.",
@@ -84,14 +87,11 @@ def main(argv=None) -> int:
     train_cfg = json.loads((run / "config.json").read_text())
     bench = json.loads(Path(args.bench).read_text()) if args.bench else None
     if not args.card_only:
-        tmp = DEST.with_name(DEST.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(run / "model", tmp)
         desc["card"]["data"] = [Path(d).name for d in desc["card"].get("data", [])]
-        (tmp / "model.json").write_text(json.dumps(desc, indent=2))
-        shutil.rmtree(DEST, ignore_errors=True)
-        tmp.rename(DEST)
-    (DEST / "MODEL_CARD.md").write_text(card(run, desc, rows, train_cfg, args.command, args.data_command, bench))
+        with atomic_dir(DEST) as tmp:
+            shutil.copytree(run / "model", tmp, dirs_exist_ok=True)
+            (tmp / "model.json").write_text(json.dumps(desc, indent=2))
+    write_text(DEST / "MODEL_CARD.md", card(run, desc, rows, train_cfg, args.command, args.data_command, bench))
     print(f"wrote {DEST}")
     return 0
 

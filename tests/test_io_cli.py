@@ -9,15 +9,15 @@ import pytest
 import tifffile
 
 import tfm
-from tfm import cli, io
+from tfm import atomic, cli, io
 
 
 def test_imagej_tiff_round_trip_keeps_voxel_size(tmp_path):
     vol = np.random.default_rng(0).integers(0, 255, (6, 10, 12), dtype=np.uint8)
     io.write_volume(tmp_path / "v.tif", vol, (0.8, 0.29286, 0.3))
-    back, spacing = io.read_volume(tmp_path / "v.tif")
+    back, grid = io.read_volume(tmp_path / "v.tif")
     assert np.array_equal(back, vol)
-    assert np.allclose(spacing, (0.8, 0.29286, 0.3), rtol=1e-5)
+    assert np.allclose(grid.spacing_um, (0.8, 0.29286, 0.3), rtol=1e-5)
 
 
 def test_ome_tiff_voxel_size_with_units(tmp_path):
@@ -25,16 +25,16 @@ def test_ome_tiff_voxel_size_with_units(tmp_path):
     tifffile.imwrite(tmp_path / "v.ome.tif", vol, ome=True,
                      metadata={"axes": "ZYX", "PhysicalSizeZ": 1500.0, "PhysicalSizeZUnit": "nm",
                                "PhysicalSizeY": 0.25, "PhysicalSizeX": 0.25})
-    _, spacing = io.read_volume(tmp_path / "v.ome.tif")
-    assert np.allclose(spacing, (1.5, 0.25, 0.25))
+    _, grid = io.read_volume(tmp_path / "v.ome.tif")
+    assert np.allclose(grid.spacing_um, (1.5, 0.25, 0.25))
 
 
 def test_missing_voxel_size_is_never_guessed(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", np.zeros((4, 6, 6), np.uint8), photometric="minisblack")
     with pytest.raises(ValueError, match="spacing_um"):
         io.read_volume(tmp_path / "plain.tif")
-    vol, spacing = io.read_volume(tmp_path / "plain.tif", spacing_um=(2, 1, 1))
-    assert spacing == (2.0, 1.0, 1.0) and vol.shape == (4, 6, 6)
+    vol, grid = io.read_volume(tmp_path / "plain.tif", spacing_um=(2, 1, 1))
+    assert grid.spacing_um == (2.0, 1.0, 1.0) and vol.shape == (4, 6, 6)
 
 
 @pytest.mark.parametrize("content, match", [(None, "not found"), (b"not a tiff", "cannot read")])
@@ -85,7 +85,7 @@ def test_result_hdf5_round_trip_with_units_and_provenance(tmp_path):
 def test_interrupted_write_leaves_nothing(tmp_path):
     target = tmp_path / "out.h5"
     with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
+        with atomic.atomic_path(target) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
@@ -187,10 +187,10 @@ def test_cli_displacement_and_reconstruct_on_tiff_stacks(tmp_path, capsys):
 def test_2d_images_carry_their_pixel_size(tmp_path):
     img = np.random.default_rng(2).integers(0, 4000, (20, 30), dtype=np.uint16)
     io.write_image(tmp_path / "i.tif", img, (0.16, 0.2))
-    back, sp = io.read_image(tmp_path / "i.tif")
-    assert np.array_equal(back, img) and np.allclose(sp, (0.16, 0.2), rtol=1e-5)
+    back, grid = io.read_image(tmp_path / "i.tif")
+    assert np.array_equal(back, img) and np.allclose(grid.spacing_um, (0.16, 0.2), rtol=1e-5)
     tifffile.imwrite(tmp_path / "ome.ome.tif", img, ome=True, metadata={"axes": "YX", "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.25})
-    assert np.allclose(io.read_image(tmp_path / "ome.ome.tif")[1], (0.5, 0.25))
+    assert np.allclose(io.read_image(tmp_path / "ome.ome.tif")[1].spacing_um, (0.5, 0.25))
     tifffile.imwrite(tmp_path / "plain.tif", img, photometric="minisblack")
     with pytest.raises(ValueError, match="spacing_um"):
         io.read_image(tmp_path / "plain.tif")

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import tfm
-from tfm.nn import infer, physics, store, train
+from tfm.learn import store
+from tfm.learn.optim import OptimConfig
+from tfm.nn import infer, physics, train
 from tfm.nn.unet3d import ModelConfig, UNet3D, conv3d, normalise_pair, optical_flow_features
 from tfm.synth import fem
 from tfm.synth.dataset import SyntheticDataset
@@ -23,8 +25,8 @@ TINY = ModelConfig(widths=(8, 16))
 
 
 def tiny_config(**kw):
-    base = dict(data=(str(SAMPLE),), model=TINY, epochs=2, batch_size=2, crop=16, warmup_steps=2, checkpoint_every=2,
-                learning_rate=3e-3, val_fraction=0.2)
+    base = dict(data=(str(SAMPLE),), model=TINY, epochs=2, batch_size=2, crop=16, checkpoint_every=2,
+                optim=OptimConfig(learning_rate=3e-3, warmup_steps=2), val_fraction=0.2)
     base.update(kw)
     return train.TrainConfig(**base)
 
@@ -137,7 +139,7 @@ def test_augmentation_preserves_the_physics():
 
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="optimizer"):
-        train.TrainConfig(optimizer="lbfgs")
+        OptimConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="crop"):
         train.TrainConfig(model=ModelConfig(widths=(8, 16, 32)), crop=18)
     with pytest.raises(ValueError, match="impl"):
@@ -195,16 +197,18 @@ def test_resume_continues_exactly(tmp_path):
     lb = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["train"] for r in la] == [json.loads(r)["train"] for r in lb]
     with pytest.raises(ValueError, match="another configuration"):
-        train.train(tiny_config(learning_rate=1e-2), tmp_path / "b", progress=False)
+        train.train(tiny_config(optim=OptimConfig(learning_rate=1e-2, warmup_steps=2)), tmp_path / "b", progress=False)
 
 
 SHARDED = """
 import json, sys
 import jax
+from tfm.learn.optim import OptimConfig
 from tfm.nn import train
 from tfm.nn.unet3d import ModelConfig
 cfg = train.TrainConfig(data=(sys.argv[1],), model=ModelConfig(widths=(8, 16)), epochs=1, batch_size=2, crop=16,
-                        warmup_steps=2, checkpoint_every=100, val_fraction=0.2, augment=False)
+                        optim=OptimConfig(learning_rate=2e-3, warmup_steps=2), checkpoint_every=100, val_fraction=0.2,
+                        augment=False)
 out = train.train(cfg, sys.argv[2], progress=False)
 print(json.dumps({"devices": jax.device_count(), "steps": out["steps"]}))
 """

@@ -10,6 +10,8 @@ import pytest
 import tifffile
 from flax import nnx
 
+from tfm.learn import config as configs
+from tfm.learn.optim import OptimConfig
 from tfm.stiffness import baseline, data, explain, metrics, search, synth, train
 from tfm.stiffness.model import NetConfig, StiffnessNet
 
@@ -30,7 +32,7 @@ def trained(cells, tmp_path_factory):
     """A small network trained on the cells (both heads) for 12 epochs."""
     run = tmp_path_factory.mktemp("run")
     cfg = train.StiffnessConfig(csv=str(cells / "labels.csv"), size=64, net=TINY, epochs=12, batch_size=16,
-                                learning_rate=3e-3, warmup_steps=5)
+                                optim=OptimConfig(learning_rate=3e-3, warmup_steps=5))
     summary = train.train(cfg, run, progress=False)
     return run, cfg, summary
 
@@ -157,12 +159,12 @@ def test_metrics_against_scikit_learn_and_by_hand():
 
 def test_tiny_model_overfits_a_tiny_set(cells):
     """16 cells, one fixed batch, no augmentation: the loss falls at least 20-fold (measured: 300-fold)."""
-    from tfm.nn.train import make_optimizer
+    from tfm.learn.optim import make_optimizer
 
     ds = data.load(cells / "labels.csv", size=64, progress=False).subset(np.arange(16))
-    cfg = train.StiffnessConfig(net=TINY, learning_rate=3e-3, warmup_steps=5)
+    cfg = train.StiffnessConfig(net=TINY, optim=OptimConfig(learning_rate=3e-3, warmup_steps=5))
     model = StiffnessNet(dataclasses_replace(TINY, n_classes=2))
-    opt = nnx.Optimizer(model, make_optimizer(cfg, 150), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, make_optimizer(cfg.optim, 150), wrt=nnx.Param)
     batch = train._batch(ds, np.arange(16))
     losses = [float(train.train_step(model, opt, batch, jax.random.key(0), "both", 1.0)[0]) for _ in range(150)]
     assert losses[-1] < losses[0] / 20, (losses[0], losses[-1])
@@ -192,12 +194,15 @@ def test_training_resume_is_exact_and_splits_are_by_donor(cells, tmp_path):
     donors = [{donor[f] for f in splits[k]} for k in ("train", "validation", "test")]
     assert not (donors[0] & donors[1] or donors[0] & donors[2] or donors[1] & donors[2])
     with pytest.raises(ValueError, match="another configuration"):
-        train.train(dataclasses_replace(cfg, learning_rate=0.1), tmp_path / "a", progress=False, data=ds)
+        train.train(dataclasses_replace(cfg, optim=OptimConfig(learning_rate=0.1)), tmp_path / "a", progress=False, data=ds)
 
 
 def test_trained_model_ranks_stiffness_and_looks_at_the_cell(cells, trained):
     run, cfg, _ = trained
-    res = train.evaluate(run, split="test", out_dir=run / "eval", progress=False)
+    from tfm.cli.stiffness import write_evaluation
+
+    res, ds, pred = train.evaluation(run, split="test", progress=False)
+    write_evaluation(run / "eval", res, ds, pred)
     assert res["regression"]["spearman"] > 0.7, res  # measured 0.89
     assert (run / "eval" / "roc.png").stat().st_size > 0 and (run / "eval" / "predictions.csv").exists()
     model, desc = train.load_model(run)
@@ -266,8 +271,8 @@ def test_hyperparameter_search_uses_the_validation_split(cells, tmp_path):
     rep = json.loads((tmp_path / "s" / "search.json").read_text())
     assert res["trials"] == 2 and len(rep["trials"]) == 2
     assert rep["best"]["value"] == min(t["value"] for t in rep["trials"])
-    best = train.StiffnessConfig.from_dict(json.loads((tmp_path / "s" / "best_config.json").read_text()))
-    assert best.learning_rate == pytest.approx(rep["best"]["params"]["learning_rate"])
+    best = configs.from_dict(train.StiffnessConfig, json.loads((tmp_path / "s" / "best_config.json").read_text()))
+    assert best.optim.learning_rate == pytest.approx(rep["best"]["params"]["learning_rate"])
     assert best.net.widths[0] == rep["best"]["params"]["width"]
     again = search.search(base, tmp_path / "s", n_trials=2, trial_epochs=1, progress=False)  # resumed: nothing to do
     assert again["trials"] == 2

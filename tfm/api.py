@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .classical import dvc
+from .classical import dvc, piv
 from .classical.fttc import fttc_3d
 from .classical.fttc2d import fttc_2d
 from .grid import Grid
@@ -41,59 +41,41 @@ def reconstruct_forces(displacement, grid: Grid, material: LinearElastic, method
     return Result(grid=grid, displacement=displacement, force=force, info=info)
 
 
-def measure_displacement(reference, deformed, spacing_um, mask=None, progress: bool = True, **options) -> Result:
+def measure_displacement(reference, deformed, grid, mask=None, progress=None, **options) -> Result:
     """Displacement between a relaxed (``reference``) and a loaded (``deformed``) bead
     volume by digital volume correlation (:mod:`tfm.classical.dvc`), or between two 2D
-    bead images by PIV with the same correlator (flat windows).
+    bead images by PIV with the same correlator (flat windows, :mod:`tfm.classical.piv`).
 
     Args:
       reference, deformed: (Z, Y, X) volumes, or (Y, X) images, of the same shape.
-      spacing_um: voxel size (z, y, x), or pixel size (y, x), µm.
+      grid: their :class:`~tfm.grid.Grid` (as :func:`tfm.io.read_volume` returns it), or
+        the voxel size (z, y, x) / pixel size (y, x) in µm.
       mask: optional boolean (Z, Y, X), True inside the cell (excluded).
-      progress: progress bar on stderr.
+      progress: a :class:`tfm.progress.Progress`, or True for a progress bar (default silent).
       **options: fields of :class:`~tfm.classical.dvc.DVCConfig` (``windows``,
         ``overlap``, ``iterations``, ``drift``, ``min_quality``, ...); for images,
         ``windows`` are 2D sizes (an int or ``(wy, wx)`` per pass).
 
     Returns:
       :class:`~tfm.result.Result` with ``displacement`` (µm) on the grid of window
-      centres, ``force=None``, and ``info`` holding the window sizes, the passes, a
-      per-window ``quality`` (correlation peak) and ``valid`` map, and the drift removed.
+      centres (in the input grid's coordinates), ``force=None``, and ``info`` holding the
+      window sizes, the passes, a per-window ``quality`` (correlation peak) and ``valid``
+      map, and the drift removed.
     """
     if np.ndim(reference) == 2:
-        return _measure_displacement_2d(reference, deformed, spacing_um, mask, progress, options)
+        u, out, info = piv.correlate_2d(reference, deformed, grid, mask=mask, progress=progress, **options)
+        return Result(grid=out, displacement=u, info={"method": "piv", **info})
     config = dvc.DVCConfig(**options)
-    u, grid, info = dvc.correlate(reference, deformed, spacing_um, mask=mask, config=config, progress=progress)
-    return Result(grid=grid, displacement=u, info={"method": "dvc", **info})
+    u, out, info = dvc.correlate(reference, deformed, grid, mask=mask, config=config, progress=progress)
+    return Result(grid=out, displacement=u, info={"method": "dvc", **info})
 
 
-def _measure_displacement_2d(reference, deformed, spacing_um, mask, progress, options) -> Result:
-    """2D PIV: the same correlator on single-plane volumes with flat (1, wy, wx) windows."""
-    sp = np.asarray(spacing_um, dtype=float).ravel()
-    if sp.size == 1:
-        sp = np.repeat(sp, 2)
-    if sp.shape != (2,):
-        raise ValueError(f"spacing_um of 2D images must be (y, x) in µm, got {spacing_um!r}")
-    if np.ndim(deformed) != 2:
-        raise ValueError(f"reference is 2D but deformed has shape {np.shape(deformed)}")
-    windows = options.pop("windows", (32, 24, 16))
-    flat = tuple((1, w, w) if np.ndim(w) == 0 else (1, *tuple(w)) for w in windows)
-    config = dvc.DVCConfig(windows=flat, **options)
-    m = None if mask is None else np.asarray(mask)[None]
-    u, grid3, info = dvc.correlate(np.asarray(reference)[None], np.asarray(deformed)[None], (1.0, *sp), mask=m,
-                                   config=config, progress=progress)
-    grid = Grid(grid3.shape[1:], grid3.spacing_um[1:], grid3.origin_um[1:])
-    for key in ("quality", "valid", "masked"):
-        info[key] = info[key][0]
-    info["drift_removed_voxels"] = info["drift_removed_voxels"][1:]
-    info["rigid_shift_voxels"] = info["rigid_shift_voxels"][1:]
-    return Result(grid=grid, displacement=u[0, ..., 1:], info={"method": "piv", **info})
-
-
-def reconstruct(reference, deformed, spacing_um, material: LinearElastic, method: str = "classical", mask=None,
-                regularization="auto", progress: bool = True, dvc_options: dict | None = None, model=None,
+def reconstruct(reference, deformed, grid, material: LinearElastic, method: str = "classical", mask=None,
+                regularization="auto", progress=None, dvc_options: dict | None = None, model=None,
                 dl_options: dict | None = None) -> Result:
     """Bead volume pair -> displacement and force density in one call.
+
+    ``grid`` is the volumes' :class:`~tfm.grid.Grid` or their voxel size (z, y, x) in µm.
 
     ``method="classical"``: :func:`measure_displacement` (DVC), then
     :func:`reconstruct_forces` (3D FTTC) on the DVC grid. Returns the fields on the grid
@@ -113,9 +95,9 @@ def reconstruct(reference, deformed, spacing_um, material: LinearElastic, method
     if method == "dl":
         from .nn.infer import predict
 
-        return predict(reference, deformed, spacing_um, material, model=model, progress=progress, **(dl_options or {}))
+        return predict(reference, deformed, grid, material, model=model, progress=progress, **(dl_options or {}))
     t0 = time.perf_counter()
-    disp = measure_displacement(reference, deformed, spacing_um, mask=mask, progress=progress, **(dvc_options or {}))
+    disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, **(dvc_options or {}))
     t1 = time.perf_counter()
     forces = reconstruct_forces(disp.displacement, disp.grid, material, regularization=regularization)
     info = {**forces.info, "method": method, "dvc": disp.info, "time_dvc_s": t1 - t0, "time_fttc_s": time.perf_counter() - t1}

@@ -191,3 +191,29 @@ def trilinear(values, index_points):
                 v = values[iz, iy, ix]
                 out = out + w.reshape((-1,) + (1,) * (v.ndim - 1)) * v
     return out
+
+
+def resample(values, source: Grid, target: Grid):
+    """Trilinear (bilinear in 2D) interpolation of ``values`` ``(*source.shape, ...)``
+    sampled on ``source`` at the points of ``target`` -> ``(*target.shape, ...)``: the one
+    resampler between grids (DVC passes, volumes on another voxel size). Points beyond
+    ``source``'s outermost samples take the edge value. Separable, one axis at a time,
+    so memory stays proportional to the output (NumPy, float32 unless given float64)."""
+    import numpy as np
+
+    v = np.asarray(values)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float32)
+    if source.ndim != target.ndim or tuple(v.shape[: source.ndim]) != source.shape:
+        raise ValueError(f"values of shape {v.shape} are not sampled on the source grid {source.shape}, "
+                         f"or the grids differ in dimension ({source.ndim} and {target.ndim})")
+    for a, (xs, xt) in enumerate(zip(source.axes_um(), target.axes_um())):
+        n = len(xs)
+        if n == 1:
+            v = np.repeat(v, len(xt), axis=a)
+            continue
+        pos = np.clip((xt - xs[0]) / (xs[1] - xs[0]), 0.0, n - 1)
+        i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
+        w = (pos - i0).astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - a - 1))
+        v = np.take(v, i0, axis=a) * (1 - w) + np.take(v, i0 + 1, axis=a) * w
+    return v

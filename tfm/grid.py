@@ -18,16 +18,45 @@ import numpy as np
 
 
 def _as_tuple(value, ndim: int, name: str, cast=float) -> tuple:
-    if np.ndim(value) == 0:
-        return (cast(value),) * ndim
-    out = tuple(cast(v) for v in np.asarray(value).ravel())
-    if len(out) != ndim:
-        raise ValueError(f"{name} must have {ndim} entries (one per axis, {_axes(ndim)} order), got {len(out)}")
-    return out
+    if value is None:
+        raise ValueError(f"{name} is required: {ndim} values in µm, {_axes(ndim)} order, or one for all axes")
+    try:
+        arr = np.asarray(value, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers (µm, {_axes(ndim)} order), got {value!r}") from None
+    if arr.size == 1:
+        arr = np.repeat(arr, ndim)
+    if arr.size != ndim:
+        raise ValueError(f"{name} must have {ndim} entries (one per axis, {_axes(ndim)} order), got {arr.size}")
+    return tuple(cast(v) for v in arr)
 
 
 def _axes(ndim: int) -> str:
     return "(z, y, x)" if ndim == 3 else "(y, x)"
+
+
+def check_spacing(spacing_um, ndim: int = 3, name: str = "spacing_um") -> tuple:
+    """``spacing_um`` as ``ndim`` finite positive floats (a scalar means isotropic), or a
+    ValueError naming ``name``. Every voxel size tfm accepts is checked here."""
+    out = _as_tuple(spacing_um, ndim, name)
+    if not all(math.isfinite(s) and s > 0 for s in out):
+        raise ValueError(f"{name} must be finite and > 0 along every axis (µm, {_axes(ndim)} order), got {spacing_um!r}")
+    return out
+
+
+def _check_shape(shape) -> tuple:
+    try:
+        arr = np.asarray(shape).ravel()
+        ints = tuple(int(s) for s in arr)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be whole numbers of points per axis, got {shape!r}") from None
+    if not all(float(a) == i for a, i in zip(arr, ints)):
+        raise ValueError(f"shape must be whole numbers of points per axis, got {shape!r}")
+    if len(ints) not in (2, 3):
+        raise ValueError(f"shape must have 2 or 3 entries, got {ints}")
+    if any(s < 1 for s in ints):
+        raise ValueError(f"shape must be positive along every axis, got {ints}")
+    return ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,21 +82,27 @@ class Grid:
     origin_um: tuple = None
 
     def __post_init__(self):
-        shape = tuple(int(s) for s in np.asarray(self.shape).ravel())
-        if len(shape) not in (2, 3):
-            raise ValueError(f"shape must have 2 or 3 entries, got {shape}")
-        if any(s < 1 for s in shape):
-            raise ValueError(f"shape must be positive along every axis, got {shape}")
+        shape = _check_shape(self.shape)
         nd = len(shape)
-        spacing = _as_tuple(self.spacing_um, nd, "spacing_um")
-        if not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing_um must be finite and > 0 along every axis, got {spacing}")
+        spacing = check_spacing(self.spacing_um, nd)
         origin = (0.0,) * nd if self.origin_um is None else _as_tuple(self.origin_um, nd, "origin_um")
         if not all(math.isfinite(o) for o in origin):
             raise ValueError(f"origin_um must be finite, got {origin}")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing_um", spacing)
         object.__setattr__(self, "origin_um", origin)
+
+    @classmethod
+    def of(cls, shape, grid_or_spacing, name: str = "spacing_um") -> "Grid":
+        """The grid of an array of ``shape``: ``grid_or_spacing`` is a :class:`Grid` (its
+        shape must match) or a voxel size in µm (origin 0), as every pair-level function
+        of tfm accepts."""
+        shape = tuple(int(n) for n in shape)
+        if isinstance(grid_or_spacing, Grid):
+            if grid_or_spacing.shape != shape:
+                raise ValueError(f"{name}: the grid's shape {grid_or_spacing.shape} does not match the data's {shape}")
+            return grid_or_spacing
+        return cls(shape, check_spacing(grid_or_spacing, len(shape), name))
 
     # -- geometry -------------------------------------------------------------------
     @property

@@ -10,181 +10,153 @@ This is the only module that converts units or axis orders:
 * VTK image data runs x fastest with vector components (x, y, z): arrays are reordered
   here and nowhere else.
 
-Every writer is atomic: it writes a temporary file beside the target and renames it,
-so an interrupted run never leaves a half-written result.
+Every writer is atomic (:mod:`tfm.atomic`): it writes a temporary file beside the target,
+flushes it to disk and renames it, so an interrupted run never leaves a half-written
+result.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import os
-import tempfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
-from .grid import Grid
+from ._version import __version__
+from .atomic import atomic_path, jsonable
+from .grid import Grid, check_spacing
+from .imagefile import ome_pixels, read_raster
 from .result import Result
 
 FORMAT = "tfm-result"
 FORMAT_VERSION = 1
 _UNIT_TO_UM = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-               "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6, "meter": 1e6}
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on
-    success, delete it on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results follow the umask
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _check_spacing(spacing_um, name="spacing_um") -> tuple:
-    arr = np.asarray(spacing_um, dtype=float).ravel()
-    if arr.size == 1:
-        arr = np.repeat(arr, 3)
-    if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be 3 positive voxel sizes in µm, (z, y, x) order, got {spacing_um!r}")
-    return tuple(float(a) for a in arr)
+               "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3,
+               "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6}
 
 
 # ----------------------------------------------------------------------------- TIFF
 def _ome_spacing(xml: str, axes: str = "ZYX"):
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+    px = ome_pixels(xml)
+    if px is None:
         return None
-    for el in root.iter():
-        if el.tag.endswith("Pixels"):
-            out = []
-            for ax in axes:
-                v = el.get(f"PhysicalSize{ax}")
-                if v is None:
-                    return None
-                unit = el.get(f"PhysicalSize{ax}Unit", "µm")
-                if unit not in _UNIT_TO_UM:
-                    return None
-                out.append(float(v) * _UNIT_TO_UM[unit])
-            return tuple(out)
-    return None
-
-
-def _imagej_spacing(tif, need_z: bool = True):
-    meta = tif.imagej_metadata or {}
-    page = tif.pages[0]
-    unit = str(meta.get("unit", "")).replace("\\u00B5", "µ")
-    if (need_z and "spacing" not in meta) or unit.lower() not in _UNIT_TO_UM:
-        return None
-    scale = _UNIT_TO_UM[unit.lower()]
-    xy = []
-    for tag in ("YResolution", "XResolution"):
-        t = page.tags.get(tag)
-        if t is None:
+    out = []
+    for ax in axes:
+        v, scale = px.get(f"PhysicalSize{ax}"), _unit_scale(px.get(f"PhysicalSize{ax}Unit", "µm"))
+        if v is None or scale is None:
             return None
-        num, den = t.value
+        out.append(float(v) * scale)
+    return tuple(out)
+
+
+def _unit_scale(unit) -> float | None:
+    u = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    return _UNIT_TO_UM.get(u) or _UNIT_TO_UM.get(u.lower())
+
+
+def _imagej_spacing(raster, need_z: bool = True):
+    meta = raster.imagej or {}
+    scale = _unit_scale(meta.get("unit", ""))
+    if (need_z and "spacing" not in meta) or scale is None or raster.resolution is None:
+        return None
+    xy = []
+    for num, den in raster.resolution:
         if num == 0:
             return None
         xy.append(den / num * scale)
     return (float(meta.get("spacing", 1.0)) * scale, xy[0], xy[1])
 
 
-def _read_tiff(path, channel, ndim: int):
-    """``(data, file_spacing)`` of a TIFF holding one ``ndim``-D array (a channel picked);
-    file_spacing is the stored (z, y, x) or (y, x) size in µm, or None."""
-    import tifffile
-
-    path = Path(path)
-    kind = "stack" if ndim == 3 else "image"
-    if not path.is_file():
-        raise FileNotFoundError(f"{'volume' if ndim == 3 else 'image'} file not found: {path}")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data, axes = series.asarray(), series.axes
-            file_spacing = None
-            if tif.is_ome and tif.ome_metadata:
-                file_spacing = _ome_spacing(tif.ome_metadata, axes="ZYX"[-ndim:])
-            if file_spacing is None and tif.is_imagej:
-                sp3 = _imagej_spacing(tif, need_z=ndim == 3)
-                file_spacing = None if sp3 is None else sp3[-ndim:]
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise ValueError(f"cannot read {path} as a TIFF {kind}: {exc}") from exc
-    if "C" in axes and data.shape[axes.index("C")] > 1:
-        if channel is None:
-            raise ValueError(f"{path} has {data.shape[axes.index('C')]} channels (axes {axes}); pass channel=")
-        data = np.take(data, channel, axis=axes.index("C"))
-    data = np.squeeze(data)
-    if data.ndim != ndim:
+def _axes_to(data, axes: str, channel, ndim: int, path):
+    """``data`` with its file axes reduced to ``(Z, Y, X)`` or ``(Y, X)``: a channel (or
+    colour sample) picked, singleton axes other than Z dropped, a single plane read as a
+    one-plane stack."""
+    for ax, what in (("C", "channels"), ("S", "colour samples (an RGB image)")):
+        if ax in axes:
+            i, n = axes.index(ax), data.shape[axes.index(ax)]
+            if n > 1 and channel is None:
+                raise ValueError(f"{path} has {n} {what} (axes {axes}); pass channel= (--channel) to pick one")
+            if channel is not None and not 0 <= int(channel) < n:
+                raise ValueError(f"channel must lie in [0, {n - 1}] for {path} ({n} {what}), got {channel}")
+            data, axes = np.take(data, int(channel) if n > 1 else 0, axis=i), axes[:i] + axes[i + 1:]
+    for ax in [a for a in axes if a not in "ZYX"]:  # unnamed stack axes (I, Q) hold the planes
+        i = axes.index(ax)
+        if data.shape[i] == 1:
+            data, axes = np.take(data, 0, axis=i), axes[:i] + axes[i + 1:]
+        elif "Z" not in axes and ax in "IQ":
+            axes = axes[:i] + "Z" + axes[i + 1:]
+    if ndim == 3 and axes == "YX":
+        data, axes = data[None], "ZYX"
+    if ndim == 2 and axes == "ZYX" and data.shape[0] == 1:
+        data, axes = data[0], "YX"
+    if axes != "ZYX"[-ndim:]:
         layout = "3D stack (Z, Y, X)" if ndim == 3 else "2D image (Y, X)"
         raise ValueError(f"{path} must hold a {layout}; got shape {data.shape} (axes {axes})")
+    return data
+
+
+def _read_tiff(path, channel, ndim: int):
+    """``(data, file_spacing)`` of an image file holding one ``ndim``-D array (a channel
+    picked); file_spacing is the stored (z, y, x) or (y, x) size in µm, or None."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{'volume' if ndim == 3 else 'image'} file not found: {path}")
+    raster = read_raster(path)
+    file_spacing = None
+    if raster.ome_xml:
+        file_spacing = _ome_spacing(raster.ome_xml, axes="ZYX"[-ndim:])
+    if file_spacing is None and raster.imagej is not None:
+        sp3 = _imagej_spacing(raster, need_z=ndim == 3)
+        file_spacing = None if sp3 is None else sp3[-ndim:]
+    data = _axes_to(raster.data, raster.axes, channel, ndim, path)
+    if data.dtype == bool or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise ValueError(f"{path} holds {data.dtype} pixels; tfm reads integer or floating-point images")
     return data, file_spacing
 
 
+def _spacing(path, spacing_um, file_spacing, ndim: int) -> tuple:
+    if spacing_um is not None:
+        return check_spacing(spacing_um, ndim)
+    if file_spacing is not None:
+        return check_spacing(file_spacing, ndim, f"the voxel size stored in {path}")
+    what, order = ("voxel", "(z, y, x)") if ndim == 3 else ("pixel", "(y, x)")
+    raise ValueError(f"{path} stores no {what} size: pass spacing_um={order} in µm (--spacing-um on the command line)")
+
+
 def read_volume(path, spacing_um=None, channel: int | None = None):
-    """Read a 3D stack (Z, Y, X) and its voxel size in µm.
+    """Read a 3D stack (Z, Y, X) and the :class:`~tfm.grid.Grid` it is sampled on.
 
     Args:
       path: TIFF, OME-TIFF or ImageJ TIFF holding one 3D stack (or several channels;
-        pick one with ``channel``).
+        pick one with ``channel``). A single plane is read as a one-plane stack.
       spacing_um: (z, y, x) voxel size; overrides the file's. Required when the file
-        has none.
-      channel: index of the channel to read from a multi-channel stack.
+        has none (tfm never guesses a voxel size).
+      channel: index of the channel to read from a multi-channel (or colour) stack.
 
     Returns:
-      ``(volume, spacing_um)``, volume in the file's dtype.
+      ``(volume, grid)``: the volume in the file's dtype and its Grid (voxel size in µm,
+      origin 0), which the pair-level functions (``tfm.reconstruct`` ...) take.
     """
     data, file_spacing = _read_tiff(path, channel, 3)
-    if spacing_um is not None:
-        spacing = _check_spacing(spacing_um)
-    elif file_spacing is not None:
-        spacing = _check_spacing(file_spacing, f"voxel size stored in {path}")
-    else:
-        raise ValueError(f"{path} stores no voxel size: pass spacing_um=(z, y, x) in µm (--spacing-um on the command line)")
-    return data, spacing
+    return data, Grid(data.shape, _spacing(path, spacing_um, file_spacing, 3))
 
 
 def read_image(path, spacing_um=None, channel: int | None = None):
-    """Read a 2D image (Y, X) and its pixel size (y, x) in µm (from OME or ImageJ/TIFF
-    resolution metadata, or ``spacing_um``; never guessed)."""
+    """Read a 2D image (Y, X) and its 2D :class:`~tfm.grid.Grid` (pixel size (y, x) in µm
+    from OME or ImageJ/TIFF resolution metadata, or ``spacing_um``; never guessed)."""
     data, file_spacing = _read_tiff(path, channel, 2)
-    if spacing_um is not None:
-        sp = np.asarray(spacing_um, dtype=float).ravel()
-        sp = np.repeat(sp, 2) if sp.size == 1 else sp
-    elif file_spacing is not None:
-        sp = np.asarray(file_spacing, dtype=float)
-    else:
-        raise ValueError(f"{path} stores no pixel size: pass spacing_um=(y, x) in µm (--spacing-um on the command line)")
-    if sp.shape != (2,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"spacing_um must be 2 positive pixel sizes in µm, (y, x), got {sp.tolist()}")
-    return data, (float(sp[0]), float(sp[1]))
+    return data, Grid(data.shape, _spacing(path, spacing_um, file_spacing, 2))
 
 
 def write_image(path, image, spacing_um) -> None:
-    """Write a (Y, X) image as an ImageJ TIFF that records its pixel size (µm)."""
+    """Write a (Y, X) image as an ImageJ TIFF that records its pixel size (µm, or a 2D Grid)."""
     import tifffile
 
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"image must be 2D (Y, X), got shape {img.shape}")
-    dy, dx = (float(v) for v in np.broadcast_to(np.asarray(spacing_um, dtype=float), (2,)))
-    if not (dy > 0 and dx > 0):
-        raise ValueError(f"spacing_um must be positive, got {spacing_um!r}")
+    dy, dx = check_spacing(spacing_um.spacing_um if isinstance(spacing_um, Grid) else spacing_um, 2)
     if img.dtype == np.float64:
         img = img.astype(np.float32)
     with atomic_path(path) as tmp:
@@ -192,13 +164,13 @@ def write_image(path, image, spacing_um) -> None:
 
 
 def write_volume(path, volume, spacing_um) -> None:
-    """Write a (Z, Y, X) stack as an ImageJ TIFF that records its voxel size (µm)."""
+    """Write a (Z, Y, X) stack as an ImageJ TIFF that records its voxel size (µm, or a Grid)."""
     import tifffile
 
     vol = np.asarray(volume)
     if vol.ndim != 3:
         raise ValueError(f"volume must be 3D (Z, Y, X), got shape {vol.shape}")
-    dz, dy, dx = _check_spacing(spacing_um)
+    dz, dy, dx = check_spacing(spacing_um.spacing_um if isinstance(spacing_um, Grid) else spacing_um)
     if vol.dtype == np.float64:
         vol = vol.astype(np.float32)
     with atomic_path(path) as tmp:
@@ -214,7 +186,7 @@ def _split_arrays(obj, path: str, out: list):
     if isinstance(obj, np.ndarray) and obj.size > 8:
         out.append((path, obj))
         return {"__dataset__": path}
-    return _jsonable(obj)
+    return jsonable(obj)
 
 
 def _join_arrays(obj, h):
@@ -225,23 +197,9 @@ def _join_arrays(obj, h):
     return obj
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    return obj
-
-
 def write_result(path, result: Result, provenance: dict | None = None) -> Path:
     """Write ``result`` to HDF5 atomically. Returns the path written."""
     import h5py
-
-    from . import __version__
 
     path = Path(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h:
@@ -253,7 +211,7 @@ def write_result(path, result: Result, provenance: dict | None = None) -> Path:
         h.attrs["info_json"] = json.dumps(_split_arrays(result.info, "info", arrays))
         for name, arr in arrays:
             h.create_dataset(name, data=arr, compression="gzip", compression_opts=4)
-        h.attrs["provenance_json"] = json.dumps(_jsonable(provenance or {}))
+        h.attrs["provenance_json"] = json.dumps(jsonable(provenance or {}))
         g = h.create_group("grid")
         g.attrs["shape"] = result.grid.shape
         g.attrs["spacing_um"] = result.grid.spacing_um
@@ -310,14 +268,14 @@ def read_displacement(path, spacing_um=None, dataset: str = "displacement"):
         u = np.load(path, allow_pickle=False)
         if spacing_um is None:
             raise ValueError(f"{path} is a bare array: pass spacing_um=(z, y, x) in µm (--spacing-um)")
-        grid = Grid(u.shape[:-1], _check_spacing(spacing_um))
+        grid = Grid(u.shape[:-1], check_spacing(spacing_um))
     elif h5py.is_hdf5(path):
         with h5py.File(path, "r") as h:
             if h.attrs.get("format") == FORMAT:
                 res = read_result(path)
                 if res.displacement is None:
                     raise ValueError(f"{path} holds no displacement field")
-                grid = res.grid if spacing_um is None else Grid(res.grid.shape, _check_spacing(spacing_um), res.grid.origin_um)
+                grid = res.grid if spacing_um is None else Grid(res.grid.shape, check_spacing(spacing_um), res.grid.origin_um)
                 return res.displacement, grid
             if dataset not in h:
                 raise ValueError(f"{path} has no dataset {dataset!r} (found: {sorted(h.keys())})")
@@ -325,7 +283,7 @@ def read_displacement(path, spacing_um=None, dataset: str = "displacement"):
             sp = spacing_um if spacing_um is not None else h[dataset].attrs.get("spacing_um")
             if sp is None:
                 raise ValueError(f"{path}:{dataset} has no spacing_um attribute: pass spacing_um (--spacing-um)")
-            grid = Grid(u.shape[:-1], _check_spacing(sp))
+            grid = Grid(u.shape[:-1], check_spacing(sp))
     else:
         raise ValueError(f"{path}: expected a .npy array or an HDF5 file")
     if u.ndim != 4 or u.shape[-1] != 3:

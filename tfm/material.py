@@ -86,6 +86,13 @@ def neo_hookean_energy(grad_u, lam, mu):
     return jnp.where(ok, w, jnp.inf)
 
 
+def lame_parameters(youngs_modulus, poisson_ratio):
+    """``(lambda, mu)`` from Young's modulus and Poisson's ratio (floats or arrays, also
+    traced JAX values): ``lambda = E nu / ((1 + nu)(1 - 2 nu))``, ``mu = E / (2 (1 + nu))``."""
+    e, nu = youngs_modulus, poisson_ratio
+    return e * nu / ((1.0 + nu) * (1.0 - 2.0 * nu)), e / (2.0 * (1.0 + nu))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Isotropic(Material):
     """Young's modulus and Poisson's ratio, validated; the derived moduli."""
@@ -111,13 +118,12 @@ class _Isotropic(Material):
     @property
     def shear_modulus_pa(self) -> float:
         """mu = E / (2 (1 + nu)), Pa."""
-        return self.youngs_modulus_pa / (2.0 * (1.0 + self.poisson_ratio))
+        return lame_parameters(self.youngs_modulus_pa, self.poisson_ratio)[1]
 
     @property
     def lame_lambda_pa(self) -> float:
         """lambda = E nu / ((1 + nu)(1 - 2 nu)), Pa."""
-        E, nu = self.youngs_modulus_pa, self.poisson_ratio
-        return E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+        return lame_parameters(self.youngs_modulus_pa, self.poisson_ratio)[0]
 
     @property
     def bulk_modulus_pa(self) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .grid import Grid
+
 
 def threshold_otsu(volume, bins: int = 256) -> float:
     """Otsu's threshold (maximum between-class variance) of the intensity histogram."""
@@ -26,13 +28,25 @@ def threshold_otsu(volume, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-def cell_mask(volume, spacing_um, threshold: float | None = None, smooth_um: float = 1.0, dilate_um: float = 0.0) -> np.ndarray:
+def cell_mask(volume, grid, threshold: float | None = None, smooth_um: float = 1.0, dilate_um: float = 0.0) -> np.ndarray:
     """Boolean mask of the cell: Gaussian smoothing, threshold (Otsu if not given),
-    the largest connected component, holes filled, optionally dilated by ``dilate_um``."""
+    the largest connected component, holes filled, optionally dilated by ``dilate_um``.
+
+    ``grid`` is the volume's :class:`~tfm.grid.Grid` or its voxel size (z, y, x) in µm. A
+    cell channel without contrast (empty, constant), or one whose threshold selects
+    (nearly) the whole volume, is an error: no cell can be found in it."""
     v = np.asarray(volume, dtype=np.float32)
     if v.ndim != 3:
-        raise ValueError(f"volume must be 3D (Z, Y, X), got shape {v.shape}")
-    sp = np.broadcast_to(np.asarray(spacing_um, dtype=float), (3,))
+        raise ValueError(f"cell volume must be 3D (Z, Y, X), got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("cell volume contains NaN or infinite values")
+    sp = np.asarray(Grid.of(v.shape, grid).spacing_um)
+    if not float(v.max()) > float(v.min()):
+        raise ValueError(f"the cell volume is constant ({float(v.min()):g} everywhere): no cell to segment "
+                         "(is it the right channel?)")
+    for name, val in (("smooth_um", smooth_um), ("dilate_um", dilate_um)):
+        if not (np.isfinite(val) and val >= 0):
+            raise ValueError(f"{name} must be a finite distance >= 0 µm, got {val}")
     if smooth_um > 0:
         v = ndimage.gaussian_filter(v, sigma=smooth_um / sp)
     t = threshold_otsu(v) if threshold is None else float(threshold)
@@ -43,30 +57,34 @@ def cell_mask(volume, spacing_um, threshold: float | None = None, smooth_um: flo
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     m = labels == (1 + int(np.argmax(sizes)))
     m = ndimage.binary_fill_holes(m)
+    if m.mean() > 0.9:
+        raise ValueError(f"the cell mask (threshold {t:.4g}) covers {100 * m.mean():.0f} % of the volume: the cell "
+                         "channel shows no distinct cell (wrong channel, or pass a threshold)")
     if dilate_um > 0:
         m = distance_from_mask_um(m, sp) <= dilate_um
     return m
 
 
-def distance_from_mask_um(mask, spacing_um) -> np.ndarray:
-    """Euclidean distance (µm) of every voxel from the nearest voxel of ``mask`` (0 inside)."""
+def distance_from_mask_um(mask, grid) -> np.ndarray:
+    """Euclidean distance (µm) of every voxel from the nearest voxel of ``mask`` (0 inside);
+    ``grid`` is the mask's Grid or voxel size."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise ValueError("mask is empty")
-    return ndimage.distance_transform_edt(~mask, sampling=np.broadcast_to(np.asarray(spacing_um, float), (3,)))
+    return ndimage.distance_transform_edt(~mask, sampling=Grid.of(mask.shape, grid).spacing_um)
 
 
 DECAY_BINS_UM = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 100.0)
 
 
-def displacement_decay(result, mask, spacing_um, bins_um=DECAY_BINS_UM, valid=None, min_count: int = 3) -> dict:
+def displacement_decay(result, mask, grid, bins_um=DECAY_BINS_UM, valid=None, min_count: int = 3) -> dict:
     """How the displacement decays with distance from the cell surface.
 
     Args:
-      result: a :class:`tfm.Result` with a displacement, on a grid in µm from the image's
-        first voxel (as every tfm reconstruction of an image pair is).
+      result: a :class:`tfm.Result` with a displacement, on a grid in the image's
+        coordinates (as every tfm reconstruction of an image pair is).
       mask: the cell mask on the image's voxels (e.g. :func:`cell_mask`).
-      spacing_um: the image's voxel size.
+      grid: the image's :class:`~tfm.grid.Grid`, or its voxel size (``spacing_um``; origin 0).
       bins_um: distance bin edges, µm.
       valid: optional boolean array on the result's grid (default: the DVC's valid windows
         when the result has them, else all points).
@@ -82,13 +100,12 @@ def displacement_decay(result, mask, spacing_um, bins_um=DECAY_BINS_UM, valid=No
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != result.grid.ndim:
         raise ValueError(f"mask must be {result.grid.ndim}D like the result, got shape {mask.shape}")
-    sp = np.broadcast_to(np.asarray(spacing_um, float), (mask.ndim,))
-    if not np.all(np.isfinite(sp) & (sp > 0)):
-        raise ValueError(f"spacing_um must be positive and finite, got {spacing_um}")
+    image = Grid.of(mask.shape, grid, name="spacing_um (the image's voxel size)")
+    sp = np.asarray(image.spacing_um)
     edges = np.asarray(bins_um, float)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
         raise ValueError(f"bins_um must be at least two increasing distances, got {bins_um}")
-    pos = result.grid.coordinates_um() / sp  # result points in the mask's voxel indices
+    pos = (result.grid.coordinates_um() - np.asarray(image.origin_um)) / sp  # result points in the mask's voxel indices
     if np.any(pos < -0.5) or np.any(pos > np.asarray(mask.shape) - 0.5):
         raise ValueError(f"the result's grid reaches outside the mask's image ({mask.shape} voxels of {tuple(sp)} µm): "
                          "mask and spacing_um must describe the image the result was measured on")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, to_pyvista
+from .atomic import atomic_path
+from .grid import Grid
+from .io import to_pyvista
 from .result import Result
 
 
@@ -49,13 +51,11 @@ def _top_points(img, name: str, count: int):
 
 
 def _volume_image(vol, result: Result, name: str):
-    """A scalar volume as a PyVista image: on the result's grid, or ``(volume, spacing_um)``
-    as an image whose first voxel is at 0 µm."""
-    from .grid import Grid
-
+    """A scalar volume as a PyVista image: on the result's grid, or ``(volume, grid)`` with
+    the image's Grid (or voxel size; first voxel at 0 µm)."""
     if isinstance(vol, tuple):
-        v, spacing = vol
-        return _image(Grid(np.shape(v), spacing), v, name)
+        v, grid = vol
+        return _image(Grid.of(np.shape(v), grid), v, name)
     if np.shape(vol) != result.grid.shape:
         raise ValueError(f"{name} volume {np.shape(vol)} is not on the result's grid {result.grid.shape}; "
                          f"pass ({name}_volume, spacing_um) for an image volume")
@@ -225,7 +225,8 @@ def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask
         raise ValueError(f"reference and deformed must be 3D volumes of one shape, got {ref.shape} and {dfm.shape}")
     if result.displacement is None:
         raise ValueError("result holds no displacement field")
-    sp = np.broadcast_to(np.asarray(spacing_um, float), (3,))
+    image = Grid.of(ref.shape, spacing_um)
+    sp = np.asarray(image.spacing_um)
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != ref.shape:
@@ -293,3 +294,44 @@ def decay_figure(decay: dict, path, title: str = "displacement decay") -> Path:
     ax.set_title(title)
     ax.legend()
     return save_figure(fig, path, dpi=120)
+
+
+def roc_figure(y_true, proba, path, class_names=None, title: str = "ROC") -> Path:
+    """ROC curve(s) of class probabilities ``proba`` (N, K) against ``y_true`` to an image
+    file (one curve per class for K > 2; :mod:`tfm.stiffness.metrics`)."""
+    from .stiffness.metrics import auc, roc_curve
+
+    plt = pyplot()
+    y = np.asarray(y_true, int)
+    p = np.asarray(proba, float)
+    k = p.shape[1]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for c in ([1] if k == 2 else range(k)):
+        if 0 < np.sum(y == c) < len(y):
+            fpr, tpr, _ = roc_curve(y == c, p[:, c])
+            ax.plot(fpr, tpr, label=f"{names[c]} (AUC {auc(y == c, p[:, c]):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def saliency_figure(image: np.ndarray, maps: dict, path, title: str = "") -> Path:
+    """An image and each saliency map (name -> (H, W) in [0, 1], e.g. Grad-CAM and
+    SmoothGrad of :mod:`tfm.stiffness.explain`) laid over it, side by side, to ``path``."""
+    plt = pyplot()
+    img = np.asarray(image, float).squeeze()
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4))
+    axes[0].imshow(img, cmap="gray")
+    axes[0].set_title(title or "input", fontsize=9)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        ax.imshow(img, cmap="gray")
+        ax.imshow(m, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -60,11 +60,12 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from ..fields import trilinear
+from ..fields import resample, trilinear
 from ..grid import Grid
-from ..progress import Progress
+from ..progress import resolve
+from . import drift as drift_models
 
-DRIFTS = ("rigid", "median", "affine", "slicewise", None)
+DRIFTS = drift_models.DRIFTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,20 +86,54 @@ class DVCConfig:
     batch_windows: int = 512  # windows correlated per JAX call (bounds memory)
     slab_voxels: int = 1 << 20  # voxels warped per JAX call (bounds memory)
 
+    min_valid_fraction: float = 0.2  # fewer valid windows (of those outside the mask) than this is an error
+
     def __post_init__(self):
-        if not self.windows:
-            raise ValueError("windows must list at least one window size")
-        wins = tuple((int(w),) * 3 if np.ndim(w) == 0 else tuple(int(v) for v in w) for w in self.windows)
-        for w in wins:
-            if len(w) != 3 or any(v < 4 and v != 1 for v in w):
-                raise ValueError(f"each window must be >= 4 voxels along each of (z, y, x) (1 along a flat axis), got {w}")
-        object.__setattr__(self, "windows", wins)
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
+        object.__setattr__(self, "windows", _check_windows(self.windows))
+        _check_number(self, "overlap", 0.0, 1.0, upper_open=True)
+        _check_number(self, "tolerance_voxels", 0.0, None)
+        _check_number(self, "min_quality", -1.0, 1.0)
+        _check_number(self, "median_threshold", 0.0, None, lower_open=True)
+        _check_number(self, "median_epsilon_voxels", 0.0, None)
+        _check_number(self, "max_shift_fraction", 0.0, 0.5, lower_open=True)
+        _check_number(self, "min_valid_fraction", 0.0, 1.0)
         if self.drift not in DRIFTS:
             raise ValueError(f"drift must be one of {DRIFTS}, got {self.drift!r}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        for name in ("iterations", "batch_windows", "slab_voxels"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+
+
+def _check_number(cfg, name, lo, hi, lower_open=False, upper_open=False) -> None:
+    v = getattr(cfg, name)
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+    ok = ok and (v > lo if lower_open else v >= lo) and (hi is None or (v < hi if upper_open else v <= hi))
+    if not ok:
+        span = f"{'(' if lower_open else '['}{lo}, {'inf' if hi is None else hi}{')' if upper_open or hi is None else ']'}"
+        raise ValueError(f"{name} must be a finite number in {span}, got {v!r}")
+
+
+def _check_windows(windows) -> tuple:
+    """Per pass a window edge (cubic) or (z, y, x) edges, voxels; one int is one pass."""
+    if isinstance(windows, (int, np.integer)) and not isinstance(windows, bool):
+        windows = (windows,)
+    try:
+        windows = tuple(windows)
+    except TypeError:
+        raise ValueError(f"windows must list window sizes per pass (an int or (z, y, x) each), got {windows!r}") from None
+    if not windows:
+        raise ValueError("windows must list at least one window size")
+    out = []
+    for w in windows:
+        sizes = (w,) * 3 if np.ndim(w) == 0 else tuple(w)
+        if len(sizes) != 3 or any(isinstance(v, bool) or not float(v).is_integer() for v in sizes):
+            raise ValueError(f"each window must be a whole number of voxels or three of them (z, y, x), got {w!r}")
+        sizes = tuple(int(v) for v in sizes)
+        if any(v < 4 and v != 1 for v in sizes):
+            raise ValueError(f"each window must be >= 4 voxels along each of (z, y, x) (1 along a flat axis), got {sizes}")
+        out.append(sizes)
+    return tuple(out)
 
 
 # ------------------------------------------------------------------ validation, set-up
@@ -108,7 +143,7 @@ def _spline_coefficients(volume):
     return jnp.asarray(np.pad(c, SPLINE_PAD, mode="reflect"))
 
 
-def _check(reference, deformed, spacing_um, mask):
+def _check(reference, deformed, grid, mask):
     ref, dfm = np.asarray(reference), np.asarray(deformed)
     for name, v in (("reference", ref), ("deformed", dfm)):
         if v.ndim != 3:
@@ -119,16 +154,12 @@ def _check(reference, deformed, spacing_um, mask):
             raise ValueError(f"{name} contains NaN or infinite values")
     if ref.shape != dfm.shape:
         raise ValueError(f"reference and deformed must have the same shape, got {ref.shape} and {dfm.shape}")
-    sp = np.asarray(spacing_um, dtype=float).ravel()
-    if sp.size == 1:
-        sp = np.repeat(sp, 3)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"spacing_um must be 3 positive voxel sizes in µm, (z, y, x), got {spacing_um!r}")
+    grid = Grid.of(ref.shape, grid)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != ref.shape:
             raise ValueError(f"mask must have the volumes' shape {ref.shape}, got {mask.shape}")
-    return ref, dfm, tuple(sp), mask
+    return ref, dfm, grid, mask
 
 
 def _normalise(v, mask, name):
@@ -182,6 +213,10 @@ class _Layout:
     def centres(self):
         """Window centres per axis (voxel index units)."""
         return tuple(c + s * np.arange(k) for c, s, k in zip(self.origin, self.step, self.counts))
+
+    def voxel_grid(self) -> Grid:
+        """The window centres as a :class:`Grid` in voxel units of the volume."""
+        return Grid(self.counts, self.step, self.origin)
 
     def all_starts(self):
         g = np.meshgrid(*self.starts, indexing="ij")
@@ -242,7 +277,7 @@ def rigid_shift(reference, deformed, coeffs=None, refinements: int = 2, slab_vox
         coeffs = _spline_coefficients(np.asarray(deformed, np.float32))
     whole = _Layout(tuple(r.shape), (1, 1, 1), (0, 0, 0), (1, 1, 1))
     for _ in range(refinements):
-        margin = tuple(0 if n == 1 else min(int(np.ceil(abs(s))) + 4, (n - 8) // 2) for s, n in zip(shift, r.shape))
+        margin = tuple(0 if n == 1 else max(0, min(int(np.ceil(abs(s))) + 4, (n - 8) // 2)) for s, n in zip(shift, r.shape))
         window = tuple(n - 2 * m for n, m in zip(r.shape, margin))
         if min(w for w, n in zip(window, r.shape) if n > 1) < 8:
             break
@@ -449,83 +484,96 @@ def smooth_predictor(u):
     return out
 
 
-def _resample(u, src: _Layout, dst: _Layout):
-    """Trilinear interpolation of a field on ``src`` window centres onto ``dst``'s."""
-    coords = [(cd - o) / st for cd, o, st in zip(dst.centres(), src.origin, src.step)]
-    g = np.meshgrid(*coords, indexing="ij")
-    return np.stack([ndimage.map_coordinates(u[..., c], g, order=1, mode="nearest") for c in range(3)], -1)
-
-
 # ---------------------------------------------------------------------------- driver
-def correlate(reference, deformed, spacing_um, mask=None, config: DVCConfig = DVCConfig(), progress: bool = True):
+def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfig(), progress=None):
     """Measure the displacement between two bead volumes.
 
     Args:
       reference: relaxed volume (Z, Y, X), any real dtype.
       deformed: loaded volume, same shape.
-      spacing_um: voxel size (z, y, x) in µm.
+      grid: the volumes' :class:`~tfm.grid.Grid`, or their voxel size (z, y, x) in µm.
       mask: optional boolean (Z, Y, X), True where there is no gel (the cell): excluded.
       config: :class:`DVCConfig`.
-      progress: print a progress bar to stderr.
+      progress: a :class:`tfm.progress.Progress` (or True) for a progress bar.
 
     Returns:
       ``(displacement_um, grid, info)``: displacement (nz, ny, nx, 3) in µm at the
-      window centres of the last pass, the :class:`~tfm.grid.Grid` of those centres,
-      and info (window sizes, passes, iterations, quality and validity maps, drift,
-      timings).
+      window centres of the last pass, the :class:`~tfm.grid.Grid` of those centres (in
+      the volumes' coordinates), and info (window sizes, passes, iterations, quality and
+      validity maps, drift, timings).
     """
     t_start = time.perf_counter()
-    ref, dfm, spacing, mask = _check(reference, deformed, spacing_um, mask)
+    ref, dfm, image_grid, mask = _check(reference, deformed, grid, mask)
     ref = _normalise(ref, mask, "reference")
     dfm = _normalise(dfm, mask, "deformed")
-    coeffs = _spline_coefficients(dfm)
-    dfm_j = _linear_source(dfm)
-    drift = rigid_shift(ref, dfm, coeffs, slab_voxels=config.slab_voxels)
-    ref_j = jnp.asarray(ref)
+    vol = {"ref": jnp.asarray(ref), "coeffs": _spline_coefficients(dfm), "linear": _linear_source(dfm)}
+    drift = rigid_shift(ref, dfm, vol["coeffs"], slab_voxels=config.slab_voxels)
     info = {"windows_voxels": [list(w) for w in config.windows], "overlap": config.overlap, "passes": [],
             "rigid_shift_voxels": drift.tolist(), "drift": config.drift}
-
     u, layout = None, None
-    n_iter_total = len(config.windows) * config.iterations
-    with Progress(n_iter_total, "DVC", enabled=progress) as bar:
+    with resolve(progress).task(len(config.windows) * config.iterations, "DVC") as bar:
         for p, window in enumerate(config.windows):
             step = tuple(max(1, int(round(w * (1 - config.overlap)))) for w in window)
             new = _Layout.make(ref.shape, window, step)
-            u = np.broadcast_to(drift, (*new.shape, 3)).copy() if u is None else _resample(u, layout, new)
+            u = np.broadcast_to(drift, (*new.shape, 3)).copy() if u is None else resample(u, layout.voxel_grid(), new.voxel_grid())
             layout = new
-            masked = _masked_windows(mask, layout)
-            rec = {"window": list(window), "step": list(step), "grid_shape": list(layout.shape), "iterations": 0}
-            for it in range(config.iterations):
-                cubic = p == len(config.windows) - 1 or not config.fast_passes
-                predictor = smooth_predictor(u) if config.smooth_predictor else u
-                warped = _warp(coeffs if cubic else dfm_j, predictor, layout, config.slab_voxels, cubic)
-                res, quality, contrast = _correlate_all(ref_j, warped, layout, config)
-                valid = (quality >= config.min_quality) & (contrast > 1e-3 * np.median(contrast)) & ~masked
-                # The test runs on this iteration's update, not on u: the update is nearly
-                # uniform once the warp follows the field, so a window at an edge (all
-                # neighbours on one side) is not mistaken for an outlier because of a
-                # legitimate gradient of u.
-                res, outlier = median_test(res, valid, config.median_threshold, config.median_epsilon_voxels)
-                u_new = predictor + res
-                good = valid & ~outlier
-                update = float(np.sqrt(np.mean(np.sum((u_new - u)[good] ** 2, -1)))) if good.any() else 0.0
-                u = u_new
-                rec["iterations"] = it + 1
-                rec["rms_update_voxels"] = update
-                bar.update(1, f"pass {p + 1}/{len(config.windows)} it {it + 1} rms update {update:.3f} vox")
-                if update < config.tolerance_voxels:
-                    bar.update(config.iterations - it - 1)
-                    break
-            rec.update(valid_fraction=float(good.mean()), outlier_fraction=float(outlier.mean()))
+            cubic = p == len(config.windows) - 1 or not config.fast_passes
+            u, maps, rec = _run_pass(vol, u, layout, _masked_windows(mask, layout), cubic, config, bar,
+                                     f"pass {p + 1}/{len(config.windows)}")
             info["passes"].append(rec)
-
-    correction, removed = _drift_correction(config.drift, u, drift, good, mask, layout, ref.shape, info)
+    _check_valid(maps, config)
+    centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
+    dist = drift_models.window_distances(centres, mask, image_grid.spacing_um)
+    correction, removed, extra = drift_models.correction(config.drift, u, drift, maps["valid"], centres, dist, ref.shape)
+    info.update(extra)
     u = u - correction
-    info.update(quality=quality.astype(np.float32), valid=good, masked=masked,
+    info.update(quality=maps["quality"].astype(np.float32), valid=maps["valid"], masked=maps["masked"],
                 drift_removed_voxels=np.asarray(removed, dtype=float).tolist(), time_s=time.perf_counter() - t_start)
-    grid = Grid(layout.shape, tuple(st * h for st, h in zip(layout.step, spacing)),
-                tuple(o * h for o, h in zip(layout.origin, spacing)))
-    return (u * np.asarray(spacing)).astype(np.float32), grid, info
+    h = np.asarray(image_grid.spacing_um)
+    out_grid = Grid(layout.shape, tuple(np.asarray(layout.step) * h),
+                    tuple(np.asarray(image_grid.origin_um) + np.asarray(layout.origin) * h))
+    return (u * h).astype(np.float32), out_grid, info
+
+
+def _run_pass(vol, u, layout: _Layout, masked, cubic: bool, config: DVCConfig, bar, label: str):
+    """The window-deformation iterations of one pass: ``(u, maps, record)``."""
+    rec = {"window": list(layout.window), "step": list(layout.step), "grid_shape": list(layout.shape), "iterations": 0}
+    for it in range(config.iterations):
+        predictor = smooth_predictor(u) if config.smooth_predictor else u
+        warped = _warp(vol["coeffs"] if cubic else vol["linear"], predictor, layout, config.slab_voxels, cubic)
+        res, quality, contrast = _correlate_all(vol["ref"], warped, layout, config)
+        valid = (quality >= config.min_quality) & (contrast > 1e-3 * np.median(contrast)) & ~masked
+        # The test runs on this iteration's update, not on u: the update is nearly uniform
+        # once the warp follows the field, so a window at an edge (all neighbours on one
+        # side) is not mistaken for an outlier because of a legitimate gradient of u.
+        res, outlier = median_test(res, valid, config.median_threshold, config.median_epsilon_voxels)
+        u_new = predictor + res
+        good = valid & ~outlier
+        update = float(np.sqrt(np.mean(np.sum((u_new - u)[good] ** 2, -1)))) if good.any() else 0.0
+        u = u_new
+        rec["iterations"] = it + 1
+        rec["rms_update_voxels"] = update
+        bar.update(1, f"{label} it {it + 1} rms update {update:.3f} vox")
+        if update < config.tolerance_voxels:
+            bar.update(config.iterations - it - 1)
+            break
+    rec.update(valid_fraction=float(good.mean()), outlier_fraction=float(outlier.mean()))
+    return u, {"quality": quality, "valid": good, "masked": masked}, rec
+
+
+def _check_valid(maps, config: DVCConfig) -> None:
+    """Refuse a field that rests on too few valid windows (it would be the neighbours'
+    median of almost nothing: zero displacement, zero force)."""
+    outside = ~maps["masked"]
+    n = int(outside.sum())
+    frac = float(maps["valid"][outside].mean()) if n else 0.0
+    if frac < config.min_valid_fraction or not maps["valid"].any():
+        q = maps["quality"][outside]
+        raise ValueError(
+            f"only {100 * frac:.1f} % of the {n} correlation windows outside the mask are valid (min_valid_fraction "
+            f"{config.min_valid_fraction:g}; median correlation peak {float(np.median(q)) if q.size else float('nan'):.2f}, "
+            f"min_quality {config.min_quality:g}): the two volumes do not correlate. Check that they show the same beads "
+            "(same field of view, channel and orientation), or use larger windows")
 
 
 def _masked_windows(mask, layout: _Layout):
@@ -533,56 +581,3 @@ def _masked_windows(mask, layout: _Layout):
         return np.zeros(layout.shape, bool)
     idx = np.meshgrid(*[np.round(c).astype(int) for c in layout.centres()], indexing="ij")
     return mask[idx[0], idx[1], idx[2]]
-
-
-def _drift_correction(mode, u, rigid, valid, mask, layout: _Layout, shape, info):
-    """The field to subtract for drift ``mode`` and its translation at the volume centre."""
-    if mode == "rigid":
-        return rigid, rigid
-    if mode == "median":
-        m = np.median(u[_far_windows(valid, mask, layout)], axis=0)
-        return m, m
-    if mode == "affine":
-        centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
-        far = _far_windows(valid, mask, layout)
-        x0 = (np.asarray(shape) - 1) / 2
-        design = lambda x: np.concatenate([np.ones(x.shape[:-1] + (1,)), x - x0], -1)  # noqa: E731
-        coef, *_ = np.linalg.lstsq(design(centres[far]), u[far], rcond=None)
-        info["drift_affine_gradient"] = coef[1:].T.tolist()  # [i][j] = d u_i / d x_j (voxel/voxel)
-        return design(centres) @ coef, coef[0]
-    if mode == "slicewise":
-        dist = _window_distances(mask, layout)
-        nz = u.shape[0]
-        per = np.full((nz, 3), np.nan)
-        for k in range(nz):  # each plane's own far half
-            v = valid[k]
-            far = v & (dist[k] >= np.median(dist[k][v])) if v.any() else v
-            if far.sum() >= 5:
-                per[k] = np.median(u[k][far], axis=0)
-        ok = ~np.isnan(per[:, 0])
-        if not ok.any():
-            raise ValueError("drift='slicewise' found no z-plane with 5 or more valid far-field windows")
-        for c in range(3):  # planes without enough far windows: interpolate between planes
-            per[:, c] = np.interp(np.arange(nz), np.flatnonzero(ok), per[ok, c])
-        info["drift_per_plane_voxels"] = per.tolist()
-        return per[:, None, None, :], np.median(per, axis=0)
-    return 0.0, np.zeros(3)
-
-
-def _window_distances(mask, layout: _Layout):
-    """Distance (voxels) of each window centre from the mask or, without one, from the
-    volume's centre."""
-    centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
-    if mask is not None and mask.any():
-        dist = ndimage.distance_transform_edt(~mask)
-        idx = np.round(centres).astype(int)
-        return dist[idx[..., 0], idx[..., 1], idx[..., 2]]
-    return np.linalg.norm(centres - centres.reshape(-1, 3).mean(0), axis=-1)
-
-
-def _far_windows(valid, mask, layout: _Layout):
-    """Valid windows in the far half (see :func:`_window_distances`)."""
-    d = _window_distances(mask, layout)
-    if not valid.any():
-        return d >= np.median(d)
-    return valid & (d >= np.median(d[valid]))

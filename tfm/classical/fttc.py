@@ -119,22 +119,11 @@ def _padded_rfft(u, widths, pad):
     return jnp.fft.rfftn(pad_displacement(u, widths, pad), axes=(0, 1, 2))
 
 
-def _check_regularization(regularization):
-    """None for a rule to apply, else the fixed alpha as a float."""
-    if isinstance(regularization, str):
-        if regularization not in ("auto",) + reg.RULES:
-            raise ValueError(f"regularization must be 'auto', one of {reg.RULES} or a float >= 0, got {regularization!r}")
-        return None
-    try:
-        alpha = float(regularization)
-    except (TypeError, ValueError):
-        raise ValueError(f"regularization must be 'auto', one of {reg.RULES} or a float >= 0, got {regularization!r}") from None
-    if not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"regularization must be a finite float >= 0, got {alpha}")
-    return alpha
-
-
-def _pad_widths(shape, pad: str, pad_fraction: float) -> tuple:
+def pad_widths(shape, pad: str, pad_fraction: float) -> tuple:
+    """Points added on each side of each axis: about ``pad_fraction`` of the axis, rounded
+    up so that the padded length is FFT-friendly (none for ``pad="none"``)."""
+    if pad not in PADS:
+        raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
     if pad == "none":
         return (0,) * len(shape)
     if not (0 <= pad_fraction <= 2):
@@ -221,9 +210,13 @@ def fttc_3d(
     """
     t0 = time.perf_counter()
     u = _check_inputs(displacement, grid, material)
-    alpha = _check_regularization(regularization)
-    widths = _pad_widths(grid.shape, pad, pad_fraction)
-    uh = _padded_rfft(jnp.asarray(u), widths, pad)  # float32 unless x64 is on
+    alpha = reg.parse(regularization)
+    widths = pad_widths(grid.shape, pad, pad_fraction)
+    # Solved in units where the modulus and the largest displacement are 1 (FTTC is linear
+    # in u and in 1/E): no float32 overflow or underflow whatever the units' magnitudes.
+    e_pa = material.youngs_modulus_pa
+    u_scale = float(np.max(np.abs(u))) or 1.0
+    uh = _padded_rfft(jnp.asarray(u / u_scale), widths, pad)  # float32 unless x64 is on
     shape = tuple(n + 2 * p for n, p in zip(grid.shape, widths))
     k_axes = tuple(jnp.asarray(k, dtype=uh.real.dtype) for k in grid.with_shape(shape).wavevector_axes(rfft=True))
     mu, lam2mu = material.shear_modulus_pa, material.p_wave_modulus_pa
@@ -231,18 +224,22 @@ def fttc_3d(
 
     info = {"pad": pad, "pad_fraction": pad_fraction, "padded_shape": shape}
     if alpha is None:
-        problem = reg.DiagonalProblem.from_bins(*_spectrum_summary(uh, k_axes, lam2mu, mu, shape, N_BINS))
-        alpha, rinfo = reg.choose(problem, regularization)
+        problem = reg.DiagonalProblem.from_bins(*_spectrum_summary(uh, k_axes, lam2mu / e_pa, mu / e_pa, shape, N_BINS))
+        alpha_unit, rinfo = reg.choose(problem, regularization)
+        alpha = alpha_unit / e_pa**2
         info["regularization_rule"] = rinfo.pop("rule")
         info.update({f"regularization_{k}": v for k, v in rinfo.items()})
     else:
         info["regularization_rule"] = "fixed"
     t_reg = time.perf_counter()
 
-    f = _solve(uh, k_axes, lam2mu, mu, jnp.asarray(alpha, uh.real.dtype), shape)
+    f = _solve(uh, k_axes, lam2mu / e_pa, mu / e_pa, jnp.asarray(alpha * e_pa**2, uh.real.dtype), shape)
     del uh
     sl = tuple(slice(p, p + n) for p, n in zip(widths, grid.shape))
-    force = np.asarray(f[sl])
+    force = np.asarray(f[sl]) * np.asarray(e_pa * u_scale, np.float64).astype(f.dtype)
+    if not np.all(np.isfinite(force)):
+        raise ValueError(f"the force density overflows {force.dtype} (max |u| = {u_scale:.3g} µm, youngs_modulus_pa = "
+                         f"{e_pa:.3g}): check the displacement's units (µm) and the modulus (Pa)")
     t_end = time.perf_counter()
     info.update(
         {

@@ -39,7 +39,7 @@ from scipy.linalg import expm
 from ..grid import Grid
 from ..material import LinearElastic
 from . import regularization as reg
-from .fttc import _check_regularization, _pad_widths, pad_displacement
+from .fttc import pad_displacement, pad_widths
 
 MODES = ("2d", "2.5d")
 _KH_MAX = 12.0  # beyond this the layer is a half-space to within e^-24
@@ -157,8 +157,8 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
     grid.check_field(u, "displacement", components=c)
     if not np.issubdtype(u.dtype, np.floating) or not np.all(np.isfinite(u)):
         raise ValueError("displacement must be finite floating-point values (µm)")
-    alpha = _check_regularization(regularization)
-    widths = _pad_widths(grid.shape, pad, pad_fraction)
+    alpha = reg.parse(regularization)
+    widths = pad_widths(grid.shape, pad, pad_fraction)
     up = np.asarray(pad_displacement(u.astype(np.float64), widths, pad))
     pgrid = grid.with_shape(up.shape[:2])
     G, finite = _full_kernel(pgrid, material, thickness_um, mode)

@@ -142,11 +142,6 @@ def _gcv(problem: DiagonalProblem, log_alpha) -> float:
     return float(n * res / (n - tr) ** 2)
 
 
-def gcv_curve(problem: DiagonalProblem, alphas) -> np.ndarray:
-    """GCV function ``V(alpha)`` at each of ``alphas``."""
-    return np.array([_gcv(problem, np.log(a)) for a in np.asarray(alphas).ravel()])
-
-
 def choose_gcv(problem: DiagonalProblem, n_scan: int = 48) -> tuple[float, dict]:
     """Minimise GCV: a log-spaced scan, then Brent refinement around the best point."""
     lo, hi = np.log(problem.alpha_range())
@@ -206,10 +201,30 @@ def choose_bayesian(problem: DiagonalProblem, noise_variance: float | None = Non
                  "at_search_edge": i in (0, n_scan - 1)}
 
 
+def parse(regularization):
+    """The ``regularization`` argument of the force solvers: None when a rule (``"auto"``
+    or one of :data:`RULES`) is to choose alpha, else the fixed alpha as a float >= 0."""
+    if isinstance(regularization, str):
+        if regularization not in ("auto",) + RULES:
+            raise ValueError(f"regularization must be 'auto', one of {RULES} or a float >= 0, got {regularization!r}")
+        return None
+    if isinstance(regularization, (bool, np.bool_)) or regularization is None:
+        raise ValueError(f"regularization must be 'auto', one of {RULES} or a float >= 0, got {regularization!r}")
+    try:
+        alpha = float(regularization)
+    except (TypeError, ValueError):
+        raise ValueError(f"regularization must be 'auto', one of {RULES} or a float >= 0, got {regularization!r}") from None
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"regularization must be a finite float >= 0, got {alpha}")
+    return alpha
+
+
 def choose(problem: DiagonalProblem, rule: str, noise_variance: float | None = None) -> tuple[float, dict]:
     """Pick alpha by ``rule`` in :data:`RULES` (``"auto"`` means GCV)."""
     if rule == "auto":
         rule = "gcv"
+    if rule in RULES and not np.any(problem.wb2 > 0):  # no signal to fit (e.g. a zero field): nothing to damp
+        return 0.0, {"rule": rule, "no_data": True, "at_search_edge": False}
     if rule == "gcv":
         return choose_gcv(problem)
     if rule == "lcurve":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -32,11 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..fields import resample
 from ..grid import Grid
+from ..learn import config as configs
+from ..learn import store
 from ..material import LinearElastic, NeoHookean
-from ..progress import Progress
+from ..progress import resolve
 from ..result import Result
-from . import store
 from .unet3d import ModelConfig, UNet3D, normalise_pair
 
 MIN_TILE = 64  # smallest tile edge whose blended result matches a whole-volume pass (see the module docs)
@@ -48,7 +51,7 @@ def load_model(path=None) -> UNet3D:
 
     ``path`` may also be a run directory of ``tfm train`` (its ``model/`` is used)."""
     path, desc = store.open_model(DEFAULT_MODEL if path is None else path, "tfm.unet3d")
-    model = UNet3D(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in desc["config"].items()}))
+    model = UNet3D(configs.from_dict(ModelConfig, desc["config"]))
     store.load_weights(path, model)
     return model
 
@@ -77,28 +80,16 @@ def _ramp(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> np.ndarray:
     return w
 
 
-_FORWARD: dict = {}
-
-
-def _forward_fn(model: UNet3D):
-    """One jitted forward pass per model object (the parameters are its argument)."""
-    key = id(model)
-    if key not in _FORWARD or _FORWARD[key][0] is not model:
-        graphdef, state = nnx.split(model)
-
-        @jax.jit
-        def fwd(state, ref, dfm, nu):
-            model = nnx.merge(graphdef, state)
-            return model(model.features(ref, dfm, nu))
-
-        if len(_FORWARD) > 4:
-            _FORWARD.clear()
-        _FORWARD[key] = (model, lambda ref, dfm, nu: fwd(state, ref, dfm, nu))
-    return _FORWARD[key][1]
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, ref, dfm, nu):
+    """One forward pass; the architecture (``graphdef``) is static, the weights an argument,
+    so a model updated in place is always run with its current weights."""
+    model = nnx.merge(graphdef, state)
+    return model(model.features(ref, dfm, nu))
 
 
 def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: float, tile: int = 64, overlap: int = 16,
-                          progress: bool = True):
+                          progress=None):
     """Normalised volumes on the model's voxel grid -> (u_voxels, g) arrays (Z, Y, X, 3), tiled."""
     mult = model.config.multiple
     if tile % mult or tile < mult:
@@ -119,16 +110,16 @@ def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: flo
     starts = [_starts(n, s, overlap) for n, s in zip(full, sizes)]
     out = np.zeros(full + (6,), np.float32)
     wsum = np.zeros(full, np.float32)
-    fwd = _forward_fn(model)
+    graphdef, state = nnx.split(model)
     nu = jnp.asarray([poisson_ratio], jnp.float32)
     total = int(np.prod([len(s) for s in starts]))
-    with Progress(total, "dl tiles", enabled=progress and total > 1) as bar:
+    with resolve(progress).task(total if total > 1 else 0, "dl tiles") as bar:
         for z in starts[0]:
             for y in starts[1]:
                 for x in starts[2]:
                     o = (z, y, x)
                     sl = tuple(slice(a, a + s) for a, s in zip(o, sizes))
-                    pred = np.asarray(fwd(jnp.asarray(ref[sl])[None], jnp.asarray(dfm[sl])[None], nu)[0])
+                    pred = np.asarray(_forward(graphdef, state, jnp.asarray(ref[sl])[None], jnp.asarray(dfm[sl])[None], nu)[0])
                     ws = [_ramp(s, overlap, a == 0, a + s == n) for a, s, n in zip(o, sizes, full)]
                     w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
                     out[sl] += pred * w[..., None]
@@ -139,19 +130,13 @@ def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: flo
     return out[crop][..., :3], out[crop][..., 3:]
 
 
-def _resample(volume, factors, order=1):
-    from scipy import ndimage
-
-    return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=False)
-
-
-def predict(reference, deformed, spacing_um, material, model=None, tile: int | None = None, overlap: int | None = None,
-            progress: bool = True) -> Result:
+def predict(reference, deformed, grid, material, model=None, tile: int | None = None, overlap: int | None = None,
+            progress=None) -> Result:
     """Bead volume pair -> displacement (µm) and force density (pN/µm³) with the network.
 
     Args:
       reference, deformed: (Z, Y, X) bead volumes (relaxed / deformed), any dtype.
-      spacing_um: voxel size (z, y, x) or one number, µm.
+      grid: the volumes' :class:`~tfm.grid.Grid`, or their voxel size (z, y, x) / one number, µm.
       material: the matrix, :class:`~tfm.material.LinearElastic` or :class:`~tfm.material.NeoHookean`.
       model: a :class:`UNet3D`, a saved-model or run directory, or None for the shipped model.
       tile: tile edge in voxels (default 128; a smaller volume is one tile).
@@ -169,7 +154,7 @@ def predict(reference, deformed, spacing_um, material, model=None, tile: int | N
             raise ValueError(f"{name} contains NaN or infinite values")
     if not isinstance(material, (LinearElastic, NeoHookean)):
         raise ValueError(f"material must be tfm.LinearElastic or tfm.NeoHookean, got {type(material).__name__}")
-    grid = Grid(ref.shape, spacing_um)
+    grid = Grid.of(ref.shape, grid)
     source = "in-memory model"
     if not isinstance(model, UNet3D):
         source = str(DEFAULT_MODEL if model is None else model)
@@ -178,22 +163,19 @@ def predict(reference, deformed, spacing_um, material, model=None, tile: int | N
     overlap = min(32, tile // 2) if overlap is None else overlap
     h_model = np.asarray(model.config.spacing_um)
     h = np.asarray(grid.spacing_um)
-    resample = bool(np.any(np.abs(h / h_model - 1) > 0.01))
+    other_size = bool(np.any(np.abs(h / h_model - 1) > 0.01))
     ref_n, dfm_n = normalise_pair(ref, dfm)
-    if resample:
-        factors = h / h_model
-        ref_n, dfm_n = _resample(ref_n, factors), _resample(dfm_n, factors)
+    if other_size:  # the model's voxel size, over the same extent
+        work = Grid(tuple(max(1, int(round(n * hh / hm))) for n, hh, hm in zip(ref.shape, h, h_model)), tuple(h_model),
+                    grid.origin_um)
+        ref_n, dfm_n = resample(ref_n, grid, work), resample(dfm_n, grid, work)
     u_vox, g = predict_network_units(model, ref_n, dfm_n, material.poisson_ratio, tile=tile, overlap=overlap,
                                      progress=progress)
     u = u_vox * h_model.astype(np.float32)
     f = g * np.float32(material.youngs_modulus_pa / float(np.exp(np.mean(np.log(h_model)))))
-    if resample:
-        from scipy import ndimage
-
-        coords = np.meshgrid(*[np.arange(n) * (hh / hm) for n, hh, hm in zip(ref.shape, h, h_model)], indexing="ij")
-        u = np.stack([ndimage.map_coordinates(u[..., c], coords, order=1, mode="nearest") for c in range(3)], -1)
-        f = np.stack([ndimage.map_coordinates(f[..., c], coords, order=1, mode="nearest") for c in range(3)], -1)
+    if other_size:
+        u, f = resample(u, work, grid), resample(f, work, grid)
     info = {"method": "dl", "model": source, "tile": tile, "overlap": overlap,
-            "resampled_to_um": list(h_model) if resample else None, "youngs_modulus_pa": material.youngs_modulus_pa,
+            "resampled_to_um": list(h_model) if other_size else None, "youngs_modulus_pa": material.youngs_modulus_pa,
             "poisson_ratio": material.poisson_ratio, "time_s": time.perf_counter() - t0}
     return Result(grid=grid, displacement=u.astype(np.float32), force=f.astype(np.float32), info=info)

@@ -35,7 +35,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ..synth.fem import _energy
+from ..material import lame_parameters
+from ..synth.fem import energy
 
 LAWS = ("linear", "neo-hookean")
 
@@ -57,12 +58,6 @@ class LossWeights:
                 raise ValueError(f"LossWeights.{f.name} must be >= 0, got {getattr(self, f.name)}")
 
 
-def _lame_unit(poisson_ratio):
-    """(lambda, mu) / E."""
-    nu = poisson_ratio
-    return jnp.stack([nu / ((1 + nu) * (1 - 2 * nu)), 1 / (2 * (1 + nu))])
-
-
 def implied_force(u_voxels, poisson_ratio, law: str = "linear"):
     """Constitutive layer: ``g = f h / E`` implied by ``u`` (voxels) on a unit-spaced grid.
 
@@ -75,9 +70,9 @@ def implied_force(u_voxels, poisson_ratio, law: str = "linear"):
     """
     if law not in LAWS:
         raise ValueError(f"law must be one of {LAWS}, got {law!r}")
-    moduli = _lame_unit(jnp.asarray(poisson_ratio, u_voxels.dtype)).astype(u_voxels.dtype)
+    moduli = jnp.stack(lame_parameters(1.0, jnp.asarray(poisson_ratio, u_voxels.dtype))).astype(u_voxels.dtype)  # / E
     scale = jnp.ones(tuple(n - 1 for n in u_voxels.shape[:3]), u_voxels.dtype)
-    return jax.grad(_energy)(u_voxels, scale, None, None, moduli, law, (1.0, 1.0, 1.0))
+    return jax.grad(energy)(u_voxels, scale, None, None, moduli, law, (1.0, 1.0, 1.0))
 
 
 def interior_mask(shape, margin: int = 1, dtype=jnp.float32):

@@ -13,16 +13,16 @@ Augmentation keeps the physics: flips of any axis negate that vector component, 
 lateral axes (y, x) may be swapped with their components; z is never permuted with y or x,
 because the microscope's PSF is elongated along the optical axis.
 
-Optimiser (optax): AdamW (default) or SGD with Nesterov momentum (``optimizer="sgd"``, as
-in Duan et al. 2022), linear warm-up then cosine decay of the learning rate, gradient
-clipping by global norm.
+Optimiser: :class:`tfm.learn.optim.OptimConfig` (AdamW by default, or SGD with Nesterov
+momentum as in Duan et al. 2022; linear warm-up then cosine decay; gradient clipping),
+the same machinery as the stiffness CNN's (:mod:`tfm.learn`).
 
 Reproducibility and resume: the batch order of epoch ``e`` is ``rng([seed, e])``'s
 permutation and the augmentation of step ``s`` draws from ``rng([seed, e, s])``, so a run
 restarted from a checkpoint continues exactly as the uninterrupted one would (tested
 bit for bit). Checkpoints (parameters, optimiser state, position, best validation loss)
 are saved every ``checkpoint_every`` steps and at each epoch's end; the model with the
-lowest validation loss is exported to ``RUN/model`` (see :mod:`tfm.nn.store`), and one
+lowest validation loss is exported to ``RUN/model`` (see :mod:`tfm.learn.store`), and one
 JSON line per epoch goes to ``RUN/metrics.jsonl``.
 
 Devices: the batch is split over all local devices along a ``data`` mesh axis
@@ -35,21 +35,21 @@ own slice of every global batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from . import loop, physics, store
+from ..learn import config as configs
+from ..learn import loop, store
+from ..learn.optim import OptimConfig, make_optimizer, schedule
+from . import physics
 from .unet3d import ModelConfig, UNet3D, normalise_pair
 
 MODEL_KIND = "tfm.unet3d"
-OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +62,7 @@ class TrainConfig:
     law: str = "auto"  # constitutive layer: "linear", "neo-hookean" or "auto" (the datasets' law)
     epochs: int = 20
     batch_size: int = 2  # global batch (split over devices)
-    optimizer: str = "adamw"  # "adamw" or "sgd" (Nesterov momentum)
-    learning_rate: float = 2e-3  # peak, after warm-up
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # sgd only
-    grad_clip: float = 1.0  # global-norm clipping
+    optim: OptimConfig = OptimConfig(learning_rate=2e-3)  # optimiser, schedule, clipping
     val_fraction: float = 0.1  # held out for validation and model selection
     augment: bool = True
     crop: int | None = None  # random cubic crops of this size (a multiple of 2^(levels-1)); None = whole volumes
@@ -79,30 +74,14 @@ class TrainConfig:
         if isinstance(self.data, (str, os.PathLike)):
             object.__setattr__(self, "data", (str(self.data),))
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.law not in ("auto", *physics.LAWS):
             raise ValueError(f"law must be 'auto' or one of {physics.LAWS}, got {self.law!r}")
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        configs.check_counts(self, ("epochs", "batch_size", "checkpoint_every", "max_val_samples"))
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.crop is not None and int(self.crop) % self.model.multiple:
-            raise ValueError(f"crop must be a multiple of {self.model.multiple} for this model, got {self.crop}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["model"] = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("model", {}).items()})
-        d["loss"] = physics.LossWeights(**d.get("loss", {}))
-        d["data"] = tuple(d.get("data", ()))
-        return cls(**d)
+        if self.crop is not None and (int(self.crop) != self.crop or self.crop < self.model.multiple
+                                      or int(self.crop) % self.model.multiple):
+            raise ValueError(f"crop must be a positive multiple of {self.model.multiple} for this model, got {self.crop}")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -173,22 +152,6 @@ def augment_sample(rng: np.random.Generator, ref, dfm, u, g):
 # -- steps -------------------------------------------------------------------------------------
 
 
-def schedule(cfg: TrainConfig, total_steps: int):
-    """Linear warm-up to ``learning_rate``, cosine decay to 1 % of it at ``total_steps``."""
-    warm = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warm, max(total_steps, warm + 1), 0.01 * cfg.learning_rate)
-
-
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clipped AdamW or Nesterov SGD on :func:`schedule`."""
-    sched = schedule(cfg, total_steps)
-    if cfg.optimizer == "adamw":
-        opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
-    else:
-        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.sgd(sched, momentum=cfg.momentum, nesterov=True))
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-
-
 @nnx.jit(static_argnames=("weights", "law"))
 def train_step(model, optimizer, batch, weights, law):
     def loss_fn(model):
@@ -228,45 +191,48 @@ def _process_slice(items, batch_size: int):
     return items[p * per : (p + 1) * per]
 
 
-def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | None = None, distributed: bool = False) -> dict:
-    """Train (or resume) the run in ``run_dir``; returns a summary dict.
-
-    ``max_steps`` stops early (after saving a checkpoint), as a kill would; calling again
-    resumes. A run directory holding another configuration is refused."""
-    if distributed:
-        jax.distributed.initialize()
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    store.claim_run(run, cfg.to_dict())
-
+def _plan(cfg: TrainConfig) -> dict:
+    """Open and check the data and the settings against it (before any file is written)."""
     data = Samples(cfg.data)
     law = data.law if cfg.law == "auto" else cfg.law
     if law == "mixed":
         raise ValueError("data: datasets with different matrix laws; set law= explicitly")
     if cfg.crop is None and len(data.shapes) != 1:
         raise ValueError(f"data: samples of several shapes {sorted(data.shapes)}; set crop= to train on crops")
-    if cfg.model.spacing_um != data.spacing_um:
-        cfg_model = dataclasses.replace(cfg.model, spacing_um=data.spacing_um)
-    else:
-        cfg_model = cfg.model
+    cfg_model = dataclasses.replace(cfg.model, spacing_um=data.spacing_um) if cfg.model.spacing_um != data.spacing_um else cfg.model
     shape = (cfg.crop,) * 3 if cfg.crop is not None else next(iter(data.shapes))
     if any(n % cfg_model.multiple for n in shape):
         raise ValueError(f"data: sample shape {shape} is not a multiple of {cfg_model.multiple}; set crop=")
     n_dev = jax.device_count()
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the device count {n_dev}")
-
     perm = np.random.default_rng([cfg.seed, 999]).permutation(len(data))
     n_val = max(1, int(round(cfg.val_fraction * len(data))))
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if len(train_idx) < cfg.batch_size:
         raise ValueError(f"data: {len(train_idx)} training samples, fewer than batch_size {cfg.batch_size}")
-    val_idx = val_idx[: cfg.max_val_samples]
-    steps_per_epoch = len(train_idx) // cfg.batch_size
+    return {"data": data, "law": law, "model": cfg_model, "val": val_idx[: cfg.max_val_samples], "train": train_idx,
+            "steps_per_epoch": len(train_idx) // cfg.batch_size}
+
+
+def train(cfg: TrainConfig, run_dir, progress=None, max_steps: int | None = None, distributed: bool = False) -> dict:
+    """Train (or resume) the run in ``run_dir``; returns a summary dict.
+
+    ``max_steps`` stops early (after saving a checkpoint), as a kill would; calling again
+    resumes. A run directory holding another configuration is refused. The data and
+    settings are checked before anything is written. ``progress``: a
+    :class:`tfm.progress.Progress` (or True) for per-epoch bars and messages."""
+    if distributed:
+        jax.distributed.initialize()
+    plan = _plan(cfg)
+    data, law, cfg_model, val_idx, train_idx = plan["data"], plan["law"], plan["model"], plan["val"], plan["train"]
+    steps_per_epoch = plan["steps_per_epoch"]
     total = steps_per_epoch * cfg.epochs
+    run = Path(run_dir)
+    store.claim_run(run, configs.to_dict(cfg))
 
     model = UNet3D(cfg_model)
-    optimizer = nnx.Optimizer(model, make_optimizer(cfg, total), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, total), wrt=nnx.Param)
     mesh = _mesh()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -282,18 +248,19 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, max_steps: int | Non
         return data.load(items, np.random.default_rng([cfg.seed, e, k]), cfg.crop, cfg.augment)
 
     def save_best(row):
-        store.save_model(run / "model", model, MODEL_KIND, json.loads(cfg_model.to_json()),
+        store.save_model(run / "model", model, MODEL_KIND, configs.to_dict(cfg_model),
                          {**meta, "epoch": row["epoch"], "step": row["step"], "val": row["val"]})
 
     out = loop.fit(
         run, model, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
         names=names, batch_at=batch_at,
         step=lambda batch, s: train_step(model, optimizer, _to_global(batch, sharded), cfg.loss, law),
-        evaluate=lambda: evaluate(model, data, val_idx, cfg, law, sharded), learning_rate=schedule(cfg, total),
+        evaluate=lambda: evaluate(model, data, val_idx, cfg, law, sharded), learning_rate=schedule(cfg.optim, total),
         save_best=save_best, progress=progress, max_steps=max_steps, main_process=jax.process_index() == 0,
         epoch_message=lambda r: f"val loss {r['val']['loss']:.4f}  val rel.err u {r['val']['rel_u']:.3f} f {r['val']['rel_f']:.3f}",
         after_restore=lambda: nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated)))
-    return {**out, "law": law, "model_dir": str(run / "model")}
+    model_dir = run / "model"
+    return {**out, "law": law, "model_dir": str(model_dir) if (model_dir / "model.json").is_file() else None}
 
 
 def evaluate(model, data: Samples, indices, cfg: TrainConfig, law: str, sharding=None) -> dict:

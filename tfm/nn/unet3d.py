@@ -39,7 +39,6 @@ channels-last (N, Z, Y, X, C) throughout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import jax
@@ -47,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..learn import config as configs
+from ..learn.init import he_normal
 from ..material import inv3
 
 IMPLS = ("auto", "native", "stacked2d")
@@ -93,25 +94,13 @@ class ModelConfig:
         return int(self.stem) * 2 ** (len(self.widths) - 1)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
-        d = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
+        return configs.to_json(self)
 
 
 def _resolve_impl(impl: str) -> str:
     if impl != "auto":
         return impl
     return "stacked2d" if jax.default_backend() == "cpu" else "native"
-
-
-def he_normal(rng: np.random.Generator, shape, fan_in: int, scale: float = 1.0):
-    """He-normal weights drawn from a NumPy generator: no JAX PRNG compilation per
-    parameter shape, which costs seconds each on CPU (shared by every tfm network)."""
-    return jnp.asarray(rng.standard_normal(shape) * np.sqrt(2.0 / fan_in) * scale, jnp.float32)
 
 
 def conv3d(x, kernel, impl: str):

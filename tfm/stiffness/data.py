@@ -39,6 +39,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..imagefile import read_raster
+from ..progress import resolve
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 GROUP_COLUMNS = ("donor", "group")
 
@@ -109,21 +112,14 @@ def read_table(csv_path, require_labels: bool = True) -> list[Record]:
 
 
 def read_image(path) -> np.ndarray:
-    """An image as a 2D array in its own dtype (RGB averaged to grey)."""
+    """An image as a 2D array in its own dtype (colour averaged to grey), through the
+    decoder every tfm image goes through (:func:`tfm.imagefile.read_raster`)."""
     path = Path(path)
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            img = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                img = np.asarray(im)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is an unreadable image
+        raster = read_raster(path)
+    except (ValueError, OSError) as exc:
         raise ImageError(f"cannot read image {path}: {exc}") from exc
-    img = np.squeeze(np.asarray(img))
+    img = np.squeeze(np.asarray(raster.data))
     if img.ndim == 3 and img.shape[-1] in (3, 4):
         dtype = img.dtype
         img = img[..., :3].astype(np.float64).mean(-1).astype(dtype)
@@ -202,15 +198,13 @@ class ImageSet:
 
 
 def load(csv_path, size: int = 128, scale: float = 1.0, max_saturated: float = 0.01, class_names=None,
-         thresholds_pa=None, progress: bool = True, require_labels: bool = True) -> ImageSet:
+         thresholds_pa=None, progress=None, require_labels: bool = True) -> ImageSet:
     """Read, check and preprocess a labelled image folder.
 
     Classes come from the CSV's ``class`` column (ordered as ``class_names``, default
     sorted) or, with ``thresholds_pa``, from binning ``stiffness_pa`` (``n`` thresholds give
     ``n + 1`` classes named ``<T1``, ``T1-T2``, ..., ``>Tn`` in Pa). Unreadable images are
     errors naming the row; over-exposed ones are excluded and listed in ``excluded``."""
-    from ..progress import Progress
-
     if size < 32 or size % 16:
         raise ValueError(f"size must be a multiple of 16 and >= 32, got {size}")
     recs = read_table(csv_path, require_labels)
@@ -226,7 +220,7 @@ def load(csv_path, size: int = 128, scale: float = 1.0, max_saturated: float = 0
         class_names = tuple(sorted({r.label for r in recs if r.label is not None}))
     class_names = tuple(class_names)
     imgs, logs, cls, groups, types, files, excluded = [], [], [], [], [], [], []
-    with Progress(len(recs), "images", enabled=progress) as bar:
+    with resolve(progress).task(len(recs), "images") as bar:
         for r in recs:
             try:
                 img = read_image(r.path)

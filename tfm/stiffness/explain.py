@@ -71,24 +71,3 @@ def mask_fraction(saliency: np.ndarray, mask: np.ndarray) -> tuple[float, float]
     if s.shape != m.shape:
         raise ValueError(f"saliency {s.shape} and mask {m.shape} must have the same shape")
     return float(s[m].sum() / max(s.sum(), 1e-12)), float(m.mean())
-
-
-def figure(image: np.ndarray, maps: dict, path, title: str = "") -> None:
-    """The image and each saliency map laid over it, side by side, to ``path``."""
-    from ..viz import pyplot, save_figure
-
-    plt = pyplot()
-
-    img = np.asarray(image, float).squeeze()
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4))
-    axes[0].imshow(img, cmap="gray")
-    axes[0].set_title(title or "input", fontsize=9)
-    for ax, (name, m) in zip(axes[1:], maps.items()):
-        ax.imshow(img, cmap="gray")
-        ax.imshow(m, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    save_figure(fig, path)
-

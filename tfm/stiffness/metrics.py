@@ -99,26 +99,3 @@ def classification_metrics(y_true, proba, class_names=None) -> dict:
     out.update({"n": int(len(y)), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm.tolist(),
                 "class_names": names, "positive_class": names[1] if k == 2 else "macro one-vs-rest"})
     return out
-
-
-def roc_figure(y_true, proba, path, class_names=None, title: str = "ROC") -> None:
-    """ROC curve(s) to an image file (one curve per class for K > 2)."""
-    from ..viz import pyplot, save_figure
-
-    plt = pyplot()
-
-    y = np.asarray(y_true, int)
-    p = np.asarray(proba, float)
-    k = p.shape[1]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    fig, ax = plt.subplots(figsize=(4, 4))
-    for c in ([1] if k == 2 else range(k)):
-        if 0 < np.sum(y == c) < len(y):
-            fpr, tpr, _ = roc_curve(y == c, p[:, c])
-            ax.plot(fpr, tpr, label=f"{names[c]} (AUC {auc(y == c, p[:, c]):.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title=title,
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)

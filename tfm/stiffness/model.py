@@ -15,7 +15,7 @@ No batch normalisation: the second
 convolution of every residual block starts at zero (each block starts as the identity,
 as in Fixup / "zero-init residual"), which trains stably at small batch sizes and leaves
 no train/eval state to get wrong. Parameters are drawn from a NumPy generator (He normal),
-as for the 3D network, to avoid JAX PRNG compilation per shape on CPU.
+as for the 3D network (:func:`tfm.learn.init.he_normal`).
 
 ``features(x)`` returns the last stage's feature maps (for Grad-CAM) and ``heads(f)`` the
 outputs from them.
@@ -24,14 +24,14 @@ outputs from them.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..nn.unet3d import he_normal
+from ..learn import config as configs
+from ..learn.init import he_normal
 
 TASKS = ("regression", "classification", "both")
 
@@ -56,7 +56,7 @@ class NetConfig:
             raise ValueError(f"n_classes must be 0 (regression only) or >= 2, got {self.n_classes}")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return configs.to_json(self)
 
 
 class Conv2d(nnx.Module):

@@ -14,9 +14,11 @@ optuna is an optional dependency: ``pip install 'tfm[stiffness]'``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+from ..atomic import write_json
+from ..learn import config as configs
+from ..progress import resolve
 from .train import StiffnessConfig, load_data, train
 
 SPACE = {"learning_rate": (1e-4, 3e-3), "width": (8, 16, 24, 32), "dropout": (0.0, 0.5), "weight_decay": (1e-6, 1e-2)}
@@ -34,12 +36,13 @@ def trial_config(base: StiffnessConfig, params: dict) -> StiffnessConfig:
     w = int(params["width"])
     n = len(base.net.widths)
     net = dataclasses.replace(base.net, widths=tuple(w * 2**i for i in range(n)), dropout=float(params["dropout"]))
-    return dataclasses.replace(base, net=net, learning_rate=float(params["learning_rate"]),
-                               weight_decay=float(params["weight_decay"]))
+    optim = dataclasses.replace(base.optim, learning_rate=float(params["learning_rate"]),
+                                weight_decay=float(params["weight_decay"]))
+    return dataclasses.replace(base, net=net, optim=optim)
 
 
 def search(base: StiffnessConfig, run_dir, n_trials: int = 20, trial_epochs: int | None = None, seed: int = 0,
-           progress: bool = True) -> dict:
+           progress=None) -> dict:
     """Run (or resume) the search; returns the best trial's parameters and value."""
     optuna = _optuna()
     if n_trials < 1:
@@ -48,6 +51,7 @@ def search(base: StiffnessConfig, run_dir, n_trials: int = 20, trial_epochs: int
     run.mkdir(parents=True, exist_ok=True)
     if trial_epochs is not None:
         base = dataclasses.replace(base, epochs=int(trial_epochs))
+    progress = resolve(progress)
     data = load_data(base, progress)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="stiffness", storage=f"sqlite:///{run / 'study.db'}", load_if_exists=True,
@@ -61,8 +65,7 @@ def search(base: StiffnessConfig, run_dir, n_trials: int = 20, trial_epochs: int
                   "weight_decay": trial.suggest_float("weight_decay", *SPACE["weight_decay"], log=True)}
         cfg = trial_config(base, params)
         res = train(cfg, run / "trials" / f"{trial.number:03d}", progress=False, data=data)
-        if progress:
-            print(f"trial {trial.number}: {params} -> best validation loss {res['best_val_loss']:.4f}", flush=True)
+        progress.message(f"trial {trial.number}: {params} -> best validation loss {res['best_val_loss']:.4f}")
         return res["best_val_loss"]
 
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
@@ -70,10 +73,9 @@ def search(base: StiffnessConfig, run_dir, n_trials: int = 20, trial_epochs: int
         study.optimize(objective, n_trials=n_trials - done)
     best = study.best_trial
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} for t in study.trials]
-    (run / "search.json").write_text(json.dumps({"space": {k: list(v) for k, v in SPACE.items()}, "trials": rows,
-                                                 "best": {"number": best.number, "value": best.value, "params": best.params}},
-                                                indent=2))
+    write_json(run / "search.json", {"space": {k: list(v) for k, v in SPACE.items()}, "trials": rows,
+                                     "best": {"number": best.number, "value": best.value, "params": best.params}})
     cfg = trial_config(dataclasses.replace(base, epochs=base.epochs), best.params)
-    (run / "best_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+    write_json(run / "best_config.json", configs.to_dict(cfg))
     return {"best_params": best.params, "best_value": best.value, "trials": len(rows),
             "best_config": str(run / "best_config.json")}

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from ..atomic import atomic_path, write_json
+from ..progress import resolve
 
 SATURATION = 65535
 
@@ -118,15 +119,13 @@ def render_cell(rng: np.random.Generator, stiffness_pa: float, size: int = 128, 
 
 def generate(out_dir, n: int, size: int = 128, seed: int = 0, rules: MorphologyRules = MorphologyRules(),
              n_donors: int = 8, cell_types: tuple = ("msc", "raw264.7"), stiffness_range_pa: tuple = (200.0, 20000.0),
-             threshold_pa: float | None = None, progress: bool = True) -> Path:
+             threshold_pa: float | None = None, progress=None) -> Path:
     """Write ``n`` images to ``out_dir/images/`` and ``out_dir/labels.csv``.
 
     CSV columns: ``file, stiffness_pa, class, cell_type, donor`` (``class`` is ``stiff``
     above ``threshold_pa``, default the geometric mean of the range, else ``soft``). Masks
     go to ``out_dir/masks.npz`` (for measuring where explanations look). Stiffness is
     log-uniform over ``stiffness_range_pa``; each donor has its own area factor."""
-    from ..progress import Progress
-
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     lo, hi = map(float, stiffness_range_pa)
@@ -140,7 +139,7 @@ def generate(out_dir, n: int, size: int = 128, seed: int = 0, rules: MorphologyR
     rows, masks = [], {}
     import tifffile
 
-    with Progress(n, "cells", enabled=progress) as bar:
+    with resolve(progress).task(n, "cells") as bar:
         for i in range(n):
             e = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
             donor = int(rng.integers(n_donors))
@@ -148,21 +147,21 @@ def generate(out_dir, n: int, size: int = 128, seed: int = 0, rules: MorphologyR
             over = bool(rng.random() < rules.overexposed_fraction)
             img, mask, _ = render_cell(rng, e, size, rules, t, float(donor_factor[donor]), over)
             name = f"cell_{i:05d}.tif"
-            tifffile.imwrite(out / "images" / name, img)
+            with atomic_path(out / "images" / name) as tmp:
+                tifffile.imwrite(tmp, img)
             masks[name] = np.packbits(mask)
             rows.append({"file": f"images/{name}", "stiffness_pa": f"{e:.2f}", "class": "stiff" if e > thr else "soft",
                          "cell_type": cell_types[t], "donor": f"d{donor:02d}"})
             bar.update(1)
-    tmp = out / "labels.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out / "labels.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, out / "labels.csv")
-    np.savez_compressed(out / "masks.npz", shape=np.array([size, size]), **masks)
-    (out / "generator.json").write_text(json.dumps({"n": n, "size": size, "seed": seed, "rules": dataclasses.asdict(rules),
-                                                    "n_donors": n_donors, "cell_types": list(cell_types),
-                                                    "stiffness_range_pa": [lo, hi], "threshold_pa": thr}, indent=2))
+    with atomic_path(out / "masks.npz") as tmp:
+        np.savez_compressed(tmp, shape=np.array([size, size]), **masks)
+    write_json(out / "generator.json", {"n": n, "size": size, "seed": seed, "rules": dataclasses.asdict(rules),
+                                        "n_donors": n_donors, "cell_types": list(cell_types), "stiffness_range_pa": [lo, hi],
+                                        "threshold_pa": thr})
     return out
 
 

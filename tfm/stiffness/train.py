@@ -1,7 +1,6 @@
 """Training, prediction and evaluation of the stiffness CNN.
 
-Shares the 3D network's machinery (:mod:`tfm.nn.train`, :mod:`tfm.nn.store`): the same
-optax optimiser factory (AdamW or Nesterov SGD, warm-up + cosine decay, gradient
+Shares the 3D network's machinery (:mod:`tfm.learn`): the same optax optimiser factory (AdamW or Nesterov SGD, warm-up + cosine decay, gradient
 clipping), the same orbax checkpoints with resume (a killed run restarted with the same
 command continues exactly: epoch order from ``rng([seed, epoch])``, augmentation from
 ``rng([seed, epoch, step])``, dropout keys from ``fold_in(key(seed), step)``), the same
@@ -26,8 +25,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..nn import loop, store
-from ..nn.train import make_optimizer, schedule
+from ..atomic import atomic_path, write_json
+from ..learn import config as configs
+from ..learn import loop, store
+from ..learn.optim import OptimConfig, make_optimizer, schedule
 from . import data as sdata
 from . import metrics as smetrics
 from .model import TASKS, NetConfig, StiffnessNet
@@ -47,12 +48,7 @@ class StiffnessConfig:
     thresholds_pa: tuple | None = None  # derive classes from stiffness bins instead of the class column
     epochs: int = 30
     batch_size: int = 32
-    optimizer: str = "adamw"  # "adamw" or "sgd" (shared with tfm.nn.train)
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    grad_clip: float = 1.0
+    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50)  # optimiser, schedule, clipping
     class_weight: float = 1.0
     splits: tuple = (0.7, 0.15, 0.15)  # train, validation, test fractions (by group)
     split_seed: int = 0
@@ -64,33 +60,15 @@ class StiffnessConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        configs.check_counts(self, ("epochs", "batch_size", "checkpoint_every", "size"))
         if len(self.splits) != 3:
             raise ValueError(f"splits must be (train, validation, test) fractions, got {self.splits}")
         if self.thresholds_pa is not None:
             object.__setattr__(self, "thresholds_pa", tuple(float(t) for t in self.thresholds_pa))
         object.__setattr__(self, "splits", tuple(float(f) for f in self.splits))
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "StiffnessConfig":
-        d = dict(d)
-        d["net"] = NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("net", {}).items()})
-        for k in ("thresholds_pa", "splits"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-
-def load_data(cfg: StiffnessConfig, progress: bool = True) -> sdata.ImageSet:
+def load_data(cfg: StiffnessConfig, progress=None) -> sdata.ImageSet:
     return sdata.load(cfg.csv, cfg.size, cfg.scale, cfg.max_saturated, thresholds_pa=cfg.thresholds_pa, progress=progress)
 
 
@@ -120,7 +98,8 @@ def train_step(model, optimizer, batch, key, task, class_weight):
 
 
 @nnx.jit
-def _forward(model, x):
+def forward(model, x):
+    """The network's outputs for a batch of preprocessed images (N, H, W, 1), jitted."""
     return model(x)
 
 
@@ -146,7 +125,7 @@ def predict_arrays(model: StiffnessNet, images: np.ndarray, batch_size: int = 64
         m = len(x)
         if m < bs:  # one compiled shape
             x = np.concatenate([x, np.repeat(x[-1:], bs - m, 0)])
-        out = _forward(model, jnp.asarray(x))
+        out = forward(model, jnp.asarray(x))
         logs.append(np.asarray(out["log_stiffness"])[:m])
         if "logits" in out:
             probs.append(np.asarray(jax.nn.softmax(out["logits"]))[:m])
@@ -174,13 +153,11 @@ def _val_loss(model, ds, cfg) -> dict:
     return out
 
 
-def train(cfg: StiffnessConfig, run_dir, progress: bool = True, max_steps: int | None = None,
+def train(cfg: StiffnessConfig, run_dir, progress=None, max_steps: int | None = None,
           data: sdata.ImageSet | None = None) -> dict:
     """Train (or resume) the run in ``run_dir``; returns a summary. ``data``: preloaded images
-    (as the hyperparameter search does), else read from ``cfg.csv``."""
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    store.claim_run(run, cfg.to_dict())
+    (as the hyperparameter search does), else read from ``cfg.csv``. Data and settings are
+    checked before anything is written. ``progress``: a :class:`tfm.progress.Progress`."""
     ds = load_data(cfg, progress) if data is None else data
     if cfg.task != "regression" and len(ds.class_names) < 2:
         raise ValueError(f"task {cfg.task!r} needs >= 2 classes; the data have {list(ds.class_names)}")
@@ -191,13 +168,15 @@ def train(cfg: StiffnessConfig, run_dir, progress: bool = True, max_steps: int |
     if cfg.size % 2 ** len(cfg.net.widths):
         raise ValueError(f"size {cfg.size} must be a multiple of 2^len(widths) = {2 ** len(cfg.net.widths)}")
     tr, va, te = sdata.group_split(ds.groups, cfg.splits, cfg.split_seed)
-    store.write_text(run / "splits.json", json.dumps({k: [ds.files[i] for i in v] for k, v in
-                                                 (("train", tr), ("validation", va), ("test", te))}, indent=1))
+    run = Path(run_dir)
+    store.claim_run(run, configs.to_dict(cfg))
+    write_json(run / "splits.json", {k: [ds.files[i] for i in v] for k, v in (("train", tr), ("validation", va), ("test", te))},
+               indent=1)
     bs = min(cfg.batch_size, len(tr))
     steps_per_epoch = max(1, len(tr) // bs)
     total = steps_per_epoch * cfg.epochs
     model = StiffnessNet(cfg.net)
-    optimizer = nnx.Optimizer(model, make_optimizer(cfg, total), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, total), wrt=nnx.Param)
     val = ds.subset(va)
 
     names = ["loss"] + [t for t in ("regression", "classification") if cfg.task in (t, "both")]
@@ -213,14 +192,14 @@ def train(cfg: StiffnessConfig, run_dir, progress: bool = True, max_steps: int |
         return _batch(ds, idx, np.random.default_rng([cfg.seed, e, k]) if cfg.augment else None)
 
     def save_best(row):
-        store.save_model(run / "model", model, MODEL_KIND, json.loads(cfg.net.to_json()),
+        store.save_model(run / "model", model, MODEL_KIND, configs.to_dict(cfg.net),
                          {**card, "epoch": row["epoch"], "step": row["step"], "val": row["val"]})
 
     out = loop.fit(
         run, model, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
         names=names, batch_at=batch_at,
         step=lambda batch, s: train_step(model, optimizer, batch, jax.random.fold_in(key0, s), cfg.task, cfg.class_weight),
-        evaluate=lambda: _val_loss(model, val, cfg), learning_rate=schedule(cfg, total), save_best=save_best,
+        evaluate=lambda: _val_loss(model, val, cfg), learning_rate=schedule(cfg.optim, total), save_best=save_best,
         progress=progress, max_steps=max_steps)
     return {**out, "model_dir": str(run / "model"), "excluded": ds.excluded}
 
@@ -228,12 +207,12 @@ def train(cfg: StiffnessConfig, run_dir, progress: bool = True, max_steps: int |
 def load_model(path) -> tuple[StiffnessNet, dict]:
     """A trained stiffness model (saved-model or run directory) and its ``model.json``."""
     path, desc = store.open_model(path, MODEL_KIND)
-    model = StiffnessNet(NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in desc["config"].items()}))
+    model = StiffnessNet(configs.from_dict(NetConfig, desc["config"]))
     store.load_weights(path, model)
     return model, desc
 
 
-def predict(model_path, source=None, images=None, progress: bool = True) -> dict:
+def predict(model_path, source=None, images=None, progress=None) -> dict:
     """Predictions of a trained model for ``source`` (a labels CSV, a CSV with just a
     ``file`` column, or a folder of images) or for raw 2D ``images`` (arrays). Returns
     ``files``, ``stiffness_pa``, ``proba`` (classification models), ``class_names``,
@@ -254,19 +233,28 @@ def predict(model_path, source=None, images=None, progress: bool = True) -> dict
     return out
 
 
-def evaluate(run_or_model, csv_path=None, split: str = "test", out_dir=None, progress: bool = True) -> dict:
+def evaluate(run_or_model, csv_path=None, split: str = "test", progress=None) -> dict:
     """Metrics of a trained model on a split of its run (``split``: train, validation, test)
-    or on all of another labelled folder (``csv_path``). With ``out_dir``: per-image CSV,
-    metrics JSON and an ROC figure."""
+    or on all of another labelled folder (``csv_path``): ``n``, ``split``, ``regression``
+    and/or ``classification`` (see :mod:`tfm.stiffness.metrics`). :func:`evaluation` also
+    returns the images and predictions (for per-image tables and ROC figures)."""
+    return evaluation(run_or_model, csv_path, split, progress)[0]
+
+
+def evaluation(run_or_model, csv_path=None, split: str = "test", progress=None):
+    """``(metrics, images, predictions)``: :func:`evaluate`'s metrics, the evaluated
+    :class:`~tfm.stiffness.data.ImageSet` and :func:`predict_arrays`' output."""
     run = Path(run_or_model)
     model_dir = run / "model" if (run / "model").is_dir() else run
     model, desc = load_model(model_dir)
     c = desc["card"]
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
     if csv_path is None:
         splits_file = run / "splits.json"
         if not splits_file.exists():
             raise ValueError(f"{run} is not a run directory with splits.json; pass csv_path")
-        cfg = StiffnessConfig.from_dict(json.loads((run / "config.json").read_text()))
+        cfg = configs.from_dict(StiffnessConfig, json.loads((run / "config.json").read_text()))
         ds = load_data(cfg, progress)
         keep = set(json.loads(splits_file.read_text())[split])
         ds = ds.subset([i for i, f in enumerate(ds.files) if f in keep])
@@ -280,16 +268,7 @@ def evaluate(run_or_model, csv_path=None, split: str = "test", out_dir=None, pro
     if "proba" in pred and (ds.classes >= 0).sum() >= 2:
         mc = ds.classes >= 0
         res["classification"] = smetrics.classification_metrics(ds.classes[mc], pred["proba"][mc], ds.class_names)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_predictions(out / "predictions.csv", ds.files, pred, ds)
-        store.write_text(out / "metrics.json", json.dumps(res, indent=2))
-        if "classification" in res:
-            mc = ds.classes >= 0
-            smetrics.roc_figure(ds.classes[mc], pred["proba"][mc], out / "roc.png", ds.class_names,
-                                title=f"ROC, {res['split']} ({int(mc.sum())} cells)")
-    return res
+    return res, ds, pred
 
 
 def write_predictions(path, files, pred: dict, ds: sdata.ImageSet | None = None) -> None:
@@ -297,8 +276,7 @@ def write_predictions(path, files, pred: dict, ds: sdata.ImageSet | None = None)
 
     names = pred.get("class_names") or (list(ds.class_names) if ds is not None else [])
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         head = ["file", "stiffness_pa_pred"] + ([f"p_{n}" for n in names] + ["class_pred"] if "proba" in pred else [])
         if ds is not None:
@@ -312,4 +290,3 @@ def write_predictions(path, files, pred: dict, ds: sdata.ImageSet | None = None)
                 le, c = ds.log_stiffness[i], ds.classes[i]
                 row += [f"{1000 * 10 ** le:.2f}" if np.isfinite(le) else "", ds.class_names[c] if c >= 0 else ""]
             w.writerow(row)
-    tmp.replace(path)

@@ -40,7 +40,8 @@ import numpy as np
 
 from ..grid import Grid
 from ..material import LinearElastic, NeoHookean
-from ..progress import Progress
+from ..atomic import fsync_path
+from ..progress import resolve
 from . import beads, cells, fem
 
 FORMAT = "tfm-synthetic"
@@ -90,6 +91,7 @@ class SynthConfig:
             raise ValueError(f"boundary must be one of {fem.BOUNDARIES}, got {self.boundary!r}")
         if self.material not in MATERIALS:
             raise ValueError(f"material must be one of {MATERIALS}, got {self.material!r}")
+        self.grid  # noqa: B018 - validates size and spacing_um now, before any file is written
 
     @property
     def grid(self) -> Grid:
@@ -150,7 +152,7 @@ def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
 def _create(h5, n: int, config: SynthConfig, seed: int) -> None:
     import h5py
 
-    from .. import __version__
+    from .._version import __version__
 
     grid = config.grid
     shape = grid.shape
@@ -170,7 +172,7 @@ def _create(h5, n: int, config: SynthConfig, seed: int) -> None:
     h5["youngs_modulus_pa"].attrs["units"] = "Pa"
 
 
-def generate(path, n: int, seed: int = 0, config: SynthConfig = SynthConfig(), progress: bool = True) -> Path:
+def generate(path, n: int, seed: int = 0, config: SynthConfig = SynthConfig(), progress=None) -> Path:
     """Write ``n`` samples to ``path`` (HDF5), resuming a ``.partial`` file left by a killed
     run with the same settings. Returns the final path."""
     import h5py
@@ -183,9 +185,13 @@ def generate(path, n: int, seed: int = 0, config: SynthConfig = SynthConfig(), p
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     if partial.exists():
-        with h5py.File(partial, "r") as h5:
-            same = (h5.attrs.get("config") == config.to_json() and int(h5.attrs.get("n_samples", -1)) == n
-                    and int(h5.attrs.get("seed", -1)) == seed)
+        try:
+            with h5py.File(partial, "r") as h5:
+                same = (h5.attrs.get("config") == config.to_json() and int(h5.attrs.get("n_samples", -1)) == n
+                        and int(h5.attrs.get("seed", -1)) == seed)
+        except OSError as exc:
+            raise ValueError(f"{partial} (an interrupted run) is damaged and cannot be resumed ({exc}); "
+                             "delete it to start afresh") from None
         if not same:
             raise ValueError(f"{partial} holds an interrupted run with other settings (n, seed or config); "
                              "delete it to start afresh")
@@ -195,7 +201,7 @@ def generate(path, n: int, seed: int = 0, config: SynthConfig = SynthConfig(), p
     with h5py.File(partial, "r+") as h5:
         done = h5["done"][:]
         todo = np.flatnonzero(~done)
-        with Progress(n, f"synth {path.name}", enabled=progress) as bar:
+        with resolve(progress).task(n, f"synth {path.name}") as bar:
             bar.update(int(done.sum()))
             for i in todo:
                 s = generate_sample(config, seed, int(i))
@@ -208,7 +214,9 @@ def generate(path, n: int, seed: int = 0, config: SynthConfig = SynthConfig(), p
                 h5["done"][i] = True
                 h5.flush()
                 bar.update(1, f"FEM {s['fem_seconds']:.1f}s")
+    fsync_path(partial)
     os.replace(partial, path)
+    fsync_path(path.parent)
     return path
 
 
@@ -224,7 +232,10 @@ class SyntheticDataset:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"dataset not found: {self.path}")
-        self._h5 = h5py.File(self.path, "r")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ValueError(f"cannot open {self.path} as a tfm synthetic dataset (HDF5): {exc}") from None
         if self._h5.attrs.get("format") != FORMAT:
             self._h5.close()
             raise ValueError(f"{self.path} is not a tfm synthetic dataset (format attribute missing)")

@@ -150,10 +150,13 @@ def _moduli(material, dtype):
     return jnp.asarray([material.lame_lambda_pa, material.shear_modulus_pa], dtype)
 
 
-def _energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
-    """Total potential energy (pN µm) of nodal displacement ``u``; ``moduli = (lambda, mu)``
-    Pa are traced, so one compilation serves every stiffness."""
-    energy = LAWS[law]
+def energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
+    """Total potential energy (pN µm) of nodal displacement ``u`` (Z, Y, X, 3) µm:
+    ``scale_e`` the element modulus scale (Z-1, Y-1, X-1), ``eps_e`` the element eigenstrain
+    (or None), ``f_ext`` nodal external forces in pN (or None), ``moduli = (lambda, mu)`` Pa
+    (traced, so one compilation serves every stiffness), ``law`` a key of :data:`LAWS`,
+    ``spacing`` the voxel size. Its gradient is the nodal internal force (pN)."""
+    density = LAWS[law]
     lam, mu = moduli[0], moduli[1]
     if eps_e is not None and law != "linear":
         fstar = jnp.eye(3, dtype=u.dtype) + eps_e
@@ -161,12 +164,12 @@ def _energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
     w = 0.0
     for h in _gauss_gradients(u, spacing):  # accumulate point by point: no 8x temporaries
         if eps_e is None:
-            w = w + energy(h, lam, mu)
+            w = w + density(h, lam, mu)
         elif law == "linear":
-            w = w + energy(h - eps_e, lam, mu)
+            w = w + density(h - eps_e, lam, mu)
         else:
             he = jnp.einsum("...ij,...jk->...ik", h - eps_e, fstar_inv)  # F_e - I, no cancellation
-            w = w + fstar_det * energy(he, lam, mu)
+            w = w + fstar_det * density(he, lam, mu)
     e = float(np.prod(spacing)) / 8.0 * jnp.sum(scale_e * w)
     if f_ext is not None:
         e = e - jnp.sum(f_ext * u)
@@ -253,7 +256,7 @@ def _pcg(apply_a, precond, b, tol_abs, maxiter):
 def _residual(u, t, scale_e, eps_e, f_ext, free, moduli, law, spacing):
     """Load ``t F_ext`` minus internal force, on the free nodes (``free``: 1 or 0 per node)."""
     eps = None if eps_e is None else t * eps_e
-    g = jax.grad(_energy)(u, scale_e, eps, None, moduli, law, spacing)
+    g = jax.grad(energy)(u, scale_e, eps, None, moduli, law, spacing)
     load = 0.0 if f_ext is None else t * f_ext
     return free * (load - g)
 
@@ -262,14 +265,14 @@ def _residual(u, t, scale_e, eps_e, f_ext, free, moduli, law, spacing):
 def _total_energy(u, t, scale_e, eps_e, f_ext, moduli, law, spacing):
     eps = None if eps_e is None else t * eps_e
     f = None if f_ext is None else t * f_ext
-    return _energy(u, scale_e, eps, f, moduli, law, spacing)
+    return energy(u, scale_e, eps, f, moduli, law, spacing)
 
 
 @partial(jax.jit, static_argnames=("law", "spacing", "maxiter"))
 def _tangent_solve(u, t, rhs, scale_e, eps_e, eig, edge_inv, free, tol_abs, moduli, law, spacing, maxiter):
     """Solve ``K_t(u) du = rhs`` on the free nodes (K_t: Hessian of the energy)."""
     eps = None if eps_e is None else t * eps_e
-    grad = jax.grad(_energy)
+    grad = jax.grad(energy)
 
     if law == "linear":
         # Quadratic energy: K v is the gradient of the eigenstrain-free energy at v.
@@ -288,7 +291,7 @@ def _tangent_solve(u, t, rhs, scale_e, eps_e, eig, edge_inv, free, tol_abs, modu
 @partial(jax.jit, static_argnames=("law", "spacing"))
 def _passive_force(u, scale_e, free, moduli, law, spacing):
     """``grad Pi_passive(u)`` on free nodes (pN): the force the loads apply to the matrix."""
-    return free * jax.grad(_energy)(u, scale_e, None, None, moduli, law, spacing)
+    return free * jax.grad(energy)(u, scale_e, None, None, moduli, law, spacing)
 
 
 # -- public API ----------------------------------------------------------------------------

@@ -1,10 +1,14 @@
-"""``tfm stiffness synth|train|predict|evaluate|explain|search``: argument parsing and printing only."""
+"""``tfm stiffness synth|train|predict|evaluate|explain|search``: argument parsing, the
+files the commands write, and printing."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from ..atomic import jsonable, write_json
+from . import common
 
 EPILOG = """\
 data: a labels CSV (columns file, stiffness_pa and/or class, optional cell_type and
@@ -54,6 +58,12 @@ def add_parser(sub) -> None:
     t.add_argument("--max-steps", type=int, help="stop after this many steps (a later run resumes)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=_train)
+    _add_use_parsers(ss)
+    s.set_defaults(run=_help, stiffness_parser=s)
+
+
+def _add_use_parsers(ss) -> None:
+    """predict, evaluate, explain, search."""
 
     p = ss.add_parser("predict", help="predict stiffness (and class) for images")
     p.add_argument("model", help="run or saved-model directory")
@@ -86,7 +96,6 @@ def add_parser(sub) -> None:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--quiet", action="store_true")
     h.set_defaults(run=_search)
-    s.set_defaults(run=_help, stiffness_parser=s)
 
 
 def _help(args) -> int:
@@ -95,10 +104,10 @@ def _help(args) -> int:
 
 
 def _synth(args) -> int:
-    from .synth import MorphologyRules, generate
+    from ..stiffness.synth import MorphologyRules, generate
 
     out = generate(args.out, args.n, args.size, args.seed, MorphologyRules(overexposed_fraction=args.overexposed_fraction),
-                   n_donors=args.donors, progress=not args.quiet)
+                   n_donors=args.donors, progress=common.progress(args))
     if not args.quiet:
         print(f"wrote {args.n} images and {out / 'labels.csv'}")
     return 0
@@ -107,33 +116,42 @@ def _synth(args) -> int:
 def _train(args) -> int:
     import dataclasses
 
-    from .model import NetConfig
-    from .train import StiffnessConfig, train
+    from ..learn import config as configs
+    from ..learn.optim import OptimConfig
+    from ..stiffness.model import NetConfig
+    from ..stiffness.train import StiffnessConfig, train
 
     if args.config:
-        cfg = StiffnessConfig.from_dict(json.loads(Path(args.config).read_text()))
+        try:
+            cfg = configs.from_dict(StiffnessConfig, json.loads(Path(args.config).read_text()))
+        except json.JSONDecodeError as exc:
+            raise common.UsageError(f"--config {args.config} is not JSON: {exc}") from None
         cfg = dataclasses.replace(cfg, csv=args.data or cfg.csv, epochs=args.epochs or cfg.epochs)
     else:
         if not args.data:
-            raise ValueError("--data (a labels CSV) is required without --config")
+            raise common.UsageError("--data (a labels CSV) is required without --config")
         cfg = StiffnessConfig(csv=args.data, task=args.task, epochs=args.epochs or 30, batch_size=args.batch_size,
-                              learning_rate=args.learning_rate, weight_decay=args.weight_decay, size=args.size,
-                              thresholds_pa=args.thresholds_pa, seed=args.seed,
+                              optim=OptimConfig(learning_rate=args.learning_rate, warmup_steps=50,
+                                                weight_decay=args.weight_decay),
+                              size=args.size, thresholds_pa=args.thresholds_pa, seed=args.seed,
                               net=NetConfig(widths=tuple(args.widths), dropout=args.dropout, seed=args.seed))
-    summary = train(cfg, args.out, progress=not args.quiet, max_steps=args.max_steps)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise common.UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
+    summary = train(cfg, args.out, progress=common.progress(args), max_steps=args.max_steps)
     if not args.quiet:
         if summary["excluded"]:
             print(f"excluded {len(summary['excluded'])} images:")
             for row, f, why in summary["excluded"]:
                 print(f"  row {row} {f}: {why}")
-        print(json.dumps({k: v for k, v in summary.items() if k != "excluded"}, indent=2))
+        print(json.dumps(jsonable({k: v for k, v in summary.items() if k != "excluded"}), indent=2))
     return 0
 
 
 def _predict(args) -> int:
-    from .train import predict, write_predictions
+    from ..stiffness.train import predict, write_predictions
 
-    pred = predict(args.model, args.source, progress=not args.quiet)
+    common.check_output(args.output, (".csv",), (args.source,))
+    pred = predict(args.model, args.source, progress=common.progress(args))
     write_predictions(args.output, pred["files"], pred)
     if not args.quiet:
         ds = pred["data"]
@@ -144,19 +162,37 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .train import evaluate
+    from ..stiffness.train import evaluation
 
-    res = evaluate(args.run_dir, args.data, args.split, args.out, progress=not args.quiet)
+    res, ds, pred = evaluation(args.run_dir, args.data, args.split, progress=common.progress(args))
+    if args.out is not None:
+        write_evaluation(Path(args.out), res, ds, pred)
     if not args.quiet:
-        print(json.dumps(res, indent=2))
+        print(json.dumps(jsonable(res), indent=2))
     return 0
+
+
+def write_evaluation(out: Path, res: dict, ds, pred) -> None:
+    """predictions.csv, metrics.json and (classification) roc.png into ``out``."""
+    from .. import viz
+    from ..stiffness.train import write_predictions
+
+    if out.exists() and not out.is_dir():
+        raise common.UsageError(f"--out {out} exists and is not a folder")
+    write_predictions(out / "predictions.csv", ds.files, pred, ds)
+    write_json(out / "metrics.json", res)
+    if "classification" in res:
+        mc = ds.classes >= 0
+        viz.roc_figure(ds.classes[mc], pred["proba"][mc], out / "roc.png", ds.class_names,
+                       title=f"ROC, {res['split']} ({int(mc.sum())} cells)")
 
 
 def _explain(args) -> int:
     import numpy as np
 
-    from . import data, explain
-    from .train import load_model
+    from .. import viz
+    from ..stiffness import data, explain
+    from ..stiffness.train import load_model
 
     model, desc = load_model(args.model)
     c = desc["card"]
@@ -175,19 +211,20 @@ def _explain(args) -> int:
         e = 1000.0 * 10 ** float(np.asarray(pred["log_stiffness"])[0])
         out = (Path(args.png) / (Path(f).stem + "_explain.png") if many else Path(args.png)) if args.png else \
             Path(f).with_name(Path(f).stem + "_explain.png")
-        explain.figure(x, maps, out, title=f"{Path(f).name}: {e:.0f} Pa predicted")
+        viz.saliency_figure(x, maps, out, title=f"{Path(f).name}: {e:.0f} Pa predicted")
         print(f"wrote {out}")
     return 0
 
 
 def _search(args) -> int:
-    from .train import StiffnessConfig
-    from . import search
+    from ..stiffness import search
+    from ..stiffness.train import StiffnessConfig
 
     base = StiffnessConfig(csv=args.data, task=args.task, seed=args.seed)
     try:
-        res = search.search(base, args.out, args.trials, args.trial_epochs, args.seed, progress=not args.quiet)
+        res = search.search(base, args.out, args.trials, args.trial_epochs, args.seed, progress=common.progress(args))
     except ImportError as exc:
-        raise ValueError(str(exc)) from None
-    print(json.dumps(res, indent=2))
+        raise common.UsageError(str(exc)) from None
+    if not args.quiet:
+        print(json.dumps(jsonable(res), indent=2))
     return 0

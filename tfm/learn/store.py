@@ -5,7 +5,8 @@ A saved model is a directory::
     model.json     {"kind": ..., "config": {...}, "card": {...}}  (architecture + model card)
     weights/       the parameters (orbax-checkpoint v1 PyTree)
 
-written to ``NAME.tmp-*`` and renamed, so an interrupted save never leaves half a model.
+written through :func:`tfm.atomic.atomic_dir`, so an interrupted save never leaves half
+a model.
 Training checkpoints (:class:`Checkpoints`) hold parameters, optimiser state and the loop
 position under ``RUN/checkpoints/<step>/`` via ``orbax.checkpoint.v1.training.Checkpointer``
 with a fixed-interval save policy; the newest few are kept.
@@ -14,14 +15,13 @@ with a fixed-interval save policy; the newest few are kept.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
+
+from ..atomic import atomic_dir, jsonable, write_text
 
 
 def _ocp():
@@ -37,22 +37,11 @@ def _host(tree):
 def save_model(path, model: nnx.Module, kind: str, config: dict, card: dict | None = None) -> Path:
     """Write ``model``'s parameters and description to directory ``path`` atomically."""
     path = Path(path).absolute()  # orbax needs absolute paths
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-    try:
-        (tmp / "model.json").write_text(json.dumps({"kind": kind, "config": config, "card": card or {}}, indent=2, default=str))
+    with atomic_dir(path) as tmp:
+        desc = jsonable({"kind": kind, "config": config, "card": card or {}})
+        (tmp / "model.json").write_text(json.dumps(desc, indent=2, allow_nan=False))
         ocp = _ocp()
         (getattr(ocp, "save", None) or ocp.save_pytree)(tmp / "weights", _host(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -62,7 +51,13 @@ def read_description(path) -> dict:
     f = path / "model.json"
     if not f.is_file() or not (path / "weights").is_dir():
         raise FileNotFoundError(f"{path} is not a saved tfm model (needs model.json and weights/)")
-    return json.loads(f.read_text())
+    try:
+        desc = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{f} is not readable JSON: {exc}") from None
+    if not isinstance(desc, dict) or not isinstance(desc.get("config"), dict):
+        raise ValueError(f"{f} does not describe a tfm model (no 'config')")
+    return desc
 
 
 def open_model(path, kind: str) -> tuple[Path, dict]:
@@ -78,25 +73,27 @@ def open_model(path, kind: str) -> tuple[Path, dict]:
 
 
 def claim_run(run: Path, config: dict) -> None:
-    """Write ``run/config.json`` (atomically), refusing a directory that holds a run with
-    another configuration; a different ``epochs`` is allowed (it extends the run)."""
+    """Create ``run`` and write ``run/config.json`` (atomically), refusing a directory that
+    holds a run with another configuration; a different ``epochs`` is allowed (it extends
+    the run). Call it once the settings and data have been checked."""
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"run directory {run} exists and is not a directory")
     f = run / "config.json"
-    text = json.dumps(config, indent=2, sort_keys=True, default=list)
+    text = json.dumps(jsonable(config), indent=2, sort_keys=True, allow_nan=False)
     if f.exists():
-        old, new = json.loads(f.read_text()), json.loads(text)
+        try:
+            old = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{f} is not readable JSON ({exc}); delete the run directory or choose another") from None
+        new = json.loads(text)
         old.pop("epochs", None)
         new.pop("epochs", None)
         if old != new:
             raise ValueError(f"{run} holds a run with another configuration; choose another --out or delete it")
     if jax.process_index() == 0:
+        run.mkdir(parents=True, exist_ok=True)
         write_text(f, text)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resume(ckpt: "Checkpoints", tree: dict, model: nnx.Module, optimizer, metrics_file: Path):

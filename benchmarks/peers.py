@@ -1,0 +1,96 @@
+"""Peers run side by side with tfm, each in its own interpreter (its own virtualenv):
+saenopy 1.0.8's PIV and regularised FEM force solve.
+
+    saenopy_raw(python, ref, dfm, window, element)   # its output, nodes and u in µm
+    saenopy_axes(python, window, element, psf)       # its axis order and signs, measured
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SAENOPY_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from saenopy.get_deformations import get_displacements_from_stacks
+
+class Stack:
+    # The three things get_displacements_from_stacks reads: an array (Y, X, C, Z),
+    # the voxel size (x, y, z) and the shape.
+    def __init__(self, vol):
+        self.a = np.asarray(vol, np.float32).transpose(1, 2, 0)[:, :, None, :]
+        self.voxel_size = (1.0, 1.0, 1.0)
+        self.shape = self.a.shape
+    def __array__(self, dtype=None, copy=None):
+        return self.a
+
+ref = np.load(sys.argv[1]); dfm = np.load(sys.argv[2])
+window, element, max_iterations = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[6])
+t0 = time.perf_counter()
+mesh = get_displacements_from_stacks(Stack(ref), Stack(dfm), window_size=window, element_size=element,
+                                     signal_to_noise=1.1, drift_correction=False)
+el = time.perf_counter() - t0
+out = {"time_s": el, "nodes": np.asarray(mesh.nodes).tolist(), "u": np.asarray(mesh.displacements_measured).tolist()}
+if max_iterations > 0:
+    # The force solve as saenopy's own pipeline runs it: the PIV field interpolated onto a
+    # tetrahedral mesh of the PIV box, then solve_regularized with its defaults (alpha
+    # 1e10, Huber weights, convergence when the energy's coefficient of variation over 6
+    # iterations < 1 %), a linear material of stiffness k = E.
+    from saenopy.solver import interpolate_mesh
+    from saenopy.materials import LinearMaterial
+    t1 = time.perf_counter()
+    solver = interpolate_mesh(mesh, mesh.displacements_measured, {"mesh_size": "piv", "element_size": element})
+    solver.set_material_model(LinearMaterial(float(sys.argv[7])))
+    rec = solver.solve_regularized(max_iterations=max_iterations)
+    out.update(time_solve_s=time.perf_counter() - t1, solve_iterations=len(rec) - 1,
+               solve_converged=len(rec) - 1 < max_iterations, solve_nodes=int(solver.mesh.nodes.shape[0]))
+json.dump(out, open(sys.argv[5], "w"))
+"""
+
+
+def saenopy_raw(python, ref, dfm, window, element, solve_iterations: int = 0, stiffness_pa: float = 1000.0) -> dict:
+    """saenopy's PIV (and, with ``solve_iterations`` > 0, its regularised FEM force solve,
+    at most that many iterations) in its own interpreter. Returns its output dict with the
+    PIV nodes and displacements converted to arrays in µm (``nodes_um``, ``u_um``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/r.npy", ref)
+        np.save(f"{tmp}/d.npy", dfm)
+        Path(f"{tmp}/s.py").write_text(SAENOPY_SCRIPT)
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/r.npy", f"{tmp}/d.npy", str(window), str(element), f"{tmp}/o.json",
+                               str(int(solve_iterations)), str(stiffness_pa)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-1500:])
+        out = json.loads(Path(f"{tmp}/o.json").read_text())
+    out["nodes_um"], out["u_um"] = np.asarray(out.pop("nodes")) * 1e6, np.asarray(out.pop("u")) * 1e6  # m -> µm (= voxels here)
+    return out
+
+
+def saenopy_axes(python, window, element, psf_sigma_um):
+    """Signed permutation M with u_saenopy = M u_tfm, measured with uniform shifts along
+    each of tfm's axes (z, y, x): saenopy's component order and signs are read off its
+    output, not assumed."""
+    import tfm
+    from tfm.synth import beads
+
+    M = np.zeros((3, 3))
+    grid = tfm.Grid((48, 48, 48), 1.0)
+    for a in range(3):
+        shift = np.zeros(3)
+        shift[a] = 0.6
+        rng = np.random.default_rng(10 + a)
+        pos = beads.random_positions(grid, 0.0099, rng, margin_um=4)
+        r, d = beads.render_pair(grid, pos, lambda q: np.broadcast_to(shift, q.shape), psf_sigma_um=psf_sigma_um)
+        u = saenopy_raw(python, r, d, window, element)["u_um"]
+        med = np.nanmedian(u, axis=0)
+        j = int(np.argmax(np.abs(med)))
+        M[j, a] = np.sign(med[j])
+    if not np.allclose(np.abs(M).sum(0), 1) or not np.allclose(np.abs(M).sum(1), 1):
+        raise RuntimeError(f"could not calibrate saenopy's axes: {M}")
+    return M

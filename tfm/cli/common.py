@@ -1,0 +1,164 @@
+"""What several ``tfm`` commands share: argument types, the bead-pair options, reading the
+inputs, checking the outputs before any computation, writing and summarising results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..atomic import jsonable
+from ..progress import Progress
+
+EPILOG_UNITS = """\
+units: displacement in µm, moduli in Pa; the output force density is in pN/µm³
+(= Pa/µm), integrated forces in pN. Arrays are (Z, Y, X, 3) with components
+(u_z, u_y, u_x).
+"""
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong (exit 2)."""
+
+
+def progress(args) -> Progress:
+    """Bars and messages unless ``--quiet``."""
+    return Progress(bars=not getattr(args, "quiet", False))
+
+
+def regularization(text: str):
+    """``--regularization``: a rule name or a fixed alpha >= 0."""
+    if text in ("auto", "gcv", "lcurve", "bayesian"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, gcv, lcurve, bayesian or a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"regularization must be a finite number >= 0, got {text}")
+    return value
+
+
+def one_or_three(values, name, cast):
+    if len(values) not in (1, 3):
+        raise UsageError(f"{name} takes 1 or 3 values, got {len(values)}")
+    return cast(values[0]) if len(values) == 1 else tuple(cast(v) for v in values)
+
+
+def parse_windows(windows, ndim: int):
+    """``--windows`` given per pass as W or one size per axis; None when not given."""
+    if not windows:
+        return None
+    if any(len(w) not in (1, ndim) for w in windows):
+        raise UsageError(f"--windows takes 1 or {ndim} sizes per pass, got {windows}")
+    return tuple(w[0] if len(w) == 1 else tuple(w) for w in windows)
+
+
+def same_spacing(a, b, what: str) -> None:
+    if any(abs(x - y) > 1e-6 * max(x, y) for x, y in zip(a, b)):
+        raise UsageError(f"the two {what} record different sizes: {a} and {b}; pass --spacing-um")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+    return False
+
+
+def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
+    """Refuse, before any computation, an output that cannot or must not be written: a
+    wrong suffix, a directory, one of the inputs, or a place without write permission."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {p}: the file is written as {suffixes[0]}; name it with that suffix "
+                         f"({' or '.join(suffixes)})")
+    if p.is_dir():
+        raise UsageError(f"{option} {p} is a directory; give a file name")
+    for i in inputs:
+        if i is not None and (_same_file(p, Path(i)) or p.absolute() == Path(i).absolute()):
+            raise UsageError(f"{option} {p} is also an input; writing it would destroy that input")
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {p}: no permission to write in {parent}")
+    if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
+        raise UsageError(f"{option} {p} exists and cannot be replaced (no permission)")
+    return p
+
+
+def add_volume_args(p: argparse.ArgumentParser) -> None:
+    """Inputs and outputs of the bead-pair commands (displacement, reconstruct)."""
+    p.add_argument("reference", help="relaxed bead stack (TIFF / OME-TIFF)")
+    p.add_argument("deformed", help="deformed bead stack, same shape")
+    p.add_argument("-o", "--output", required=True, help="result file to write (.h5)")
+    p.add_argument("--spacing-um", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in µm (overrides the files' metadata)")
+    p.add_argument("--channel", type=int, help="channel of multi-channel bead stacks (default: the only one)")
+    p.add_argument("--cell", help="cell-channel stack: the thresholded cell is excluded from correlation")
+    p.add_argument("--cell-threshold", type=float, help="intensity threshold of the cell channel (default: Otsu)")
+    p.add_argument("--cell-dilate-um", type=float, default=0.0, help="grow the cell mask by this distance, µm")
+    p.add_argument("--windows", type=int, nargs="+", action="append", metavar="W",
+                   help="window size of one pass, voxels: W (cubic) or WZ WY WX; repeat per pass (default 32, 24, 16)")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
+    p.add_argument("--drift", choices=("rigid", "median", "affine", "slicewise", "none"), default="rigid",
+                   help="drift removed: rigid shift, far-field median, far-field affine (also uniform strain), "
+                   "slicewise (a translation per z-plane: drift during the scan), none (default rigid)")
+    p.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def check_pair_outputs(args) -> None:
+    inputs = (args.reference, args.deformed, getattr(args, "cell", None))
+    check_output(args.output, (".h5", ".hdf5"), inputs)
+    check_output(args.vtk, (".vti",), inputs, "--vtk")
+    if args.vtk and Path(args.vtk).absolute() == Path(args.output).absolute():
+        raise UsageError("--vtk and -o name the same file")
+
+
+def load_pair(args):
+    """The two bead stacks, their Grid, the cell mask (or None) and the DVC options."""
+    from .. import io, segment
+
+    ref, grid = io.read_volume(args.reference, spacing_um=args.spacing_um, channel=args.channel)
+    dfm, grid_def = io.read_volume(args.deformed, spacing_um=args.spacing_um, channel=args.channel)
+    if args.spacing_um is None:
+        same_spacing(grid.spacing_um, grid_def.spacing_um, "stacks")
+    if ref.shape != dfm.shape:
+        raise UsageError(f"the stacks differ in shape: {args.reference} {ref.shape}, {args.deformed} {dfm.shape}")
+    mask = None
+    if args.cell:
+        cell, _ = io.read_volume(args.cell, spacing_um=grid.spacing_um)
+        if cell.shape != ref.shape:
+            raise UsageError(f"--cell {args.cell} has shape {cell.shape}, the bead stacks {ref.shape}")
+        mask = segment.cell_mask(cell, grid, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)
+    options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap}
+    if args.windows:
+        options["windows"] = parse_windows(args.windows, 3)
+    return ref, dfm, grid, mask, options
+
+
+def provenance(args, command: str, **inputs) -> dict:
+    return {"command": command, "argv": sys.argv[1:], **{k: (str(v) if v is not None else None) for k, v in inputs.items()}}
+
+
+def write_outputs(args, result, prov: dict) -> None:
+    """The result file (and the VTK file), then the summary unless ``--quiet``."""
+    from .. import io
+
+    io.write_result(args.output, result, prov)
+    if getattr(args, "vtk", None):
+        io.write_vtk(args.vtk, result)
+    if not args.quiet:
+        summary = result.summary()
+        dvc_info = result.info.get("dvc", result.info)
+        if "valid" in dvc_info:
+            summary["drift_removed_voxels"] = dvc_info.get("drift_removed_voxels")
+            summary["valid_windows"] = float(dvc_info["valid"].mean())
+        print(json.dumps(jsonable(summary), indent=2))
+        print(f"wrote {args.output}" + (f" and {args.vtk}" if getattr(args, "vtk", None) else ""))

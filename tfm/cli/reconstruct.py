@@ -1,0 +1,55 @@
+"""``tfm reconstruct``: displacement and forces from a bead volume pair, classical or learned."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("reconstruct", help="displacement and forces from a bead volume pair",
+                       description="Bead stacks -> displacement (DVC) -> body-force density (3D FTTC) in one run, or "
+                       "both in one pass of the physics-informed 3D network (--method dl).",
+                       epilog=common.EPILOG_UNITS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_volume_args(r)
+    r.add_argument("--youngs-modulus-pa", type=float, required=True, help="Young's modulus of the gel, Pa")
+    r.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
+    r.add_argument("--method", choices=("classical", "dl"), default="classical",
+                   help="classical: DVC + FTTC; dl: the physics-informed 3D network in one pass (default classical)")
+    r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
+    r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
+    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 128)")
+    r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(32, tile/2))")
+    r.add_argument("--regularization", type=common.regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
+    r.set_defaults(run=run)
+
+
+def _check_method_options(args) -> None:
+    if args.material == "neo-hookean" and args.method != "dl":
+        raise common.UsageError("--material neo-hookean needs --method dl (FTTC assumes a linear matrix)")
+    if args.method == "dl":
+        unused = [o for o, v in (("--windows", args.windows), ("--cell", args.cell), ("--overlap", args.overlap != 0.5),
+                                 ("--cell-threshold", args.cell_threshold), ("--regularization", args.regularization != "auto"))
+                  if v]
+        if unused:
+            raise common.UsageError(f"{', '.join(unused)}: options of the classical pipeline, not used by --method dl")
+    elif args.model or args.tile or args.tile_overlap:
+        raise common.UsageError("--model, --tile and --tile-overlap need --method dl")
+
+
+def run(args) -> int:
+    from ..api import reconstruct
+    from ..material import LinearElastic, NeoHookean
+
+    _check_method_options(args)
+    law = NeoHookean if args.material == "neo-hookean" else LinearElastic
+    material = law(args.youngs_modulus_pa, args.poisson_ratio)
+    common.check_pair_outputs(args)
+    ref, dfm, grid, mask, options = common.load_pair(args)
+    result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
+                         progress=common.progress(args), dvc_options=options, model=args.model,
+                         dl_options={"tile": args.tile, "overlap": args.tile_overlap})
+    prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
+    common.write_outputs(args, result, prov)
+    return 0
