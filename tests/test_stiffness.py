@@ -262,6 +262,7 @@ def test_cli_synth_train_evaluate_predict_explain(tmp_path, capsys):
     assert cli.main(["stiffness", "train", "--data", str(tmp_path / "c" / "bad.csv"), "--out", str(tmp_path / "r2"),
                      "--quiet"]) == 2
     assert "row 2: stiffness_pa 'x' is not a number" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()  # a run that failed on its data writes nothing
 
 
 def test_hyperparameter_search_uses_the_validation_split(cells, tmp_path):

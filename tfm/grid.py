@@ -35,12 +35,18 @@ def _axes(ndim: int) -> str:
     return "(z, y, x)" if ndim == 3 else "(y, x)"
 
 
+SPACING_RANGE_UM = (1e-6, 1e6)  # voxel sizes tfm accepts: 1 pm to 1 m
+
+
 def check_spacing(spacing_um, ndim: int = 3, name: str = "spacing_um") -> tuple:
     """``spacing_um`` as ``ndim`` finite positive floats (a scalar means isotropic), or a
     ValueError naming ``name``. Every voxel size tfm accepts is checked here."""
     out = _as_tuple(spacing_um, ndim, name)
     if not all(math.isfinite(s) and s > 0 for s in out):
         raise ValueError(f"{name} must be finite and > 0 along every axis (µm, {_axes(ndim)} order), got {spacing_um!r}")
+    if not all(SPACING_RANGE_UM[0] <= s <= SPACING_RANGE_UM[1] for s in out):
+        raise ValueError(f"{name} {spacing_um!r} lies outside {SPACING_RANGE_UM} µm (1 pm to 1 m): a units mistake? "
+                         "tfm's lengths are in µm")
     return out
 
 

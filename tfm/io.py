@@ -229,26 +229,36 @@ def write_result(path, result: Result, provenance: dict | None = None) -> Path:
     return path
 
 
-def read_result(path) -> Result:
-    """Read a Result written by :func:`write_result`."""
+def _open_h5(path, what: str):
     import h5py
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"result file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     try:
-        h = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"cannot open {path} as HDF5: {exc}") from exc
-    with h:
+        raise ValueError(f"cannot read {path} as HDF5 (truncated, damaged or not HDF5): {exc}") from None
+
+
+def read_result(path) -> Result:
+    """Read a Result written by :func:`write_result`. A damaged file, or one that lacks
+    what a result holds (its grid, a dataset its info refers to), is a ValueError."""
+    path = Path(path)
+    with _open_h5(path, "result") as h:
         if h.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a tfm result file (attribute format={h.attrs.get('format')!r})")
-        g = h["grid"].attrs
-        grid = Grid(tuple(int(v) for v in g["shape"]), tuple(g["spacing_um"]), tuple(g["origin_um"]))
-        disp = h["displacement"][...] if "displacement" in h else None
-        force = h["force"][...] if "force" in h else None
-        info = _join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
-        info["provenance"] = json.loads(h.attrs.get("provenance_json", "{}"))
+        try:
+            g = h["grid"].attrs
+            grid = Grid(tuple(int(v) for v in g["shape"]), tuple(g["spacing_um"]), tuple(g["origin_um"]))
+            disp = h["displacement"][...] if "displacement" in h else None
+            force = h["force"][...] if "force" in h else None
+            info = _join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
+            info["provenance"] = json.loads(h.attrs.get("provenance_json", "{}"))
+        except KeyError as exc:
+            raise ValueError(f"{path} is an incomplete tfm result file (missing {exc})") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is a damaged tfm result file: {exc}") from None
     return Result(grid=grid, displacement=disp, force=force, info=info)
 
 
@@ -259,35 +269,41 @@ def read_displacement(path, spacing_um=None, dataset: str = "displacement"):
     ``spacing_um`` attribute (else pass ``spacing_um``), or a ``.npy`` array with
     ``spacing_um`` given.
     """
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"displacement file not found: {path}")
     if path.suffix == ".npy":
-        u = np.load(path, allow_pickle=False)
+        try:
+            u = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"cannot read {path} as a NumPy array: {exc}") from None
         if spacing_um is None:
             raise ValueError(f"{path} is a bare array: pass spacing_um=(z, y, x) in µm (--spacing-um)")
-        grid = Grid(u.shape[:-1], check_spacing(spacing_um))
-    elif h5py.is_hdf5(path):
-        with h5py.File(path, "r") as h:
-            if h.attrs.get("format") == FORMAT:
-                res = read_result(path)
-                if res.displacement is None:
-                    raise ValueError(f"{path} holds no displacement field")
-                grid = res.grid if spacing_um is None else Grid(res.grid.shape, check_spacing(spacing_um), res.grid.origin_um)
-                return res.displacement, grid
-            if dataset not in h:
-                raise ValueError(f"{path} has no dataset {dataset!r} (found: {sorted(h.keys())})")
-            u = h[dataset][...]
-            sp = spacing_um if spacing_um is not None else h[dataset].attrs.get("spacing_um")
-            if sp is None:
-                raise ValueError(f"{path}:{dataset} has no spacing_um attribute: pass spacing_um (--spacing-um)")
-            grid = Grid(u.shape[:-1], check_spacing(sp))
+        grid = Grid(u.shape[:-1], check_spacing(spacing_um)) if u.ndim == 4 else None
     else:
-        raise ValueError(f"{path}: expected a .npy array or an HDF5 file")
+        with _open_h5(path, "displacement") as h:
+            is_result = h.attrs.get("format") == FORMAT
+            if not is_result:
+                if dataset not in h:
+                    raise ValueError(f"{path} has no dataset {dataset!r} (found: {sorted(h.keys())})")
+                try:
+                    u = h[dataset][...]
+                except OSError as exc:
+                    raise ValueError(f"{path}:{dataset} cannot be read (damaged file): {exc}") from None
+                sp = spacing_um if spacing_um is not None else h[dataset].attrs.get("spacing_um")
+                if sp is None:
+                    raise ValueError(f"{path}:{dataset} has no spacing_um attribute: pass spacing_um (--spacing-um)")
+                grid = Grid(u.shape[:-1], check_spacing(sp)) if u.ndim == 4 else None
+        if is_result:
+            res = read_result(path)
+            if res.displacement is None:
+                raise ValueError(f"{path} holds no displacement field")
+            grid = res.grid if spacing_um is None else Grid(res.grid.shape, check_spacing(spacing_um), res.grid.origin_um)
+            return res.displacement, grid
     if u.ndim != 4 or u.shape[-1] != 3:
         raise ValueError(f"displacement in {path} must have shape (Z, Y, X, 3), got {u.shape}")
+    if not (np.issubdtype(u.dtype, np.floating) or np.issubdtype(u.dtype, np.integer)):
+        raise ValueError(f"displacement in {path} must be numbers (µm), got dtype {u.dtype}")
     return u.astype(np.float32, copy=False) if u.dtype != np.float64 else u, grid
 
 

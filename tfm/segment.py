@@ -35,7 +35,10 @@ def cell_mask(volume, grid, threshold: float | None = None, smooth_um: float = 1
     ``grid`` is the volume's :class:`~tfm.grid.Grid` or its voxel size (z, y, x) in µm. A
     cell channel without contrast (empty, constant), or one whose threshold selects
     (nearly) the whole volume, is an error: no cell can be found in it."""
-    v = np.asarray(volume, dtype=np.float32)
+    v = np.asarray(volume)
+    if not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating) or v.dtype == bool):
+        raise ValueError(f"cell volume must hold real numbers, got dtype {v.dtype}")
+    v = v.astype(np.float32)
     if v.ndim != 3:
         raise ValueError(f"cell volume must be 3D (Z, Y, X), got shape {v.shape}")
     if not np.all(np.isfinite(v)):
@@ -48,7 +51,7 @@ def cell_mask(volume, grid, threshold: float | None = None, smooth_um: float = 1
         if not (np.isfinite(val) and val >= 0):
             raise ValueError(f"{name} must be a finite distance >= 0 µm, got {val}")
     if smooth_um > 0:
-        v = ndimage.gaussian_filter(v, sigma=smooth_um / sp)
+        v = ndimage.gaussian_filter(v, sigma=np.minimum(smooth_um / sp, v.shape))  # no wider than the volume
     t = threshold_otsu(v) if threshold is None else float(threshold)
     m = v > t
     labels, n = ndimage.label(m)
@@ -57,11 +60,11 @@ def cell_mask(volume, grid, threshold: float | None = None, smooth_um: float = 1
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     m = labels == (1 + int(np.argmax(sizes)))
     m = ndimage.binary_fill_holes(m)
-    if m.mean() > 0.9:
-        raise ValueError(f"the cell mask (threshold {t:.4g}) covers {100 * m.mean():.0f} % of the volume: the cell "
-                         "channel shows no distinct cell (wrong channel, or pass a threshold)")
     if dilate_um > 0:
         m = distance_from_mask_um(m, sp) <= dilate_um
+    if m.mean() > 0.9:
+        raise ValueError(f"the cell mask (threshold {t:.4g}, dilate_um {dilate_um:g}) covers {100 * m.mean():.0f} % of "
+                         "the volume: the cell channel shows no distinct cell (wrong channel? pass a threshold)")
     return m
 
 

@@ -127,7 +127,8 @@ def _check_windows(windows) -> tuple:
     out = []
     for w in windows:
         sizes = (w,) * 3 if np.ndim(w) == 0 else tuple(w)
-        if len(sizes) != 3 or any(isinstance(v, bool) or not float(v).is_integer() for v in sizes):
+        if len(sizes) != 3 or any(isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.number))
+                                  or not float(v).is_integer() for v in sizes):
             raise ValueError(f"each window must be a whole number of voxels or three of them (z, y, x), got {w!r}")
         sizes = tuple(int(v) for v in sizes)
         if any(v < 4 and v != 1 for v in sizes):
@@ -191,7 +192,8 @@ class _Layout:
         offset, counts = [], []
         for n, w, s in zip(shape, window, step):
             if w > n:
-                raise ValueError(f"window {window} does not fit in the volume {shape}")
+                raise ValueError(f"window {window} does not fit in the volume {shape}: use windows no larger than the "
+                                 "volume along each axis (windows=((1, wy, wx), ...) for a single plane)")
             k = (n - w) // s + 1
             counts.append(k)
             offset.append(((n - w) - (k - 1) * s) // 2)
@@ -572,8 +574,8 @@ def _check_valid(maps, config: DVCConfig) -> None:
         raise ValueError(
             f"only {100 * frac:.1f} % of the {n} correlation windows outside the mask are valid (min_valid_fraction "
             f"{config.min_valid_fraction:g}; median correlation peak {float(np.median(q)) if q.size else float('nan'):.2f}, "
-            f"min_quality {config.min_quality:g}): the two volumes do not correlate. Check that they show the same beads "
-            "(same field of view, channel and orientation), or use larger windows")
+            f"min_quality {config.min_quality:g}): the reference and deformed volumes do not correlate. Check that they show "
+            "the same beads (same field of view, channel and orientation), or use larger windows")
 
 
 def _masked_windows(mask, layout: _Layout):

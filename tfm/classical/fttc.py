@@ -88,6 +88,15 @@ def _check_inputs(displacement, grid: Grid, material) -> np.ndarray:
     return u
 
 
+def _check_scale(force_scale: float, u_scale: float, e_pa: float) -> None:
+    """Refuse magnitudes whose force density float32 cannot hold (a units mistake)."""
+    info = np.finfo(np.float32)
+    if not (float(info.tiny) * 1e3 < force_scale < float(info.max) * 1e-3):
+        raise ValueError(f"the force density of max |u| = {u_scale:.3g} µm in a matrix of youngs_modulus_pa = {e_pa:.3g} "
+                         f"(~{force_scale:.3g} pN/µm³) is outside what float32 holds: check the displacement's units "
+                         "(µm) and the modulus (Pa)")
+
+
 def pad_displacement(u, pad_width: tuple, mode: str):
     """Extend ``u`` (Z, Y, X, C) by ``pad_width[a]`` points on both sides of each axis.
 
@@ -216,6 +225,7 @@ def fttc_3d(
     # in u and in 1/E): no float32 overflow or underflow whatever the units' magnitudes.
     e_pa = material.youngs_modulus_pa
     u_scale = float(np.max(np.abs(u))) or 1.0
+    _check_scale(e_pa * u_scale / min(grid.spacing_um) ** 2, u_scale, e_pa)
     uh = _padded_rfft(jnp.asarray(u / u_scale), widths, pad)  # float32 unless x64 is on
     shape = tuple(n + 2 * p for n, p in zip(grid.shape, widths))
     k_axes = tuple(jnp.asarray(k, dtype=uh.real.dtype) for k in grid.with_shape(shape).wavevector_axes(rfft=True))
@@ -236,10 +246,10 @@ def fttc_3d(
     f = _solve(uh, k_axes, lam2mu / e_pa, mu / e_pa, jnp.asarray(alpha * e_pa**2, uh.real.dtype), shape)
     del uh
     sl = tuple(slice(p, p + n) for p, n in zip(widths, grid.shape))
-    force = np.asarray(f[sl]) * np.asarray(e_pa * u_scale, np.float64).astype(f.dtype)
+    with np.errstate(over="ignore"):
+        force = np.asarray(f[sl]) * np.asarray(e_pa * u_scale, np.float64).astype(f.dtype)
     if not np.all(np.isfinite(force)):
-        raise ValueError(f"the force density overflows {force.dtype} (max |u| = {u_scale:.3g} µm, youngs_modulus_pa = "
-                         f"{e_pa:.3g}): check the displacement's units (µm) and the modulus (Pa)")
+        _check_scale(np.inf, u_scale, e_pa)
     t_end = time.perf_counter()
     info.update(
         {

@@ -159,7 +159,12 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
         raise ValueError("displacement must be finite floating-point values (µm)")
     alpha = reg.parse(regularization)
     widths = pad_widths(grid.shape, pad, pad_fraction)
-    up = np.asarray(pad_displacement(u.astype(np.float64), widths, pad))
+    u_scale = float(np.max(np.abs(u))) or 1.0  # solved for u / max|u| (linear): no overflow in float32 padding
+    if noise_variance is not None:
+        if not (np.isfinite(noise_variance) and noise_variance > 0):
+            raise ValueError(f"noise_variance must be > 0 (µm²), got {noise_variance}")
+        noise_variance = noise_variance / u_scale**2
+    up = np.asarray(pad_displacement(u.astype(np.float64) / u_scale, widths, pad))
     pgrid = grid.with_shape(up.shape[:2])
     G, finite = _full_kernel(pgrid, material, thickness_um, mode)
     uh = np.fft.fft2(up, axes=(0, 1))  # (ny, nx, c)
@@ -180,7 +185,14 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
     with np.errstate(invalid="ignore"):
         gain = np.where(np.isinf(s_modes), 0.0, s_modes / (s_modes**2 + alpha))
     th = np.einsum("...ji,...j->...i", Vh.conj(), gain * b)  # V diag(gain) U^H u
-    t = np.real(np.fft.ifft2(th, axes=(0, 1)))
+    t = np.real(np.fft.ifft2(th, axes=(0, 1))) * u_scale
     sl = tuple(slice(p, p + n) for p, n in zip(widths, grid.shape))
     info.update(alpha=alpha, time_total_s=time.perf_counter() - t0)
-    return t[sl].astype(np.float32), info
+    with np.errstate(over="ignore"):
+        out = t[sl].astype(np.float32)
+    scale = float(np.max(np.abs(t[sl]))) if t.size else 0.0
+    if not np.all(np.isfinite(out)) or (0 < scale < float(np.finfo(np.float32).tiny) * 1e3):
+        raise ValueError(f"the traction of max |u| = {float(np.max(np.abs(u))):.3g} µm on a gel of youngs_modulus_pa = "
+                         f"{material.youngs_modulus_pa:.3g} (~{scale:.3g} Pa) is outside what float32 holds: check the "
+                         "displacement's units (µm) and the modulus (Pa)")
+    return out, info

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from ..atomic import jsonable
@@ -84,12 +85,16 @@ def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
         if i is not None and (_same_file(p, Path(i)) or p.absolute() == Path(i).absolute()):
             raise UsageError(f"{option} {p} is also an input; writing it would destroy that input")
     parent = p.absolute().parent
-    while not parent.exists():
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {p}: no permission to write in {parent}")
-    if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
-        raise UsageError(f"{option} {p} exists and cannot be replaced (no permission)")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {p}: {parent} is not a directory")
+    try:  # the one honest test of writability (root ignores permission bits; read-only mounts)
+        fd, probe = tempfile.mkstemp(prefix=".tfm-write-test.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {p}: cannot write in {parent} ({exc.strerror or exc})") from None
     return p
 
 

@@ -165,6 +165,10 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
     h = np.asarray(grid.spacing_um)
     other_size = bool(np.any(np.abs(h / h_model - 1) > 0.01))
     ref_n, dfm_n = normalise_pair(ref, dfm)
+    if other_size and float(np.prod(h / h_model)) > 8:
+        raise ValueError(f"the volumes' voxels {tuple(h)} µm are much coarser than the model's {tuple(h_model)} µm: it would "
+                         f"see {float(np.prod(h / h_model)):.0f}x as many (interpolated) voxels; use a model trained at "
+                         "about this voxel size, or the classical pipeline")
     if other_size:  # the model's voxel size, over the same extent
         work = Grid(tuple(max(1, int(round(n * hh / hm))) for n, hh, hm in zip(ref.shape, h, h_model)), tuple(h_model),
                     grid.origin_um)
