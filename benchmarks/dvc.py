@@ -26,13 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-from .common import machine, peak_rss_mb, run_one_size, write_report
+from . import dvc_cases
+from .common import ROOT, machine, peak_rss_mb, run_one_size, write_report
 from .peers import saenopy_axes, saenopy_raw
+
+CASES = ("shift", "smooth_1.0", "smooth_1.4", "cell")
 
 PSF = (1.2, 0.8, 0.8)
 WAVELENGTH = 143.0
@@ -117,13 +123,100 @@ def one_size(shape):
             "iterations": [p["iterations"] for p in res.info["passes"]], **score(res.displacement, res.grid)}
 
 
+def peers(aldvc_python) -> list:
+    """tfm (defaults) and pyALDVC (subset 16, step 8) on the four cases of dvc_cases."""
+    rows = []
+    for name in CASES:
+        ref, dfm, grid, truth, unit = dvc_cases.make_case(name)
+        row = {"case": name, "unit": unit, "shape": list(grid.shape), "spacing_um": list(grid.spacing_um),
+               "tfm": dvc_cases.run_tfm(name, ref, dfm, grid, truth)}
+        if aldvc_python:
+            row["aldvc"] = dvc_cases.run_aldvc(aldvc_python, name, ref, dfm, grid, truth)
+        rows.append(row)
+        print("peers", row, flush=True)
+    return rows
+
+
+PROBE = r"""
+import collections, json, sys, time
+import jax.monitoring as mon
+dur = collections.Counter()
+mon.register_event_duration_secs_listener(lambda name, d, **kw: dur.update({name: d}))
+from benchmarks import dvc_cases
+import tfm
+ref, dfm, grid, truth, _ = dvc_cases.make_case(sys.argv[1])
+before = dur["/jax/core/compile/backend_compile_duration"]
+t0 = time.perf_counter()
+tfm.measure_displacement(ref, dfm, grid, drift=None)
+print(json.dumps({"dvc_s": time.perf_counter() - t0, "compile_s": dur["/jax/core/compile/backend_compile_duration"] - before}))
+"""
+
+
+def second_process(case: str) -> dict:
+    """Compile time (s, JAX's backend-compile events) of the DVC in a first and a second
+    process, with tfm's persistent compilation cache in a fresh directory."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE") and k != "JAX_COMPILATION_CACHE_DIR"}
+        env["TFM_JAX_CACHE"] = cache
+        for which in ("first", "second"):
+            proc = subprocess.run([sys.executable, "-c", PROBE, case], capture_output=True, text=True, env=env, cwd=ROOT)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"case": case, **out}
+
+
+def _peers_markdown(rep) -> list:
+    L = []
+    if rep.get("peers"):
+        L += ["## Side by side with pyALDVC (al-dvc 1.2.1, its own virtualenv), identical volumes", "",
+              "tfm with its defaults (windows and passes chosen from the beads); pyALDVC at subset 16 / step 8 "
+              "voxels (its README's accuracy setting). Each scored against the imposed field at its own points "
+              "(interior, outside the cell); warm = a second call in the same process, cold in brackets "
+              "(pyALDVC's cold call includes its numba compilation).", "",
+              "| case | volume | tfm RMS error | pyALDVC RMS error | tfm warm (cold) s | pyALDVC warm (cold) s | "
+              "pyALDVC / tfm warm time |", "|---|---|---|---|---|---|---|"]
+        for r in rep["peers"]:
+            t, a = r["tfm"], r.get("aldvc") or {}
+            vol = " x ".join(map(str, r["shape"])) + f" @ {' x '.join(f'{h:g}' for h in r['spacing_um'])} µm"
+            if "rms_error" in a:
+                L.append(f"| {r['case']} | {vol} | {t['rms_error']:.4f} {r['unit']} | {a['rms_error']:.4f} {r['unit']} | "
+                         f"{t['warm_s']:.2f} ({t['cold_s']:.1f}) | {a['warm_s']:.2f} ({a['cold_s']:.1f}) | "
+                         f"{a['warm_s'] / t['warm_s']:.2f} |")
+            else:
+                L.append(f"| {r['case']} | {vol} | {t['rms_error']:.4f} {r['unit']} | {a.get('error', 'not run')[:60]} | "
+                         f"{t['warm_s']:.2f} ({t['cold_s']:.1f}) | - | - |")
+        L.append("")
+    if rep.get("second_process"):
+        L += ["## Start-up: the persistent compilation cache", "",
+              "JAX compile time (its backend-compile events) of the DVC in a first and a second process on the same "
+              "shapes, tfm's cache in a fresh directory.", "",
+              "| case | first process: compile (s) / DVC (s) | second process: compile (s) / DVC (s) |", "|---|---|---|"]
+        for r in rep["second_process"]:
+            f, s2 = r["first"], r["second"]
+            L.append(f"| {r['case']} | {f['compile_s']:.2f} / {f['dvc_s']:.2f} | {s2['compile_s']:.2f} / {s2['dvc_s']:.2f} |")
+        L.append("")
+    if rep.get("fmtrack_like"):
+        f = rep["fmtrack_like"]
+        L += ["## FM-Track-like synthetic stack, the default call", "",
+              f"{' x '.join(map(str, f['shape']))} voxels of 0.8 x 0.29 x 0.29 µm, {f['bead_density_per_um3']:.2g} beads / µm³ "
+              f"(measured), a contracting sphere of 8 µm radius reaching {f['max_u_um']:.2f} µm, cell masked: "
+              f"{100 * f['valid_fraction']:.1f} % valid windows, RMS error {f['rms_error']:.4f} µm outside the cell "
+              f"(gain {f['gain']:.2f}), windows {f['windows']}, drift model chosen: {f['drift_model']}, "
+              f"{f['seconds']:.1f} s.", ""]
+    return L
+
+
 def markdown(rep):
-    L = ["# DVC benchmark", "", f"Machine: {rep['machine']}; jax {rep['jax']}; command: `{rep['command']}`.", "",
+    L = ["# DVC benchmark", "", f"Machine: {rep['machine']}; jax {rep['jax']}; command: `{rep['command']}`.", ""]
+    L += _peers_markdown(rep)
+    L += [
          "saenopy is installed in its own virtualenv (`pip install --no-deps saenopy==1.0.8` plus its requirements "
          "except jointforces/compactionanalyzer, whose gmsh-sdk build downloads from the internet); its component "
          "order is calibrated with uniform shifts along each axis before scoring, and it is scored at its own mesh "
          "nodes. Time is the PIV call alone.", "",
-         "## Headline: 96³, ~8,800 beads, smooth field 1.4 voxel RMS, max strain 5 %", "",
+         "## Headline: 96³, ~8,800 beads, smooth field 1.4 voxel RMS, max strain 5 % (tfm windows 32/24/16 as before)", "",
          "| method | time (s) | RMS error (voxel) | gain (1 = no shrinkage) | source |", "|---|---|---|---|---|"]
     h = rep["headline"]
     L.append(f"| tfm DVC, cold (incl. JIT) | {h['cold_s']:.1f} | {h['rms_error_voxels']:.3f} | {h['gain']:.3f} | measured |")
@@ -156,6 +249,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--saenopy-python", help="python of a virtualenv with saenopy installed")
+    p.add_argument("--aldvc-python", help="python of a virtualenv with pyALDVC (pip install al-dvc==1.2.1)")
     p.add_argument("--saenopy-settings", default="12,4;16,8", help="saenopy window_size,element_size pairs (voxels), ';'-separated")
     p.add_argument("--skip-sweeps", action="store_true")
     p.add_argument("--skip-sizes", action="store_true")
@@ -169,6 +263,11 @@ def main(argv=None):
 
     rep = {"command": "python -m benchmarks.dvc " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__}
+    rep["peers"] = peers(args.aldvc_python)
+    rep["second_process"] = [second_process(c) for c in ("smooth_1.4", "cell")]
+    print("second process", rep["second_process"], flush=True)
+    rep["fmtrack_like"] = dvc_cases.fmtrack_like()
+    print("fmtrack-like", rep["fmtrack_like"], flush=True)
     ref, dfm, n = make_pair((96, 96, 96))
     _, rep["headline"] = run_tfm(ref, dfm)
     rep["headline"]["beads"] = n

@@ -94,3 +94,44 @@ def saenopy_axes(python, window, element, psf_sigma_um):
     if not np.allclose(np.abs(M).sum(0), 1) or not np.allclose(np.abs(M).sum(1), 1):
         raise RuntimeError(f"could not calibrate saenopy's axes: {M}")
     return M
+
+
+ALDVC_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from al_dvc import dvcpara_default, run_aldvc
+
+ref = np.load(sys.argv[1]).astype(np.float32); dfm = np.load(sys.argv[2]).astype(np.float32)
+subset, step = int(sys.argv[3]), int(sys.argv[4])
+para = dvcpara_default(winsize=subset, winstepsize=step, verbose=False)
+times = []
+for _ in range(2):  # cold (numba JIT and its disk cache), then warm, in one process
+    t0 = time.perf_counter()
+    res = run_aldvc(para, [ref, dfm], compute_strain=False)
+    times.append(time.perf_counter() - t0)
+mesh, frame = res.dvc_mesh, res.result_disp[-1]
+U = frame.U_accum if frame.U_accum is not None else frame.U
+json.dump({"cold_s": times[0], "warm_s": times[1], "nodes_xyz": np.asarray(mesh.coordinates).tolist(),
+           "u_xyz": np.asarray(U).tolist(), "valid": np.asarray(mesh.node_valid).tolist() if len(mesh.node_valid) else None},
+          open(sys.argv[5], "w"))
+"""
+
+
+def aldvc_raw(python, ref, dfm, subset: int = 16, step: int = 8) -> dict:
+    """pyALDVC (al-dvc) in its own interpreter, called twice in one process: ``cold_s``,
+    ``warm_s``, node positions and displacements in tfm's (z, y, x) order, voxels
+    (pyALDVC reports node coordinates and displacements as (x, y, z) of a (Z, Y, X)
+    volume, checked by ``aldvc_axes``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/r.npy", ref)
+        np.save(f"{tmp}/d.npy", dfm)
+        Path(f"{tmp}/s.py").write_text(ALDVC_SCRIPT)
+        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/r.npy", f"{tmp}/d.npy", str(subset), str(step), f"{tmp}/o.json"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-1500:])
+        out = json.loads(Path(f"{tmp}/o.json").read_text())
+    out["nodes_zyx"] = np.asarray(out.pop("nodes_xyz"))[:, ::-1]
+    out["u_zyx"] = np.asarray(out.pop("u_xyz"))[:, ::-1]
+    out["valid"] = None if out["valid"] is None else np.asarray(out["valid"], bool)
+    return out

@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="fmtrack_output")
     p.add_argument("--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), help="analyse a crop of this size centred on the cell")
     p.add_argument("--youngs-modulus-pa", type=float, default=1000.0, help="ASSUMED gel modulus (not published with the data)")
-    p.add_argument("--drift", default="slicewise", choices=("rigid", "affine", "slicewise"), help="drift model (default slicewise)")
+    p.add_argument("--drift", default="auto", choices=("auto", "rigid", "affine", "slicewise"),
+                   help="drift model (default auto: the one the far field supports; slicewise on these stacks)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
@@ -110,14 +111,14 @@ def main(argv=None) -> int:
     if args.crop:
         sl = crop_around(mask, ref.shape, args.crop)
         ref, dfm, mask = ref[sl], dfm[sl], mask[sl]
-    windows = ((24, 64, 64), (16, 48, 48), (16, 40, 40))
+    grid = tfm.Grid(ref.shape, SPACING_UM)
     gel = tfm.LinearElastic(args.youngs_modulus_pa, 0.45)
-    # drift="slicewise" (default here): besides the ~3-voxel x-drift, whole z-planes of
-    # the two stacks are displaced axially, by ~7 % compression plus non-uniform steps
-    # (an acquisition artefact: a cell cannot move a 150 x 150 µm plane), which a rigid
-    # or affine correction leaves in the displacement. See docs/fmtrack.md.
-    dvc_options = {"windows": windows, "drift": args.drift}
-    result = tfm.reconstruct(ref, dfm, SPACING_UM, gel, mask=mask, progress=not args.quiet, dvc_options=dvc_options)
+    # The DVC's defaults: windows from the beads (8 per last-pass window, near-cubic in
+    # µm) and the drift model the far field supports. Here that is "slicewise": besides
+    # the ~3-voxel x-drift, whole z-planes of the two stacks are displaced axially, by ~7 %
+    # compression plus non-uniform steps (an acquisition artefact: a cell cannot move a
+    # 150 x 150 µm plane). See docs/fmtrack.md.
+    result = tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=not args.quiet, dvc_options={"drift": args.drift})
     decay, checks = analyse(result, mask, SPACING_UM)
     rows = decay["bins"]
     io.write_result(out / "result.h5", result, {"command": "examples/fmtrack_classical.py", "argv": sys.argv[1:],
@@ -126,16 +127,17 @@ def main(argv=None) -> int:
     from tfm import viz
 
     viz.decay_figure(decay, out / "decay.png", title="FM-Track cell: displacement decay")
-    viz.bead_pair_figure(ref, dfm, SPACING_UM, result, out / "beads.png", mask=mask,
+    viz.bead_pair_figure(ref, dfm, grid, result, out / "beads.png", mask=mask,
                          title="FM-Track cell: relaxed (CytoD) and contractile (Normal) beads")
-    viz.render_png(result, out / "view3d.png", cell=(mask.astype(np.float32), SPACING_UM), beads=(ref, SPACING_UM))
+    viz.render_png(result, out / "view3d.png", cell=(mask.astype(np.float32), grid), beads=(ref, grid))
     dvc_info = result.info["dvc"]
     summary = {
-        "volume_shape": list(ref.shape), "dvc_grid": list(result.grid.shape), "windows_voxels": [list(w) for w in windows],
+        "volume_shape": list(ref.shape), "dvc_grid": list(result.grid.shape), "windows_voxels": dvc_info["windows_voxels"],
+        "windows_auto": dvc_info.get("windows_auto"), "drift_model": dvc_info["drift_model"],
         "rigid_shift_voxels": dvc_info["rigid_shift_voxels"],
         "drift_removed_voxels": dvc_info["drift_removed_voxels"],
         "drift_per_plane_voxels": dvc_info.get("drift_per_plane_voxels"),
-        "valid_window_fraction": float(dvc_info["valid"].mean()),
+        "valid_window_fraction": float(dvc_info["valid"][~dvc_info["masked"]].mean()),
         **checks,
         "decay": rows,
         "assumed_youngs_modulus_pa": args.youngs_modulus_pa,

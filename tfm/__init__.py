@@ -6,13 +6,17 @@ components (u_z, u_y, u_x). Files in and out go through :mod:`tfm.io`; figures a
 views through :mod:`tfm.viz` (imported on use: ``from tfm import viz``).
 """
 
-from . import analytic, fields, io, segment
-from ._version import __version__
-from .api import measure_displacement, reconstruct, reconstruct_forces, reconstruct_tractions
-from .grid import Grid
-from .material import LinearElastic, Material, NeoHookean
-from .progress import Progress
-from .result import Result
+from . import jaxcache
+
+jaxcache.enable()  # a persistent compilation cache: a second process starts warm (TFM_JAX_CACHE=off disables it)
+
+from . import analytic, fields, io, segment  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .api import measure_displacement, reconstruct, reconstruct_forces, reconstruct_tractions  # noqa: E402
+from .grid import Grid  # noqa: E402
+from .material import LinearElastic, Material, NeoHookean  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .result import Result  # noqa: E402
 
 __all__ = [
     "Grid", "LinearElastic", "Material", "NeoHookean", "Progress", "Result", "analytic", "fields", "io",

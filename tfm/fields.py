@@ -193,14 +193,20 @@ def trilinear(values, index_points):
     return out
 
 
-def resample(values, source: Grid, target: Grid):
-    """Trilinear (bilinear in 2D) interpolation of ``values`` ``(*source.shape, ...)``
-    sampled on ``source`` at the points of ``target`` -> ``(*target.shape, ...)``: the one
-    resampler between grids (DVC passes, volumes on another voxel size). Points beyond
-    ``source``'s outermost samples take the edge value. Separable, one axis at a time,
-    so memory stays proportional to the output (NumPy, float32 unless given float64)."""
+def resample(values, source: Grid, target: Grid, order: int = 1):
+    """Interpolation of ``values`` ``(*source.shape, ...)`` sampled on ``source`` at the
+    points of ``target`` -> ``(*target.shape, ...)``: the one resampler between grids (DVC
+    passes, dense DVC output, volumes on another voxel size).
+
+    ``order=1``: trilinear (bilinear in 2D), points beyond ``source``'s outermost samples
+    take the edge value. ``order=3``: the cubic spline through the samples (not-a-knot;
+    it honours every sample exactly and extends the end polynomials). Both are separable,
+    one axis at a time, so memory stays proportional to the output (NumPy, float32 unless
+    given float64)."""
     import numpy as np
 
+    if order not in (1, 3):
+        raise ValueError(f"order must be 1 (linear) or 3 (cubic spline), got {order!r}")
     v = np.asarray(values)
     if not np.issubdtype(v.dtype, np.floating):
         v = v.astype(np.float32)
@@ -211,6 +217,11 @@ def resample(values, source: Grid, target: Grid):
         n = len(xs)
         if n == 1:
             v = np.repeat(v, len(xt), axis=a)
+            continue
+        if order == 3 and n >= 4:
+            from scipy.interpolate import make_interp_spline
+
+            v = make_interp_spline(xs, v, k=3, axis=a)(xt).astype(v.dtype)
             continue
         pos = np.clip((xt - xs[0]) / (xs[1] - xs[0]), 0.0, n - 1)
         i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)

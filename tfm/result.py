@@ -108,6 +108,29 @@ class Result:
         w = self._weights(mask)
         return float(0.5 * np.sum(np.sum(self.displacement * self._need_force(), axis=-1) * w) * self.grid.voxel_volume_um3)
 
+    def strain(self) -> np.ndarray:
+        """Small-strain tensor ``(eps_ij)`` of the displacement, ``(*shape, d, d)``
+        (second-order finite differences on the result's grid, :func:`tfm.fields.strain`)."""
+        if self.displacement is None:
+            raise ValueError("this Result holds no displacement field")
+        from .fields import strain
+
+        if min(self.grid.shape) < 4:
+            raise ValueError(f"strain needs at least 4 points along each axis, the grid has {self.grid.shape}")
+        return np.asarray(strain(np.asarray(self.displacement, np.float64)[..., : self.grid.ndim], self.grid))
+
+    def strain_invariants(self) -> dict:
+        """Per point: ``volumetric`` (trace), ``principal`` (eigenvalues, ascending, last
+        axis), ``max_shear`` (half the principal spread) and ``von_mises`` (equivalent
+        strain ``sqrt(2/3 e':e')`` of the deviator ``e'``); dimensionless."""
+        e = self.strain()
+        d = e.shape[-1]
+        tr = np.trace(e, axis1=-2, axis2=-1)
+        dev = e - tr[..., None, None] / d * np.eye(d)
+        principal = np.linalg.eigvalsh(e)
+        return {"volumetric": tr, "principal": principal, "max_shear": 0.5 * (principal[..., -1] - principal[..., 0]),
+                "von_mises": np.sqrt(2.0 / 3.0 * np.sum(dev * dev, axis=(-2, -1)))}
+
     def summary(self) -> dict:
         """The headline numbers as a JSON-ready dict."""
         out = {"grid_shape": list(self.grid.shape), "spacing_um": list(self.grid.spacing_um)}

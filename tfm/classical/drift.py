@@ -11,17 +11,27 @@ recorded one after another):
 * ``"affine"``: a least-squares ``b + G x`` over those far windows (also uniform strain);
 * ``"slicewise"``: a translation per z-plane of the window grid (the median of that
   plane's far windows; planes without 5 of them interpolated between planes);
-* ``None``: nothing removed.
+* ``None``: nothing removed;
+* ``"auto"`` (the default of :mod:`tfm.classical.dvc`): the model the far field asks for
+  (:func:`choose`): a translation (applied as ``"rigid"``), an affine field or a
+  translation per plane, by the Bayesian information criterion on the far windows'
+  residuals. Each is fitted together with the far field of a force dipole at the cell
+  (1/r², no uniform part: Kelvin's solution), which absorbs the cell's own field, and a
+  richer model must also lower the RMS residual by at least :data:`MIN_GAIN` (15 %): a
+  contracting cell is not taken for a uniform strain.
 
 "Far" is measured in µm from the cell mask, or from the volume's centre without one.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
-DRIFTS = ("rigid", "median", "affine", "slicewise", None)
+DRIFTS = ("auto", "rigid", "median", "affine", "slicewise", None)
+MIN_GAIN = 0.15  # "auto": a richer model must lower the far field's RMS residual by this fraction
 
 
 def window_distances(centres, mask, spacing_um) -> np.ndarray:
@@ -58,12 +68,92 @@ def _slicewise(u, valid, dist):
     return per
 
 
+POISSON = 0.45  # of the dipole basis (hydrogels; the shape depends little on it)
+_PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+
+
+def dipole_basis(x_um, poisson: float = POISSON) -> np.ndarray:
+    """The far field of a force dipole in an infinite matrix, per symmetric dipole
+    component (jk): ``(N, 3, 6)``, from the derivatives of Kelvin's solution (up to a
+    constant): ``[-(2 - 4 nu)(d_ij x_k + d_ik x_j) + 2 d_jk x_i] / r³ - 6 x_i x_j x_k / r^5``.
+    It is how a cell's own displacement decays (1/r²), and it has no uniform part."""
+    x = np.asarray(x_um, float)
+    r = np.maximum(np.linalg.norm(x, axis=-1), 1e-6)[:, None]
+    out = np.zeros((len(x), 3, 6))
+    eye = np.eye(3)
+    for m, (j, k) in enumerate(_PAIRS):
+        for i in range(3):
+            lin = -(2 - 4 * poisson) * (eye[i, j] * x[:, k] + eye[i, k] * x[:, j]) + 2 * eye[j, k] * x[:, i]
+            out[:, i, m] = lin / r[:, 0] ** 3 - 6 * x[:, i] * x[:, j] * x[:, k] / r[:, 0] ** 5
+    return out
+
+
+def _design(mode, x_um, plane, planes):
+    """Drift columns (N, 3, P) of ``mode`` at points ``x_um`` (centred), z-plane indices ``plane``."""
+    n = len(x_um)
+    if mode == "translation":
+        cols = [np.broadcast_to(np.eye(3)[c], (n, 3)) for c in range(3)]
+    elif mode == "affine":
+        cols = [np.broadcast_to(np.eye(3)[c], (n, 3)) for c in range(3)]
+        cols += [np.eye(3)[c][None, :] * x_um[:, j : j + 1] for c in range(3) for j in range(3)]
+    else:  # slicewise: a translation per z-plane of the window grid
+        cols = [np.eye(3)[c][None, :] * (plane == k)[:, None] for k in planes for c in range(3)]
+    return np.stack(cols, -1).astype(float)
+
+
+def _fit(y, a):
+    """Least squares with two rounds of trimming (residuals beyond 3 robust sigmas)."""
+    keep = np.ones(len(y), bool)
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(a[keep].reshape(-1, a.shape[-1]), y[keep].ravel(), rcond=None)
+        r = np.linalg.norm(y - (a @ coef), axis=-1)
+        sigma = 1.4826 * np.median(r[keep]) + 1e-12
+        keep = r < 3 * sigma + 1e-9
+    return coef, keep
+
+
+def choose(u, valid, centres, dist, shape, spacing_um=(1.0, 1.0, 1.0), centre_um=None) -> tuple[str, dict]:
+    """The drift model the far field supports (see the module docs): ``(mode, evidence)``
+    with mode ``"rigid"``, ``"affine"`` or ``"slicewise"``; evidence holds each model's
+    far-field RMS residual (voxels), parameter count and BIC. Every model is fitted
+    together with the far field of a force dipole at the cell (:func:`dipole_basis`), so
+    that the cell's own decaying field is not taken for drift."""
+    h = np.asarray(spacing_um, float)
+    far = far_windows(valid, dist)
+    n = 3 * int(far.sum())
+    if n < 60:  # too few far windows to tell models apart
+        return "rigid", {"far_windows": n // 3, "reason": "too few far-field windows to compare models"}
+    x = centres[far] * h
+    c = np.asarray(centre_um, float) if centre_um is not None else np.average(
+        centres.reshape(-1, 3) * h, axis=0, weights=np.linalg.norm(u - np.median(u[far], 0), axis=-1).ravel() + 1e-12)
+    y = u[far] * h
+    plane = np.nonzero(far)[0]
+    planes = [k for k in np.unique(plane) if np.sum(plane == k) >= 5]
+    dip = dipole_basis(x - c)
+    evidence = {}
+    for mode in ("translation", "affine", "slicewise"):
+        a = np.concatenate([_design(mode, x - c, plane, planes), dip], -1)
+        coef, keep = _fit(y, a)
+        rms = float(np.sqrt(np.mean(np.sum(((y - a @ coef) / h)[keep] ** 2, -1))))
+        k = a.shape[-1]
+        evidence[mode] = {"rms_voxels": rms, "parameters": k, "bic": n * math.log(max(rms, 1e-12) ** 2) + k * math.log(n)}
+    best = "translation"
+    for mode in ("affine", "slicewise"):
+        e = evidence[mode]
+        if e["bic"] < evidence[best]["bic"] and e["rms_voxels"] < (1 - MIN_GAIN) * evidence[best]["rms_voxels"]:
+            best = mode
+    chosen = {"translation": "rigid"}.get(best, best)
+    return chosen, {"far_windows": n // 3, "models": evidence, "chosen": chosen, "cell_centre_um": c.tolist()}
+
+
 def correction(mode, u, rigid, valid, centres, dist, shape):
     """``(field to subtract, its translation at the volume centre, info)`` for drift
     ``mode``; ``u`` (nz, ny, nx, 3) and ``rigid`` in voxels, ``centres`` the window centres
     (voxel indices), ``dist`` their distances (µm), ``shape`` the volume's."""
     if mode not in DRIFTS:
         raise ValueError(f"drift must be one of {DRIFTS}, got {mode!r}")
+    if mode == "auto":
+        raise ValueError("drift='auto' is resolved by choose() before a correction is computed")
     if mode == "rigid":
         return rigid, rigid, {}
     if mode == "median":

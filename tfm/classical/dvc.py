@@ -3,21 +3,27 @@ r"""3D digital volume correlation: bead volume pair -> displacement on a grid of
 Method (iterative window deformation, in the spirit of FIDVC; Bar-Kochba et al.,
 Exp Mech 55, 261 (2015)):
 
-1. Both volumes are normalised (zero mean, unit variance); voxels inside ``mask`` (the
+1. Windows: with ``windows="auto"`` (the default) the bead density and size are measured
+   on the reference and the windows chosen so that the last pass holds ``target_beads``
+   beads, near-cubic in µm (:mod:`tfm.classical.texture`); explicit sizes are accepted.
+2. Both volumes are normalised (zero mean, unit variance); voxels inside ``mask`` (the
    cell) are set to zero in both.
-2. A rigid shift is estimated by phase correlation of the whole volumes and used as the
-   first guess (it is also the drift removed with ``drift="rigid"``).
-3. For each pass (window sizes shrinking, e.g. 32 -> 24 -> 16 voxels, 50 % overlap) and
-   each iteration within a pass:
+3. A rigid shift is estimated by phase correlation of the whole volumes and used as the
+   first guess (:func:`tfm.classical.correlation.rigid_shift`).
+4. For each pass (window sizes shrinking; the earlier passes, which only guide the next,
+   with ``coarse_overlap`` = 25 % and at most ``coarse_iterations``, the last with
+   ``overlap`` = 50 %) and each iteration within a pass:
 
    * the deformed volume is warped back by the current estimate,
-     :math:`D_w(x) = D(x + u(x))`, with cubic B-spline interpolation of ``D`` in the
-     last pass (trilinear in earlier passes with ``fast_passes``, 3-4x cheaper) and
-     trilinear interpolation of ``u`` between window centres, extended linearly beyond
-     the outermost centres (in z-slabs, so memory is bounded);
+     :math:`D_w(x) = D(x + u(x))` (:mod:`tfm.classical.warp`): cubic B-spline
+     interpolation of ``D`` in the last pass (trilinear in earlier passes with
+     ``fast_passes``), linear interpolation of ``u`` between window centres, extended
+     linearly beyond the outermost centres; in z-slabs, so memory is bounded;
    * reference and warped windows are cross-correlated by FFT (zero-mean, normalised:
      the peak value is the correlation coefficient, reported as ``quality``); the
-     peak is located to sub-voxel precision with a three-point Gaussian fit per axis;
+     peak is located to sub-voxel precision with a three-point Gaussian fit per axis
+     (:mod:`tfm.classical.correlation`; the reference windows' spectra are computed
+     once per pass);
    * the predictor that drives the warp is the current estimate low-passed by a
      binomial filter (Schrijer & Scarano, Exp Fluids 45, 927 (2008)): without it the
      iteration amplifies window-to-window noise; the new estimate is the predictor plus
@@ -25,24 +31,17 @@ Exp Mech 55, 261 (2015)):
    * windows with quality below ``min_quality``, inside the mask or without contrast
      are invalid; outliers of the residual-shift field are detected by the normalised
      median test (Westerweel & Scarano, Exp Fluids 39, 1096 (2005)) on the 26
-     neighbours; both are replaced by the neighbours' median; the residual is added to
-     ``u``;
+     neighbours; both are replaced by the neighbours' median;
    * iterations stop when the RMS update is below ``tolerance_voxels``.
 
    Because the warped volume converges to the reference, the final residual shifts are
    near zero, where the Gaussian peak estimator has no bias, and the window no longer
    needs to contain a uniform displacement: strained and curved fields are followed.
-4. Drift: ``"rigid"`` subtracts the phase-correlation shift; ``"median"`` the median
-   displacement of the valid windows in the far half (by distance from the mask, or
-   from the volume's centre); ``"affine"`` a least-squares affine field ``b + G x``
-   fitted to those far windows, which also removes uniform strains between the two
-   acquisitions (gel swelling, axial scaling by refractive-index mismatch: 6.7 % along
-   z in the FM-Track stacks). A cell's own field in an infinite matrix decays as 1/r²
-   and has no uniform strain, so only the artefact is removed. ``"slicewise"`` removes
-   a translation per z-plane of the window grid (the median of that plane's far
-   windows): confocal planes are recorded one after another, so stage drift during
-   the acquisition and non-uniform z steps displace whole planes; this also covers a
-   uniform axial compression and z-shears. ``None`` keeps all.
+5. A field resting on fewer than ``min_valid_fraction`` valid windows is refused.
+6. Drift (:mod:`tfm.classical.drift`): ``"auto"`` (the default) removes the model the far
+   field asks for (a rigid shift, an affine field, or a translation per z-plane, chosen by
+   an information criterion); ``"rigid"``, ``"median"``, ``"affine"``, ``"slicewise"``
+   force one; ``None`` keeps all.
 
 The displacement maps the reference onto the deformed volume: a bead at ``X`` in the
 reference is found at ``X + u(X)`` in the deformed volume. Output is in µm on the grid
@@ -53,16 +52,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
-from ..fields import resample, trilinear
-from ..grid import Grid
+from ..fields import resample
+from ..grid import Grid, check_spacing
 from ..progress import resolve
+from . import correlation, texture, warp
 from . import drift as drift_models
 
 DRIFTS = drift_models.DRIFTS
@@ -72,25 +69,32 @@ DRIFTS = drift_models.DRIFTS
 class DVCConfig:
     """Settings of :func:`correlate`. Defaults suit beads ~2-4 voxels across at ~1 % of voxels."""
 
-    windows: tuple = (32, 24, 16)  # window edge per pass, voxels: ints (cubic) or (z, y, x) triples
-    overlap: float = 0.5  # fraction by which neighbouring windows overlap; sets the output spacing
-    iterations: int = 5  # maximum window-deformation iterations per pass
+    windows: tuple | str = "auto"  # "auto" (from the beads: tfm.classical.texture) or per pass an int (cubic) or (z, y, x)
+    target_beads: float = texture.TARGET_BEADS  # windows="auto": beads in a last-pass window
+    overlap: float = 0.5  # fraction by which neighbouring windows of the last pass overlap; sets the output spacing
+    iterations: int = 5  # maximum window-deformation iterations of the last pass
+    coarse_overlap: float = 0.25  # overlap of the earlier passes (they only guide the next: 8x -> 2.4x the volume)
+    coarse_iterations: int = 3  # maximum iterations of the earlier passes
     tolerance_voxels: float = 0.02  # stop a pass when the RMS update over valid windows is below this
     min_quality: float = 0.2  # windows whose correlation peak is lower are invalid
     median_threshold: float = 2.0  # normalised median test threshold (2 is the usual choice)
     median_epsilon_voxels: float = 0.1  # noise floor of the median test, voxels
     max_shift_fraction: float = 0.3  # largest residual shift searched, as a fraction of the window
-    drift: str | None = "rigid"  # "rigid", "median", "affine", "slicewise" or None (see module docstring)
+    drift: str | None = "auto"  # "auto", "rigid", "median", "affine", "slicewise" or None (tfm.classical.drift)
     fast_passes: bool = True  # warp with trilinear interpolation in all passes but the last (3-4x faster)
     smooth_predictor: bool = True  # low-pass the field that drives the warp (stabilises the iteration)
-    batch_windows: int = 512  # windows correlated per JAX call (bounds memory)
-    slab_voxels: int = 1 << 20  # voxels warped per JAX call (bounds memory)
+    batch_windows: int = 2048  # windows correlated per JAX call (bounds memory)
+    slab_voxels: int = 1 << 22  # voxels warped per JAX call (bounds memory)
 
     min_valid_fraction: float = 0.2  # fewer valid windows (of those outside the mask) than this is an error
+    output_spacing_um: float | tuple | None = None  # also return the field at this finer spacing (cubic spline through the windows)
 
     def __post_init__(self):
-        object.__setattr__(self, "windows", _check_windows(self.windows))
+        if not (isinstance(self.windows, str) and self.windows == "auto"):
+            object.__setattr__(self, "windows", _check_windows(self.windows))
+        _check_number(self, "target_beads", 0.0, None, lower_open=True)
         _check_number(self, "overlap", 0.0, 1.0, upper_open=True)
+        _check_number(self, "coarse_overlap", 0.0, 1.0, upper_open=True)
         _check_number(self, "tolerance_voxels", 0.0, None)
         _check_number(self, "min_quality", -1.0, 1.0)
         _check_number(self, "median_threshold", 0.0, None, lower_open=True)
@@ -99,7 +103,9 @@ class DVCConfig:
         _check_number(self, "min_valid_fraction", 0.0, 1.0)
         if self.drift not in DRIFTS:
             raise ValueError(f"drift must be one of {DRIFTS}, got {self.drift!r}")
-        for name in ("iterations", "batch_windows", "slab_voxels"):
+        if self.output_spacing_um is not None:
+            object.__setattr__(self, "output_spacing_um", check_spacing(self.output_spacing_um, 3, "output_spacing_um"))
+        for name in ("iterations", "coarse_iterations", "batch_windows", "slab_voxels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
@@ -118,6 +124,8 @@ def _check_windows(windows) -> tuple:
     """Per pass a window edge (cubic) or (z, y, x) edges, voxels; one int is one pass."""
     if isinstance(windows, (int, np.integer)) and not isinstance(windows, bool):
         windows = (windows,)
+    if isinstance(windows, str):
+        raise ValueError(f"windows must be 'auto' or window sizes per pass, got {windows!r}")
     try:
         windows = tuple(windows)
     except TypeError:
@@ -138,12 +146,6 @@ def _check_windows(windows) -> tuple:
 
 
 # ------------------------------------------------------------------ validation, set-up
-def _spline_coefficients(volume):
-    """Cubic B-spline coefficients (mirror boundary), padded by :data:`SPLINE_PAD`."""
-    c = ndimage.spline_filter(volume, order=3, mode="mirror", output=np.float32)
-    return jnp.asarray(np.pad(c, SPLINE_PAD, mode="reflect"))
-
-
 def _check(reference, deformed, grid, mask):
     ref, dfm = np.asarray(reference), np.asarray(deformed)
     for name, v in (("reference", ref), ("deformed", dfm)):
@@ -223,195 +225,6 @@ class _Layout:
     def all_starts(self):
         g = np.meshgrid(*self.starts, indexing="ij")
         return np.stack([a.ravel() for a in g], -1).astype(np.int32)
-
-
-# ---------------------------------------------------------------- rigid shift (drift)
-def _gauss_peak(cm, c0, cp):
-    """Sub-sample offset of a peak from three samples (Gaussian fit; parabolic fallback)."""
-    ok = (cm > 0) & (c0 > 0) & (cp > 0)
-    lm, l0, lp = (jnp.log(jnp.where(ok, v, 1.0)) for v in (cm, c0, cp))
-    den_g = lm - 2 * l0 + lp
-    gauss = jnp.where(den_g < 0, 0.5 * (lm - lp) / jnp.where(den_g < 0, den_g, -1.0), 0.0)
-    den_p = cm - 2 * c0 + cp
-    parab = jnp.where(den_p < 0, 0.5 * (cm - cp) / jnp.where(den_p < 0, den_p, -1.0), 0.0)
-    return jnp.clip(jnp.where(ok, gauss, parab), -0.5, 0.5)
-
-
-def _subpixel_peak(corr, flat_index):
-    """Peak position (signed shifts, sub-voxel) of periodic correlation volumes (B, Z, Y, X)."""
-    shape = corr.shape[1:]
-    idx = jnp.stack(jnp.unravel_index(flat_index, shape), -1)  # (B, 3)
-    b = jnp.arange(corr.shape[0])
-    shifts = []
-    for a in range(3):
-        n = shape[a]
-        at = [idx[:, 0], idx[:, 1], idx[:, 2]]
-        vals = []
-        for d in (-1, 0, 1):
-            q = list(at)
-            q[a] = (at[a] + d) % n
-            vals.append(corr[b, q[0], q[1], q[2]])
-        off = _gauss_peak(*vals)
-        i = idx[:, a]
-        signed = jnp.where(i > n // 2, i - n, i)
-        shifts.append(signed + off)
-    return jnp.stack(shifts, -1)
-
-
-def rigid_shift(reference, deformed, coeffs=None, refinements: int = 2, slab_voxels: int = 1 << 20) -> np.ndarray:
-    """Global translation (voxels, (z, y, x)) of ``deformed`` relative to ``reference``.
-
-    Phase correlation of the whole volumes gives a first estimate; it is refined by
-    warping ``deformed`` back by the estimate (cubic B-spline, as in the DVC passes) and
-    correlating a central crop that excludes the margins the shift moved, where the
-    (now near-zero) peak has no estimator bias. ``coeffs`` are the B-spline
-    coefficients of ``deformed`` if already computed.
-    """
-    r = jnp.asarray(reference, jnp.float32)
-    d = jnp.asarray(deformed, jnp.float32)
-    cross = jnp.conj(jnp.fft.rfftn(r)) * jnp.fft.rfftn(d)
-    corr = jnp.fft.irfftn(cross / jnp.maximum(jnp.abs(cross), 1e-12), s=r.shape)
-    # Smooth the sharp phase-correlation peak slightly so the 3-point fit is well posed.
-    corr = jnp.fft.irfftn(jnp.fft.rfftn(corr) * _gauss_kernel_ft(r.shape, 0.7), s=r.shape)
-    shift = np.asarray(_subpixel_peak(corr[None], jnp.argmax(corr.ravel())[None])[0], dtype=np.float64)
-    del corr, cross
-    if coeffs is None:
-        coeffs = _spline_coefficients(np.asarray(deformed, np.float32))
-    whole = _Layout(tuple(r.shape), (1, 1, 1), (0, 0, 0), (1, 1, 1))
-    for _ in range(refinements):
-        margin = tuple(0 if n == 1 else max(0, min(int(np.ceil(abs(s))) + 4, (n - 8) // 2)) for s, n in zip(shift, r.shape))
-        window = tuple(n - 2 * m for n, m in zip(r.shape, margin))
-        if min(w for w, n in zip(window, r.shape) if n > 1) < 8:
-            break
-        warped = _warp(coeffs, np.broadcast_to(shift, (1, 1, 1, 3)), whole, slab_voxels)
-        res, _, _ = _correlate_batch(r, warped, jnp.asarray([margin], jnp.int32), window, (2, 2, 2))
-        shift = shift + np.asarray(res[0], dtype=np.float64)
-    return shift
-
-
-def _gauss_kernel_ft(shape, sigma):
-    ks = [2 * np.pi * np.fft.fftfreq(n) for n in shape[:-1]] + [2 * np.pi * np.fft.rfftfreq(shape[-1])]
-    kz, ky, kx = np.meshgrid(*ks, indexing="ij")
-    return jnp.asarray(np.exp(-0.5 * sigma**2 * (kz**2 + ky**2 + kx**2)), jnp.float32)
-
-
-# ------------------------------------------------------------------------- warping
-SPLINE_PAD = 2  # mirror padding of the B-spline coefficients (voxels per side)
-
-
-def _bspline_weights(t):
-    t2, t3 = t * t, t * t * t
-    return jnp.stack([(1 - t) ** 3 / 6, (3 * t3 - 6 * t2 + 4) / 6, (-3 * t3 + 3 * t2 + 3 * t + 1) / 6, t3 / 6], -1)
-
-
-def _bspline_sample(coeffs_padded, pts):
-    """Cubic B-spline interpolation at points (P, 3) (voxel units of the unpadded volume)
-    from coefficients mirror-padded by :data:`SPLINE_PAD`; one 4x4x4 block gather per
-    point (much faster in XLA than 64 scalar gathers)."""
-    f = jnp.floor(pts)
-    t = pts - f
-    base = jnp.clip(f.astype(jnp.int32) - 1 + SPLINE_PAD, 0, jnp.asarray(coeffs_padded.shape) - 4)
-    blocks = jax.vmap(lambda s: jax.lax.dynamic_slice(coeffs_padded, s, (4, 4, 4)))(base)
-    w = [_bspline_weights(t[:, a]) for a in range(3)]
-    return jnp.einsum("pijk,pi,pj,pk->p", blocks, w[0], w[1], w[2])
-
-
-def _linear_source(volume):
-    """The volume edge-padded by one voxel per side (for :func:`_linear_sample`)."""
-    return jnp.pad(jnp.asarray(volume), 1, mode="edge")
-
-
-def _linear_sample(padded, pts):
-    """Trilinear interpolation from an edge-padded volume (edge values beyond the faces);
-    3-4x cheaper than cubic. Works on flat (single-plane) volumes too."""
-    n = jnp.asarray(padded.shape) - 2
-    p = jnp.clip(pts, -1.0, n.astype(pts.dtype))
-    base = jnp.clip(jnp.floor(p).astype(jnp.int32) + 1, 0, n)
-    t = p - (base - 1)
-    blocks = jax.vmap(lambda s: jax.lax.dynamic_slice(padded, s, (2, 2, 2)))(base)
-    w = [jnp.stack([1 - t[:, a], t[:, a]], -1) for a in range(3)]
-    return jnp.einsum("pijk,pi,pj,pk->p", blocks, w[0], w[1], w[2])
-
-
-@partial(jax.jit, static_argnums=(4, 5))
-def _warp_slab(source, u_grid, z0, grid_geom, slab_shape, cubic):
-    """Warped values D(x + u(x)) for the voxels of one z-slab starting at plane ``z0``;
-    ``source`` is the padded B-spline coefficient volume (``cubic``) or the volume."""
-    c0, step = grid_geom  # (3,), (3,) window-grid origin and step in voxels
-    nz, ny, nx = slab_shape
-    z = z0 + jnp.arange(nz, dtype=jnp.float32)
-    zz, yy, xx = jnp.meshgrid(z, jnp.arange(ny, dtype=jnp.float32), jnp.arange(nx, dtype=jnp.float32), indexing="ij")
-    pts = jnp.stack([zz.ravel(), yy.ravel(), xx.ravel()], -1)
-    g = (pts - c0) / step  # fractional window-grid indices
-    # Linear extrapolation beyond the outermost window centres: they lie half a window
-    # inside the volume, and clamping there would warp the outer half of every edge
-    # window with the wrong displacement and bias it.
-    u = trilinear(u_grid, g)
-    sample = _bspline_sample if cubic else _linear_sample
-    return sample(source, pts + u).reshape(slab_shape)
-
-
-def _warp(source, u_grid, layout: _Layout, slab_voxels: int, cubic: bool = True):
-    """The deformed volume warped back by ``u_grid`` (given on the window centres)."""
-    nz_all, ny, nx = (n - 2 * (SPLINE_PAD if cubic else 1) for n in source.shape)
-    nz = max(1, min(nz_all, slab_voxels // (ny * nx)))
-    c0 = jnp.asarray(layout.origin, jnp.float32)
-    step = jnp.asarray(layout.step, jnp.float32)
-    ug = jnp.asarray(u_grid, jnp.float32)
-    out = []
-    for z0 in range(0, nz_all, nz):
-        out.append(_warp_slab(source, ug, jnp.float32(z0), (c0, step), (nz, ny, nx), cubic))
-    return jnp.concatenate(out, 0)[:nz_all]
-
-
-# ---------------------------------------------------------------------- correlation
-@partial(jax.jit, static_argnums=(3, 4))
-def _correlate_batch(ref, warped, starts, window, max_shift):
-    """Shift (B, 3), correlation peak (B,) and contrast (B,) of windows at ``starts``."""
-    cut = lambda v, s: jax.lax.dynamic_slice(v, s, window)  # noqa: E731
-    r = jax.vmap(cut, (None, 0))(ref, starts)
-    d = jax.vmap(cut, (None, 0))(warped, starts)
-    r = r - r.mean(axis=(1, 2, 3), keepdims=True)
-    d = d - d.mean(axis=(1, 2, 3), keepdims=True)
-    er = jnp.sqrt(jnp.sum(r * r, axis=(1, 2, 3)))
-    ed = jnp.sqrt(jnp.sum(d * d, axis=(1, 2, 3)))
-    corr = jnp.fft.irfftn(jnp.conj(jnp.fft.rfftn(r, axes=(1, 2, 3))) * jnp.fft.rfftn(d, axes=(1, 2, 3)), s=window, axes=(1, 2, 3))
-    corr = corr / jnp.maximum(er * ed, 1e-12)[:, None, None, None]
-    # Search only shifts up to max_shift along each axis (periodic indices).
-    lim = []
-    for a, n in enumerate(window):
-        i = jnp.arange(n)
-        s = jnp.minimum(i, n - i)
-        shape = [1, 1, 1]
-        shape[a] = n
-        lim.append((s <= max_shift[a]).reshape(shape))
-    allowed = lim[0] & lim[1] & lim[2]
-    masked = jnp.where(allowed[None], corr, -2.0)
-    peak = jnp.argmax(masked.reshape(masked.shape[0], -1), axis=1)
-    shift = _subpixel_peak(corr, peak)
-    quality = jnp.take_along_axis(masked.reshape(masked.shape[0], -1), peak[:, None], 1)[:, 0]
-    contrast = jnp.minimum(er, ed)
-    return shift, quality, contrast
-
-
-def _correlate_all(ref, warped, layout: _Layout, cfg: DVCConfig):
-    starts = layout.all_starts()
-    n = len(starts)
-    bsz = min(cfg.batch_windows, n)
-    max_shift = tuple(max(1, int(cfg.max_shift_fraction * w)) for w in layout.window)
-    shifts, quals, contr = [], [], []
-    for s in range(0, n, bsz):
-        chunk = starts[s : s + bsz]
-        pad = bsz - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-        sh, q, c = _correlate_batch(ref, warped, jnp.asarray(chunk), layout.window, max_shift)
-        k = bsz - pad
-        shifts.append(np.asarray(sh)[:k])
-        quals.append(np.asarray(q)[:k])
-        contr.append(np.asarray(c)[:k])
-    shp = layout.shape
-    return (np.concatenate(shifts).reshape(*shp, 3), np.concatenate(quals).reshape(shp), np.concatenate(contr).reshape(shp))
 
 
 # ------------------------------------------------------------------ outlier handling
@@ -508,42 +321,91 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
     ref, dfm, image_grid, mask = _check(reference, deformed, grid, mask)
     ref = _normalise(ref, mask, "reference")
     dfm = _normalise(dfm, mask, "deformed")
-    vol = {"ref": jnp.asarray(ref), "coeffs": _spline_coefficients(dfm), "linear": _linear_source(dfm)}
-    drift = rigid_shift(ref, dfm, vol["coeffs"], slab_voxels=config.slab_voxels)
-    info = {"windows_voxels": [list(w) for w in config.windows], "overlap": config.overlap, "passes": [],
-            "rigid_shift_voxels": drift.tolist(), "drift": config.drift}
+    config, auto = _resolve_windows(ref, image_grid, mask, config)
+    vol = {"ref": jnp.asarray(ref), "coeffs": warp.spline_coefficients(dfm), "linear": warp.linear_source(dfm)}
+    drift = correlation.rigid_shift(ref, dfm)
+    info = {"windows_voxels": [list(w) for w in config.windows], "windows_auto": auto, "overlap": config.overlap,
+            "passes": [], "rigid_shift_voxels": drift.tolist(), "drift": config.drift}
     u, layout = None, None
-    with resolve(progress).task(len(config.windows) * config.iterations, "DVC") as bar:
+    n_pass = len(config.windows)
+    budget = (n_pass - 1) * config.coarse_iterations + config.iterations
+    with resolve(progress).task(budget, "DVC") as bar:
         for p, window in enumerate(config.windows):
-            step = tuple(max(1, int(round(w * (1 - config.overlap)))) for w in window)
+            last = p == n_pass - 1
+            overlap = config.overlap if last else config.coarse_overlap
+            step = tuple(max(1, int(round(w * (1 - overlap)))) for w in window)
             new = _Layout.make(ref.shape, window, step)
             u = np.broadcast_to(drift, (*new.shape, 3)).copy() if u is None else resample(u, layout.voxel_grid(), new.voxel_grid())
             layout = new
-            cubic = p == len(config.windows) - 1 or not config.fast_passes
+            cubic = last or not config.fast_passes
+            # The last pass runs at least twice: its first iteration moves to the cubic warp;
+            # the second measures the (then near-zero) residual where the peak fit has no bias.
             u, maps, rec = _run_pass(vol, u, layout, _masked_windows(mask, layout), cubic, config, bar,
-                                     f"pass {p + 1}/{len(config.windows)}")
+                                     f"pass {p + 1}/{n_pass}", config.iterations if last else config.coarse_iterations,
+                                     min(2, config.iterations) if last else 1)
             info["passes"].append(rec)
     _check_valid(maps, config)
     centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
     dist = drift_models.window_distances(centres, mask, image_grid.spacing_um)
-    correction, removed, extra = drift_models.correction(config.drift, u, drift, maps["valid"], centres, dist, ref.shape)
-    info.update(extra)
+    mode = config.drift
+    if mode == "auto":
+        centre = None if mask is None or not mask.any() else np.argwhere(mask).mean(0) * np.asarray(image_grid.spacing_um)
+        mode, info["drift_evidence"] = drift_models.choose(u, maps["valid"], centres, dist, ref.shape,
+                                                           image_grid.spacing_um, centre)
+    correction, removed, extra = drift_models.correction(mode, u, drift, maps["valid"], centres, dist, ref.shape)
+    info.update(extra, drift_model=mode)
     u = u - correction
     info.update(quality=maps["quality"].astype(np.float32), valid=maps["valid"], masked=maps["masked"],
                 drift_removed_voxels=np.asarray(removed, dtype=float).tolist(), time_s=time.perf_counter() - t_start)
     h = np.asarray(image_grid.spacing_um)
     out_grid = Grid(layout.shape, tuple(np.asarray(layout.step) * h),
                     tuple(np.asarray(image_grid.origin_um) + np.asarray(layout.origin) * h))
-    return (u * h).astype(np.float32), out_grid, info
+    u_um = (u * h).astype(np.float32)
+    if config.output_spacing_um is not None:
+        return _dense(u_um, out_grid, config.output_spacing_um, info)
+    return u_um, out_grid, info
 
 
-def _run_pass(vol, u, layout: _Layout, masked, cubic: bool, config: DVCConfig, bar, label: str):
+def _dense(u_um, window_grid: Grid, spacing_um, info):
+    """The field on a grid of ``spacing_um`` spanning the window centres: the cubic spline
+    through the window values (it honours every measurement); the window grid and its
+    maps stay in ``info["window_grid"]``; the maps move to the dense grid (quality linear,
+    valid / masked where the nearest windows were)."""
+    extent = (np.asarray(window_grid.shape) - 1) * np.asarray(window_grid.spacing_um)
+    spacing = tuple(float(min(s, w)) if n > 1 else w for s, w, n in zip(spacing_um, window_grid.spacing_um, window_grid.shape))
+    shape = tuple(int(np.floor(e / s + 1e-9)) + 1 if n > 1 else 1 for e, s, n in zip(extent, spacing, window_grid.shape))
+    dense = Grid(shape, spacing, window_grid.origin_um)
+    info["window_grid"] = {"shape": list(window_grid.shape), "spacing_um": list(window_grid.spacing_um),
+                           "origin_um": list(window_grid.origin_um), "quality": info["quality"], "valid": info["valid"],
+                           "masked": info["masked"]}
+    info["quality"] = resample(info["quality"], window_grid, dense).astype(np.float32)
+    for key in ("valid", "masked"):
+        info[key] = resample(info[key].astype(np.float32), window_grid, dense) > 0.5
+    info["output_spacing_um"] = list(spacing)
+    return resample(u_um, window_grid, dense, order=3).astype(np.float32), dense, info
+
+
+def _resolve_windows(ref, grid: Grid, mask, config: DVCConfig):
+    """``(config with windows in voxels, the report of the automatic choice or None)``."""
+    if not isinstance(config.windows, str):
+        return config, None
+    stats = texture.bead_statistics(ref, grid, mask)
+    windows, report = texture.choose_windows(stats, grid, config.target_beads)
+    return dataclasses.replace(config, windows=windows), {**report, "crowded": stats.crowded}
+
+
+def _run_pass(vol, u, layout: _Layout, masked, cubic: bool, config: DVCConfig, bar, label: str, iterations: int,
+              min_iterations: int = 1):
     """The window-deformation iterations of one pass: ``(u, maps, record)``."""
     rec = {"window": list(layout.window), "step": list(layout.step), "grid_shape": list(layout.shape), "iterations": 0}
-    for it in range(config.iterations):
+    max_shift = tuple(max(1, int(config.max_shift_fraction * w)) for w in layout.window)
+    windows = correlation.WindowPass(vol["ref"], layout.all_starts(), layout.window, max_shift, config.batch_windows)
+    for it in range(iterations):
         predictor = smooth_predictor(u) if config.smooth_predictor else u
-        warped = _warp(vol["coeffs"] if cubic else vol["linear"], predictor, layout, config.slab_voxels, cubic)
-        res, quality, contrast = _correlate_all(vol["ref"], warped, layout, config)
+        warped = warp.warp(vol["coeffs"] if cubic else vol["linear"], predictor, layout.origin, layout.step,
+                           config.slab_voxels, cubic)
+        shift, quality, contrast = windows.correlate(warped)
+        res, quality, contrast = shift.reshape(*layout.shape, 3), quality.reshape(layout.shape), contrast.reshape(layout.shape)
         valid = (quality >= config.min_quality) & (contrast > 1e-3 * np.median(contrast)) & ~masked
         # The test runs on this iteration's update, not on u: the update is nearly uniform
         # once the warp follows the field, so a window at an edge (all neighbours on one
@@ -556,8 +418,8 @@ def _run_pass(vol, u, layout: _Layout, masked, cubic: bool, config: DVCConfig, b
         rec["iterations"] = it + 1
         rec["rms_update_voxels"] = update
         bar.update(1, f"{label} it {it + 1} rms update {update:.3f} vox")
-        if update < config.tolerance_voxels:
-            bar.update(config.iterations - it - 1)
+        if update < config.tolerance_voxels and it + 1 >= min_iterations:
+            bar.update(iterations - it - 1)
             break
     rec.update(valid_fraction=float(good.mean()), outlier_fraction=float(outlier.mean()))
     return u, {"quality": quality, "valid": good, "masked": masked}, rec

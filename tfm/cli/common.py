@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import jsonable
 from ..progress import Progress
 
@@ -109,11 +111,16 @@ def add_volume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cell-threshold", type=float, help="intensity threshold of the cell channel (default: Otsu)")
     p.add_argument("--cell-dilate-um", type=float, default=0.0, help="grow the cell mask by this distance, µm")
     p.add_argument("--windows", type=int, nargs="+", action="append", metavar="W",
-                   help="window size of one pass, voxels: W (cubic) or WZ WY WX; repeat per pass (default 32, 24, 16)")
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
-    p.add_argument("--drift", choices=("rigid", "median", "affine", "slicewise", "none"), default="rigid",
-                   help="drift removed: rigid shift, far-field median, far-field affine (also uniform strain), "
-                   "slicewise (a translation per z-plane: drift during the scan), none (default rigid)")
+                   help="window size of one pass, voxels: W (cubic) or WZ WY WX; repeat per pass (default: chosen from "
+                   "the beads, --target-beads per last-pass window, near-cubic in µm)")
+    p.add_argument("--target-beads", type=float, default=8.0, help="beads in a last-pass window when the windows are chosen (default 8)")
+    p.add_argument("--overlap", type=float, default=0.5, help="overlap of the last pass's windows (default 0.5)")
+    p.add_argument("--drift", choices=("auto", "rigid", "median", "affine", "slicewise", "none"), default="auto",
+                   help="drift removed: auto (the model the far field supports), rigid shift, far-field median, far-field "
+                   "affine (also uniform strain), slicewise (a translation per z-plane: drift during the scan), none "
+                   "(default auto)")
+    p.add_argument("--output-spacing-um", type=float, nargs="+", metavar="H",
+                   help="also resample the displacement to this spacing, µm (H or HZ HY HX; cubic spline through the windows)")
     p.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -142,9 +149,12 @@ def load_pair(args):
         if cell.shape != ref.shape:
             raise UsageError(f"--cell {args.cell} has shape {cell.shape}, the bead stacks {ref.shape}")
         mask = segment.cell_mask(cell, grid, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)
-    options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap}
+    options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap,
+               "target_beads": args.target_beads}
     if args.windows:
         options["windows"] = parse_windows(args.windows, 3)
+    if args.output_spacing_um:
+        options["output_spacing_um"] = one_or_three(args.output_spacing_um, "--output-spacing-um", float)
     return ref, dfm, grid, mask, options
 
 
@@ -163,7 +173,14 @@ def write_outputs(args, result, prov: dict) -> None:
         summary = result.summary()
         dvc_info = result.info.get("dvc", result.info)
         if "valid" in dvc_info:
+            summary["windows_voxels"] = dvc_info.get("windows_voxels")
+            auto = dvc_info.get("windows_auto") or {}
+            if auto:
+                summary["bead_density_per_um3"] = auto.get("bead_density_per_um3")
+                summary["beads_per_last_window"] = auto.get("beads_per_last_window")
+            summary["drift_model"] = dvc_info.get("drift_model")
             summary["drift_removed_voxels"] = dvc_info.get("drift_removed_voxels")
-            summary["valid_windows"] = float(dvc_info["valid"].mean())
+            outside = ~np.asarray(dvc_info.get("masked", np.zeros_like(dvc_info["valid"])), bool)
+            summary["valid_windows"] = float(np.asarray(dvc_info["valid"])[outside].mean()) if outside.any() else 0.0
         print(json.dumps(jsonable(summary), indent=2))
         print(f"wrote {args.output}" + (f" and {args.vtk}" if getattr(args, "vtk", None) else ""))

@@ -30,7 +30,8 @@ def _check_method_options(args) -> None:
         raise common.UsageError("--material neo-hookean needs --method dl (FTTC assumes a linear matrix)")
     if args.method == "dl":
         unused = [o for o, v in (("--windows", args.windows), ("--cell", args.cell), ("--overlap", args.overlap != 0.5),
-                                 ("--cell-threshold", args.cell_threshold), ("--regularization", args.regularization != "auto"))
+                                 ("--cell-threshold", args.cell_threshold), ("--regularization", args.regularization != "auto"),
+                                 ("--target-beads", args.target_beads != 8.0), ("--output-spacing-um", args.output_spacing_um))
                   if v]
         if unused:
             raise common.UsageError(f"{', '.join(unused)}: options of the classical pipeline, not used by --method dl")
