@@ -2,6 +2,7 @@
 saenopy 1.0.8's PIV and regularised FEM force solve.
 
     saenopy_raw(python, ref, dfm, window, element)   # its output, nodes and u in µm
+    saenopy_solve(python, u, spacing, element, k, alphas)  # its force solve on a given field
     saenopy_axes(python, window, element, psf)       # its axis order and signs, measured
 """
 
@@ -94,6 +95,68 @@ def saenopy_axes(python, window, element, psf_sigma_um):
     if not np.allclose(np.abs(M).sum(0), 1) or not np.allclose(np.abs(M).sum(1), 1):
         raise RuntimeError(f"could not calibrate saenopy's axes: {M}")
     return M
+
+
+SAENOPY_SOLVE_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from scipy.interpolate import RegularGridInterpolator
+from saenopy import Solver
+from saenopy.materials import LinearMaterial
+from saenopy.multigrid_helper import create_box_mesh, get_nodes_with_one_face
+
+d = np.load(sys.argv[1])
+u, spacing, element, k = d["u"], d["spacing"], float(d["element"]), float(d["k"])
+axes = [np.arange(n) * h for n, h in zip(u.shape[:3], spacing)]  # tfm's (z, y, x), µm
+# saenopy's coordinates (x, y, z) in m are tfm's (z, y, x) reversed.
+lines = [np.arange(0.0, a[-1] + 1e-9, element) * 1e-6 for a in axes[::-1]]
+R, T = create_box_mesh(*lines)
+U = RegularGridInterpolator(axes, u)(R[:, ::-1] * 1e6)[:, ::-1] * 1e-6
+inside = np.ones(len(R), bool)
+inside[get_nodes_with_one_face(T)] = False
+rows, fields = [], {}
+for i, alpha in enumerate(d["alphas"]):
+    t0 = time.perf_counter()
+    M = Solver()
+    M.set_nodes(R)
+    M.set_tetrahedra(T)
+    M.set_target_displacements(U, inside)
+    M.set_material_model(LinearMaterial(k))
+    rec = M.solve_regularized(alpha=float(alpha), max_iterations=int(d["max_iterations"]))
+    el = time.perf_counter() - t0
+    f, uf = np.asarray(M.mesh.forces), np.asarray(M.mesh.displacements)
+    rows.append({"alpha": float(alpha), "time_s": el, "iterations": len(rec) - 1,
+                 "converged": len(rec) - 1 < int(d["max_iterations"]),
+                 "misfit_m": float(np.sqrt(np.mean((uf - U)[inside] ** 2))), "force_norm_n": float(np.linalg.norm(f))})
+    fields[f"f{i}"] = f[:, ::-1] * 1e12  # pN, tfm's (z, y, x) order
+np.savez(sys.argv[2], nodes_um=R[:, ::-1] * 1e6, **fields)
+json.dump({"rows": rows, "nodes": len(R), "tetrahedra": len(T)}, open(sys.argv[3], "w"))
+"""
+
+
+def saenopy_solve(python, u, spacing_um, element_um: float, stiffness_k_pa: float, alphas, max_iterations: int = 300) -> dict:
+    """saenopy's regularised force solve (its ``solve_regularized``: Huber-weighted, its own
+    convergence rule) on a given displacement field, in its own interpreter: the field
+    ``u`` (Z, Y, X, 3) µm on a grid of ``spacing_um`` is interpolated onto saenopy's box mesh
+    of ``element_um`` tetrahedral cells (border nodes unconstrained, as in its pipeline) and
+    solved once per alpha, material ``LinearMaterial(stiffness_k_pa)``. Returns per alpha
+    its time (including the material's lookup table), iterations, misfit and force norm,
+    and ``nodes_um`` (N, 3) with ``forces_pn`` (one (N, 3) array per alpha), in tfm's
+    (z, y, x) order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(f"{tmp}/in.npz", u=np.asarray(u, np.float64), spacing=np.asarray(spacing_um, float), element=element_um,
+                 k=stiffness_k_pa, alphas=np.asarray(alphas, float), max_iterations=max_iterations)
+        Path(f"{tmp}/s.py").write_text(SAENOPY_SOLVE_SCRIPT)
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+        proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/in.npz", f"{tmp}/out.npz", f"{tmp}/out.json"],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-1500:])
+        out = json.loads(Path(f"{tmp}/out.json").read_text())
+        with np.load(f"{tmp}/out.npz") as z:
+            out["nodes_um"] = z["nodes_um"]
+            out["forces_pn"] = [z[f"f{i}"] for i in range(len(out["rows"]))]
+    return out
 
 
 ALDVC_SCRIPT = r"""

@@ -10,15 +10,18 @@ E = 1 kPa, nu = 0.45 and scale linearly with E.
 
 Steps: read the stacks -> cell mask from the Normal cell channel (Otsu) -> DVC with the
 cell excluded and a per-plane drift removed (a ~3-voxel x-drift and axial displacements
-of whole z-planes between the acquisitions) -> FTTC -> analysis: |u| against distance
+of whole z-planes between the acquisitions) -> the force inverse (forces within two DVC
+grid spacings of the cell; FTTC beside it for comparison) -> analysis: |u| against distance
 from the cell surface, the direction of the displacements beyond the cell's tips and
 beside it, the force dipole near the cell, and figures.
 Writes into --out: result.h5, result.vti, decay.png (|u| against distance from the cell),
 beads.png (max-intensity projections of both bead stacks with the cell outline and
 displacement arrows; |u| and |f| on the plane through the cell), view3d.png (PyVista,
 offscreen: the cell's surface from its channel, force arrows coloured by |f|,
-displacement glyphs, a translucent bead plane) and summary.json (net force,
-contractility, strain energy, regularisation parameter, drift, decay, timings).
+displacement glyphs, a translucent bead plane), forces.png (|f| through the cell, the
+inverse beside FTTC, one colour scale) and summary.json (net force, contractility,
+strain energy, the force dipole, noise and regularisation, drift, decay, timings; FTTC's
+under "fttc").
 """
 
 from __future__ import annotations
@@ -142,9 +145,21 @@ def main(argv=None) -> int:
         "decay": rows,
         "assumed_youngs_modulus_pa": args.youngs_modulus_pa,
         **result.summary(),  # net force, contractility, strain energy, regularisation parameter
-        "time_dvc_s": result.info["time_dvc_s"], "time_fttc_s": result.info["time_fttc_s"],
+        "time_dvc_s": result.info["time_dvc_s"], "time_forces_s": result.info["time_forces_s"],
         "time_total_s": time.perf_counter() - t0,
     }
+    summary["net_force_fraction_of_contractility"] = float(np.linalg.norm(result.net_force()) / result.contractility())
+    # FTTC on the same displacement, for comparison with the default inverse.
+    fttc = tfm.reconstruct_forces(result.displacement, result.grid, gel, method="fttc")
+    _, fchecks = analyse(fttc, mask, SPACING_UM)
+    summary["fttc"] = {"contractility_pn": fttc.contractility(), "net_force_pn": fttc.net_force().tolist(),
+                       "net_force_fraction_of_contractility": float(np.linalg.norm(fttc.net_force()) / fttc.contractility()),
+                       "total_force_over_contractility": fttc.total_force() / fttc.contractility(),
+                       "time_s": fttc.info["time_total_s"],
+                       **{k: fchecks[k] for k in ("dipole_eigenvalues_pn_um", "angle_most_contractile_axis_to_cell_axis_deg")}}
+    summary["total_force_over_contractility"] = result.total_force() / result.contractility()
+    viz.force_planes_figure({"inverse (default)": result, "FTTC": fttc}, out / "forces.png", mask=mask, spacing_um=SPACING_UM,
+                            title="FM-Track cell: force density through the cell (assumed E = 1 kPa)")
     write_json(out / "summary.json", summary)
     if not args.quiet:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("decay", "drift_per_plane_voxels")}, indent=2))

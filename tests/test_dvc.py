@@ -155,7 +155,7 @@ def test_bad_input_raises_clear_errors(ref, dfm, spacing, kw, match):
 
 
 def test_classical_pipeline_recovers_contraction():
-    """Beads around a contracting sphere -> DVC -> FTTC: inward forces of the right size."""
+    """Beads around a contracting sphere -> DVC -> the force inverse: inward forces of the right size."""
     grid = tfm.Grid((64, 64, 64), 1.0)
     gel = tfm.LinearElastic(1000.0, 0.45)
     cell = tfm.analytic.EshelbySphere(9.0, -0.08, grid.center_um(), gel)
@@ -168,7 +168,7 @@ def test_classical_pipeline_recovers_contraction():
     contractility = res.contractility(mask=near, center_um=c)
     assert contractility > 0
     assert contractility == pytest.approx(cell.total_radial_force_pn, rel=0.35)
-    assert "dvc" in res.info and res.info["regularization_rule"] == "gcv"
+    assert "dvc" in res.info and res.info["force_method"] == "inverse" and res.info["alpha_rule"] == "discrepancy"
 
 
 def test_affine_drift_removes_uniform_strain_but_keeps_a_local_field():

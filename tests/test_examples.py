@@ -19,7 +19,9 @@ def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatc
         assert (tmp_path / name).stat().st_size > 500, name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert abs(summary["contractility_error"]) < 0.02
-    assert summary["regularization_rule"] == "gcv" and summary["alpha"] > 0
+    assert summary["alpha_rule"] == "discrepancy" and summary["alpha"] > 0 and summary["noise_estimated"]
+    # the inverse keeps the force at the cell; FTTC (beside it) spreads it over the box
+    assert summary["force_beyond_16um_fraction"] < 0.2 * summary["fttc"]["force_beyond_16um_fraction"]
     # Part 2: a shipped bead pair through the shipped network and the classical pipeline.
     for name in ("pair_dl.h5", "pair_classical.h5", "pair.png", "pair_beads.png", "pair_decay.png", "pair_view3d.png"):
         assert (tmp_path / name).stat().st_size > 500, name
@@ -80,7 +82,10 @@ def test_synthetic_dataset_example(tmp_path, monkeypatch):
     # DVC noise is a large share of it) and finds contraction
     assert s["displacement_correlation"] > 0.6
     assert s["displacement_rms_error_um"] < s["displacement_rms_truth_um"]
-    assert s["contractility_truth_pn"] > 0 and s["contractility_classical_pn"] > 0
+    assert s["contractility_truth_pn"] > 0 and s["contractility_fttc_pn"] > 0
+    # 5³ DVC windows of a field hardly above its noise: the inverse finds contraction, or says
+    # the field does not stand out of the noise
+    assert s["contractility_classical_pn"] > 0 or (s["contractility_classical_pn"] == 0 and s["classical_warnings"])
 
 
 @pytest.mark.slow

@@ -127,12 +127,20 @@ def test_cli_forces_end_to_end(tmp_path, capsys):
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     res = io.read_result(tmp_path / "f.h5")
-    assert summary["regularization_rule"] == "gcv"
+    assert summary["method"] == "inverse" and summary["alpha_rule"] == "discrepancy" and summary["noise_estimated"]
     assert res.info["provenance"]["command"] == "tfm forces" and res.info["youngs_modulus_pa"] == 500.0
     assert res.contractility() > 0 and (tmp_path / "f.vti").is_file()
     # The result file is itself a valid input (e.g. a DVC result re-run with another modulus).
     assert cli.main(["forces", str(tmp_path / "f.h5"), "--youngs-modulus-pa", "1000", "-o", str(tmp_path / "g.h5"), "--quiet"]) == 0
     assert io.read_result(tmp_path / "g.h5").total_force() == pytest.approx(2 * res.total_force(), rel=1e-3)
+    # FTTC on request; the inverse's options are refused with it, and FTTC's with the inverse.
+    base = ["forces", str(tmp_path / "u.npy"), "--spacing-um", "1", "1", "1", "--youngs-modulus-pa", "500"]
+    assert cli.main([*base, "--method", "fttc", "-o", str(tmp_path / "h.h5")]) == 0
+    assert json.loads(capsys.readouterr().out.split("\nwrote")[0])["regularization_rule"] == "gcv"
+    for extra, word in ((["--method", "fttc", "--noise-um", "0.01"], "--noise-um"), (["--pad", "zero"], "--pad"),
+                        (["--regularization", "gcv"], "gcv"), (["--support-um", "2"], "--support-um")):
+        assert cli.main([*base, *extra, "-o", str(tmp_path / "x.h5")]) == 2 and word in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
 
 
 @pytest.mark.parametrize(

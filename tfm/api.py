@@ -3,6 +3,7 @@ its output in a :class:`~tfm.result.Result`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -14,31 +15,76 @@ from .grid import Grid
 from .material import LinearElastic
 from .result import Result
 
-FORCE_METHODS = ("fttc",)
+FORCE_METHODS = ("inverse", "fttc")
 RECONSTRUCT_METHODS = ("classical", "dl")
 
 
-def reconstruct_forces(displacement, grid: Grid, material: LinearElastic, method: str = "fttc", regularization="auto", **options) -> Result:
+def reconstruct_forces(displacement, grid: Grid, material, method: str = "inverse", regularization="auto",
+                       mask=None, weights=None, **options) -> Result:
     """Body-force density (pN/µm³) that a cell applies to the matrix, from the matrix's
     displacement (µm).
 
     Args:
       displacement: (Z, Y, X, 3) array, components (u_z, u_y, u_x), µm.
       grid: :class:`~tfm.grid.Grid` of the displacement samples.
-      material: the matrix, :class:`~tfm.material.LinearElastic`.
-      method: ``"fttc"`` (Fourier reconstruction in an infinite matrix,
-        :func:`tfm.classical.fttc.fttc_3d`).
-      regularization: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"`` or a float alpha >= 0.
-      **options: passed to the method (``pad``, ``pad_fraction`` for FTTC).
+      material: the matrix, :class:`~tfm.material.LinearElastic` (also
+        :class:`~tfm.material.NeoHookean` for the inverse with ``operator="fem"``).
+      method: ``"inverse"`` (the default: the regularised inverse of
+        :mod:`tfm.classical.inverse`, an L1 penalty that keeps forces where the cell is,
+        noise estimated from the data, alpha by the discrepancy principle) or ``"fttc"``
+        (Fourier reconstruction with a Tikhonov filter, :func:`tfm.classical.fttc.fttc_3d`).
+      regularization: inverse: ``"auto"`` (discrepancy principle) or a float alpha >= 0;
+        FTTC: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"`` or a float alpha >= 0.
+      mask: inverse: optional (Z, Y, X) bool, True in the cell: left out of the noise
+        estimate and, with ``support_um``, where (within that distance) forces may be.
+      weights: inverse: optional (Z, Y, X) >= 0, the trust in each measurement (e.g. the
+        DVC's ``valid`` map; 0 = not measured).
+      **options: inverse: fields of :class:`~tfm.classical.inverse.InverseConfig`
+        (``operator``, ``boundary``, ``penalty``, ``noise_um``, ``support_um``, ...); FTTC:
+        ``pad``, ``pad_fraction``.
 
     Returns:
-      :class:`~tfm.result.Result` with ``displacement``, ``force`` and ``info``.
+      :class:`~tfm.result.Result` with ``displacement`` (the measured one), ``force`` and
+      ``info`` (for the inverse also ``info["displacement_fit"]``, the displacement the
+      forces produce, and the noise, alpha and misfit).
     """
     if method not in FORCE_METHODS:
         raise ValueError(f"method must be one of {FORCE_METHODS}, got {method!r}")
-    force, info = fttc_3d(displacement, grid, material, regularization=regularization, **options)
+    if method == "fttc":
+        if mask is not None or weights is not None:
+            raise ValueError("mask and weights apply to method='inverse' (FTTC uses every point equally)")
+        if not isinstance(material, LinearElastic):
+            raise TypeError(f"material must be a tfm.LinearElastic for method='fttc', got {type(material).__name__}")
+        force, info = fttc_3d(displacement, grid, material, regularization=regularization, **options)
+    else:
+        force, info = _inverse(displacement, grid, material, regularization, mask, weights, options)
     info = {"method": method, "youngs_modulus_pa": material.youngs_modulus_pa, "poisson_ratio": material.poisson_ratio, **info}
     return Result(grid=grid, displacement=displacement, force=force, info=info)
+
+
+def _inverse(displacement, grid, material, regularization, mask, weights, options):
+    from .classical import inverse
+
+    if isinstance(regularization, str):
+        if regularization not in ("auto", "discrepancy"):
+            raise ValueError(f"regularization for method='inverse' must be 'auto', 'discrepancy' or a number >= 0, "
+                             f"got {regularization!r} (GCV and the L-curve are FTTC's rules)")
+        alpha = "auto"
+    elif isinstance(regularization, bool) or not isinstance(regularization, (int, float, np.floating, np.integer)):
+        raise ValueError(f"regularization must be 'auto' or a number >= 0, got {regularization!r}")
+    else:
+        alpha = float(regularization)
+        if not (np.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"regularization must be 'auto' or a finite number >= 0, got {regularization!r}")
+    if "alpha" in options:
+        raise TypeError("pass alpha as regularization=..., not as an option")
+    names = {f.name for f in dataclasses.fields(inverse.InverseConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown option(s) for method='inverse': {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    config = inverse.InverseConfig(alpha=alpha, **options)
+    force, u_fit, info = inverse.solve(displacement, grid, material, weights=weights, mask=mask, config=config)
+    return force, {**info, "displacement_fit": u_fit}
 
 
 def measure_displacement(reference, deformed, grid, mask=None, progress=None, **options) -> Result:
@@ -70,17 +116,20 @@ def measure_displacement(reference, deformed, grid, mask=None, progress=None, **
     return Result(grid=out, displacement=u, info={"method": "dvc", **info})
 
 
-def reconstruct(reference, deformed, grid, material: LinearElastic, method: str = "classical", mask=None,
+def reconstruct(reference, deformed, grid, material, method: str = "classical", mask=None,
                 regularization="auto", progress=None, dvc_options: dict | None = None, model=None,
-                dl_options: dict | None = None) -> Result:
+                dl_options: dict | None = None, force_method: str = "inverse", force_options: dict | None = None) -> Result:
     """Bead volume pair -> displacement and force density in one call.
 
     ``grid`` is the volumes' :class:`~tfm.grid.Grid` or their voxel size (z, y, x) in µm.
 
     ``method="classical"``: :func:`measure_displacement` (DVC), then
-    :func:`reconstruct_forces` (3D FTTC) on the DVC grid. Returns the fields on the grid
-    of DVC window centres; ``info`` holds both steps' info (``info["dvc"]``, the FTTC keys
-    at top level) and the timings.
+    :func:`reconstruct_forces` with ``force_method`` (``"inverse"``, the default, or
+    ``"fttc"``) and ``force_options`` on the DVC grid; the inverse weighs each point by the
+    DVC's ``valid`` map and takes the cell as the windows the ``mask`` covers. Returns the
+    fields on the grid of DVC window centres; ``info`` holds both steps' info
+    (``info["dvc"]``, the force step's keys at top level) and the timings
+    (``time_dvc_s``, ``time_forces_s``).
 
     ``method="dl"``: the physics-informed 3D network (:func:`tfm.nn.infer.predict`) in
     one pass, on the input voxel grid. ``model`` is a saved-model or ``tfm train`` run
@@ -92,15 +141,25 @@ def reconstruct(reference, deformed, grid, material: LinearElastic, method: str 
     """
     if method not in RECONSTRUCT_METHODS:
         raise ValueError(f"method must be one of {RECONSTRUCT_METHODS}, got {method!r}")
+    if force_method not in FORCE_METHODS:
+        raise ValueError(f"force_method must be one of {FORCE_METHODS}, got {force_method!r}")
     if method == "dl":
+        if force_options:
+            raise ValueError("force_options apply to method='classical'")
         from .nn.infer import predict
 
         return predict(reference, deformed, grid, material, model=model, progress=progress, **(dl_options or {}))
     t0 = time.perf_counter()
     disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, **(dvc_options or {}))
     t1 = time.perf_counter()
-    forces = reconstruct_forces(disp.displacement, disp.grid, material, regularization=regularization)
-    info = {**forces.info, "method": method, "dvc": disp.info, "time_dvc_s": t1 - t0, "time_fttc_s": time.perf_counter() - t1}
+    extra = {}
+    if force_method == "inverse":
+        extra = {"weights": disp.info["valid"].astype(np.float32),
+                 "mask": disp.info["masked"] if mask is not None and disp.info["masked"].any() else None}
+    forces = reconstruct_forces(disp.displacement, disp.grid, material, method=force_method,
+                                regularization=regularization, **extra, **(force_options or {}))
+    info = {**forces.info, "method": method, "force_method": force_method, "dvc": disp.info, "time_dvc_s": t1 - t0,
+            "time_forces_s": time.perf_counter() - t1}
     return Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info)
 
 
@@ -115,7 +174,9 @@ def reconstruct_tractions(displacement, grid: Grid, material: LinearElastic, thi
       material: the gel, :class:`~tfm.material.LinearElastic`.
       thickness_um: gel thickness (on a rigid coverslip), µm; None for a half-space.
       method: ``"fttc"``.
-      regularization: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"`` or a float alpha >= 0.
+      regularization: ``"auto"`` (the Bayesian evidence, with the noise estimated from
+        the field unless ``noise_variance`` is passed), ``"bayesian"``, ``"gcv"``,
+        ``"lcurve"`` or a float alpha >= 0.
 
     Returns:
       :class:`~tfm.result.Result` whose ``force`` is the traction (Pa); ``net_force()``,

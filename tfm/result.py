@@ -145,7 +145,8 @@ class Result:
             )
             if self.displacement is not None:
                 out["strain_energy_pn_um"] = self.strain_energy()
-        for key in ("alpha", "regularization_rule", "cutoff_wavelength_um", "time_total_s"):
+        for key in ("method", "alpha", "regularization_rule", "alpha_rule", "noise_um", "noise_estimated", "misfit_um",
+                    "cutoff_wavelength_um", "time_total_s"):
             if key in self.info:
                 out[key] = self.info[key]
         return out

@@ -279,6 +279,44 @@ def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask
     return save_figure(fig, path)
 
 
+def force_planes_figure(results: dict, path, mask=None, spacing_um=None, title: str | None = None) -> Path:
+    """|f| of several reconstructions of one field, side by side on one colour scale: the
+    z-plane and the y-plane through the cell's centroid (or the grid's middle), the cell
+    outlined. ``results`` maps a label to a :class:`Result`; ``mask`` is on the voxels of
+    ``spacing_um`` (the bead volumes), first voxel at 0 µm."""
+    if not results:
+        raise ValueError("results is empty")
+    first = next(iter(results.values()))
+    g = first.grid
+    zax, yax, xax = g.axes_um()
+    centre = np.array([0.5 * (a[0] + a[-1]) for a in (zax, yax, xax)])
+    if mask is not None:
+        sp = np.asarray(Grid.of(np.shape(mask), spacing_um).spacing_um)
+        mask = np.asarray(mask, bool)
+        centre = np.argwhere(mask).mean(0) * sp
+    kz, ky = int(np.argmin(np.abs(zax - centre[0]))), int(np.argmin(np.abs(yax - centre[1])))
+    mags = {k: np.linalg.norm(np.asarray(r.force), axis=-1) for k, r in results.items()}
+    vmax = max(float(np.percentile(m, 99.9)) for m in mags.values()) or 1.0
+    plt = pyplot()
+    fig, ax = plt.subplots(2, len(results), figsize=(4.6 * len(results), 7.5), squeeze=False, constrained_layout=True)
+    for j, (label, m) in enumerate(mags.items()):
+        for i, (img, ext, name, ylab) in enumerate(((m[kz], (xax[0], xax[-1], yax[0], yax[-1]), f"z = {zax[kz]:.1f} µm", "y (µm)"),
+                                                    (m[:, ky], (xax[0], xax[-1], zax[0], zax[-1]), f"y = {yax[ky]:.1f} µm", "z (µm)"))):
+            im = ax[i, j].imshow(img, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=vmax, aspect="auto")
+            if mask is not None:
+                outline = mask.any(axis=0) if i == 0 else mask.any(axis=1)
+                h = sp[1] if i == 0 else sp[0]
+                ax[i, j].contour(outline, levels=[0.5], colors="cyan", origin="lower", linewidths=1,
+                                 extent=(0, (outline.shape[1] - 1) * sp[2], 0, (outline.shape[0] - 1) * h))
+            ax[i, j].set_title(f"{label}: |f| at {name}")
+            ax[i, j].set_xlabel("x (µm)")
+            ax[i, j].set_ylabel(ylab)
+    fig.colorbar(im, ax=ax, shrink=0.6, label="|f|, pN/µm³")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def decay_figure(decay: dict, path, title: str = "displacement decay") -> Path:
     """|u| against distance from the cell surface, from :func:`tfm.segment.displacement_decay`:
     every trusted grid point, and the median per distance bin."""

@@ -70,14 +70,17 @@ PADS = ("taper", "zero", "none")
 N_BINS = 8192  # eigenvalue bins for choosing alpha (see regularization.DiagonalProblem)
 
 
-def _check_inputs(displacement, grid: Grid, material) -> np.ndarray:
+def check_inputs(displacement, grid: Grid, material, laws=(LinearElastic,), what: str = "3D FTTC") -> np.ndarray:
+    """The checks every 3D force reconstruction makes: a 3D :class:`~tfm.grid.Grid`, a
+    material of one of ``laws``, a finite floating-point (Z, Y, X, 3) displacement on it."""
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a tfm.Grid, got {type(grid).__name__}")
-    if not isinstance(material, LinearElastic):
-        raise TypeError(f"material must be a tfm.LinearElastic, got {type(material).__name__}")
+    if not isinstance(material, laws):
+        names = " or ".join(f"tfm.{c.__name__}" for c in laws)
+        raise TypeError(f"material must be a {names} for {what}, got {type(material).__name__}")
     u = np.asarray(displacement)
     if grid.ndim != 3:
-        raise ValueError(f"3D FTTC needs a 3D grid, got shape {grid.shape}")
+        raise ValueError(f"{what} needs a 3D grid, got shape {grid.shape}")
     if u.ndim != 4 or u.shape[-1] != 3:
         raise ValueError(f"displacement must have shape (Z, Y, X, 3) with components (u_z, u_y, u_x), got {u.shape}")
     grid.check_field(u, "displacement", components=3)
@@ -88,7 +91,7 @@ def _check_inputs(displacement, grid: Grid, material) -> np.ndarray:
     return u
 
 
-def _check_scale(force_scale: float, u_scale: float, e_pa: float) -> None:
+def check_scale(force_scale: float, u_scale: float, e_pa: float) -> None:
     """Refuse magnitudes whose force density float32 cannot hold (a units mistake)."""
     info = np.finfo(np.float32)
     if not (float(info.tiny) * 1e3 < force_scale < float(info.max) * 1e-3):
@@ -218,14 +221,14 @@ def fttc_3d(
       ``alpha``, the rule, ``cutoff_wavelength_um``, the padded shape and timings.
     """
     t0 = time.perf_counter()
-    u = _check_inputs(displacement, grid, material)
+    u = check_inputs(displacement, grid, material)
     alpha = reg.parse(regularization)
     widths = pad_widths(grid.shape, pad, pad_fraction)
     # Solved in units where the modulus and the largest displacement are 1 (FTTC is linear
     # in u and in 1/E): no float32 overflow or underflow whatever the units' magnitudes.
     e_pa = material.youngs_modulus_pa
     u_scale = float(np.max(np.abs(u))) or 1.0
-    _check_scale(e_pa * u_scale / min(grid.spacing_um) ** 2, u_scale, e_pa)
+    check_scale(e_pa * u_scale / min(grid.spacing_um) ** 2, u_scale, e_pa)
     uh = _padded_rfft(jnp.asarray(u / u_scale), widths, pad)  # float32 unless x64 is on
     shape = tuple(n + 2 * p for n, p in zip(grid.shape, widths))
     k_axes = tuple(jnp.asarray(k, dtype=uh.real.dtype) for k in grid.with_shape(shape).wavevector_axes(rfft=True))
@@ -249,7 +252,7 @@ def fttc_3d(
     with np.errstate(over="ignore"):
         force = np.asarray(f[sl]) * np.asarray(e_pa * u_scale, np.float64).astype(f.dtype)
     if not np.all(np.isfinite(force)):
-        _check_scale(np.inf, u_scale, e_pa)
+        check_scale(np.inf, u_scale, e_pa)
     t_end = time.perf_counter()
     info.update(
         {

@@ -40,6 +40,7 @@ from ..grid import Grid
 from ..material import LinearElastic
 from . import regularization as reg
 from .fttc import pad_displacement, pad_widths
+from .noise import estimate_noise
 
 MODES = ("2d", "2.5d")
 _KH_MAX = 12.0  # beyond this the layer is a half-space to within e^-24
@@ -130,6 +131,15 @@ def _full_kernel(grid: Grid, material, thickness_um, mode):
     return G, finite
 
 
+def _estimated_noise_variance(u):
+    """The field's own noise variance (None where it cannot be told: too small, or noise-free)."""
+    try:
+        sigma = estimate_noise(u)
+    except ValueError:
+        return None
+    return sigma**2 if sigma > 0 else None
+
+
 def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: float | None = None, mode: str = "2d",
             regularization="auto", pad: str = "taper", pad_fraction: float = 0.25, noise_variance: float | None = None):
     """Tractions (Pa) on the gel surface from its displacement (µm).
@@ -139,10 +149,13 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
         (u_y, u_x, u_z) for ``mode="2.5d"``, µm.
       grid: 2D :class:`~tfm.grid.Grid` of the displacement samples.
       thickness_um: gel thickness, µm; ``None`` for a half-space.
-      regularization: ``"auto"`` (GCV), ``"gcv"``, ``"lcurve"``, ``"bayesian"`` or a
-        float alpha >= 0.
+      regularization: ``"auto"`` (= ``"bayesian"``), ``"gcv"``, ``"lcurve"``,
+        ``"bayesian"`` or a float alpha >= 0.
       noise_variance: variance of the displacement noise per component, µm² (for
-        ``"bayesian"``; estimated from the data when None).
+        ``"bayesian"``). When None it is estimated from the field itself
+        (:func:`tfm.classical.noise.estimate_noise`: what a binomial high-pass leaves,
+        scaled for white noise); the evidence profiles it out only where no estimate can
+        be made (a field of fewer than 5 x 5 points, or one without noise).
 
     Returns:
       ``(traction, info)``, traction with the displacement's components, Pa.
@@ -158,12 +171,20 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
     if not np.issubdtype(u.dtype, np.floating) or not np.all(np.isfinite(u)):
         raise ValueError("displacement must be finite floating-point values (µm)")
     alpha = reg.parse(regularization)
+    if isinstance(regularization, str) and regularization == "auto":
+        # The Bayesian evidence with the field's own noise estimate: on pytraction's reference
+        # field GCV under-regularises (mean |t| x1.96 of pytraction's), the evidence does not
+        # (x0.98; examples/pytraction_crosscheck.py).
+        regularization = "bayesian"
     widths = pad_widths(grid.shape, pad, pad_fraction)
     u_scale = float(np.max(np.abs(u))) or 1.0  # solved for u / max|u| (linear): no overflow in float32 padding
+    noise_estimated = False
     if noise_variance is not None:
-        if not (np.isfinite(noise_variance) and noise_variance > 0):
+        if isinstance(noise_variance, bool) or not (np.isfinite(noise_variance) and noise_variance > 0):
             raise ValueError(f"noise_variance must be > 0 (µm²), got {noise_variance}")
         noise_variance = noise_variance / u_scale**2
+    elif regularization == "bayesian":
+        noise_variance, noise_estimated = _estimated_noise_variance(u / u_scale), True
     up = np.asarray(pad_displacement(u.astype(np.float64) / u_scale, widths, pad))
     pgrid = grid.with_shape(up.shape[:2])
     G, finite = _full_kernel(pgrid, material, thickness_um, mode)
@@ -178,6 +199,9 @@ def fttc_2d(displacement, grid: Grid, material: LinearElastic, thickness_um: flo
         power = (np.abs(b) ** 2).ravel() / up.shape[0] / up.shape[1]
         problem = reg.DiagonalProblem.from_modes(s_modes.ravel(), power, np.ones(s.size))
         alpha, rinfo = reg.choose(problem, regularization, noise_variance)
+        if regularization == "bayesian":
+            rinfo["noise_variance_um2"] = None if noise_variance is None else noise_variance * u_scale**2
+            rinfo["noise_estimated"] = noise_estimated and noise_variance is not None
         info["regularization_rule"] = rinfo.pop("rule")
         info.update({f"regularization_{k}": v for k, v in rinfo.items()})
     else:

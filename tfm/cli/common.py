@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -42,6 +43,37 @@ def regularization(text: str):
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"regularization must be a finite number >= 0, got {text}")
     return value
+
+
+def add_force_args(p: argparse.ArgumentParser, method_option: str = "--method") -> None:
+    """Options of the force reconstruction (``tfm forces``; ``tfm reconstruct`` names the
+    method ``--force-method``, its ``--method`` choosing classical or learned)."""
+    p.add_argument(method_option, dest=method_option.lstrip("-").replace("-", "_"), choices=("inverse", "fttc"), default="inverse",
+                   help="inverse: regularised inverse that keeps forces where the cell is; fttc: Fourier traction "
+                   "cytometry (default inverse)")
+    p.add_argument("--regularization", type=regularization, default="auto",
+                   help="auto (inverse: discrepancy principle; fttc: GCV), gcv or lcurve (fttc), or a fixed alpha >= 0 "
+                   "(default auto)")
+    p.add_argument("--noise-um", type=float, help="inverse: displacement noise, µm per component (default: estimated from the data)")
+    p.add_argument("--support-um", type=float, help="inverse: forces only within this distance of the cell, µm (needs the cell)")
+    p.add_argument("--penalty", choices=("l1", "l2", "elastic-net"), help="inverse: penalty of the force (default l1)")
+
+
+def force_options(args) -> dict:
+    """The inverse's options from :func:`add_force_args`'s arguments; refuses them with FTTC."""
+    method = getattr(args, "force_method", None) or args.method
+    given = {k: v for k, v in (("noise_um", args.noise_um), ("support_um", args.support_um), ("penalty", args.penalty))
+             if v is not None}
+    if method == "fttc":
+        if given:
+            raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: options of the inverse, not FTTC")
+        return {}
+    if args.regularization in ("gcv", "lcurve", "bayesian"):
+        raise UsageError(f"--regularization {args.regularization} is an FTTC rule: the inverse takes auto or a number")
+    for name in ("noise_um", "support_um"):
+        if name in given and not (math.isfinite(given[name]) and given[name] > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a number > 0 (µm), got {given[name]}")
+    return given
 
 
 def one_or_three(values, name, cast):

@@ -9,28 +9,31 @@ from . import common
 
 def add_parser(sub) -> None:
     r = sub.add_parser("reconstruct", help="displacement and forces from a bead volume pair",
-                       description="Bead stacks -> displacement (DVC) -> body-force density (3D FTTC) in one run, or "
+                       description="Bead stacks -> displacement (DVC) -> body-force density (the regularised inverse, or 3D FTTC "
+                       "with --force-method fttc) in one run, or "
                        "both in one pass of the physics-informed 3D network (--method dl).",
                        epilog=common.EPILOG_UNITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_volume_args(r)
     r.add_argument("--youngs-modulus-pa", type=float, required=True, help="Young's modulus of the gel, Pa")
     r.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
     r.add_argument("--method", choices=("classical", "dl"), default="classical",
-                   help="classical: DVC + FTTC; dl: the physics-informed 3D network in one pass (default classical)")
+                   help="classical: DVC + force inverse; dl: the physics-informed 3D network in one pass (default classical)")
     r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
     r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 128)")
     r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(32, tile/2))")
-    r.add_argument("--regularization", type=common.regularization, default="auto", help="auto (GCV), gcv, lcurve or a fixed alpha")
+    common.add_force_args(r, "--force-method")
     r.set_defaults(run=run)
 
 
 def _check_method_options(args) -> None:
     if args.material == "neo-hookean" and args.method != "dl":
-        raise common.UsageError("--material neo-hookean needs --method dl (FTTC assumes a linear matrix)")
+        raise common.UsageError("--material neo-hookean needs --method dl (the classical force step assumes a linear matrix)")
     if args.method == "dl":
         unused = [o for o, v in (("--windows", args.windows), ("--cell", args.cell), ("--overlap", args.overlap != 0.5),
                                  ("--cell-threshold", args.cell_threshold), ("--regularization", args.regularization != "auto"),
+                                 ("--force-method", args.force_method != "inverse"), ("--noise-um", args.noise_um),
+                                 ("--support-um", args.support_um), ("--penalty", args.penalty),
                                  ("--target-beads", args.target_beads != 8.0), ("--output-spacing-um", args.output_spacing_um))
                   if v]
         if unused:
@@ -44,13 +47,17 @@ def run(args) -> int:
     from ..material import LinearElastic, NeoHookean
 
     _check_method_options(args)
+    force_options = common.force_options(args) if args.method == "classical" else None
+    if force_options and force_options.get("support_um") is not None and not args.cell:
+        raise common.UsageError("--support-um needs --cell (forces are kept within that distance of the cell)")
     law = NeoHookean if args.material == "neo-hookean" else LinearElastic
     material = law(args.youngs_modulus_pa, args.poisson_ratio)
     common.check_pair_outputs(args)
     ref, dfm, grid, mask, options = common.load_pair(args)
     result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
                          progress=common.progress(args), dvc_options=options, model=args.model,
-                         dl_options={"tile": args.tile, "overlap": args.tile_overlap})
+                         dl_options={"tile": args.tile, "overlap": args.tile_overlap}, force_method=args.force_method,
+                         force_options=force_options)
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
     common.write_outputs(args, result, prov)
     return 0

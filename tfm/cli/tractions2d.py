@@ -33,8 +33,10 @@ def add_parser(sub) -> None:
     t.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     t.add_argument("--drift", choices=("rigid", "median", "none"), default="rigid", help="drift removed (default rigid)")
     t.add_argument("--regularization", type=common.regularization, default="auto",
-                   help="auto (GCV), gcv, lcurve, bayesian (Huang et al. 2019) or a fixed alpha")
-    t.add_argument("--noise-variance-um2", type=float, help="displacement noise variance for --regularization bayesian")
+                   help="auto (= bayesian: the evidence of Huang et al. 2019, the noise estimated from the field), gcv, "
+                   "lcurve or a fixed alpha (default auto)")
+    t.add_argument("--noise-variance-um2", type=float, help="displacement noise variance, µm², for the Bayesian choice "
+                   "(default: estimated from the field)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     t.set_defaults(run=run)
 

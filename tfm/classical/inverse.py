@@ -1,0 +1,464 @@
+r"""A regularised force inverse that keeps forces where the cell is.
+
+Formulation (as saenopy's: the unknown is the displacement, the force follows from it
+through the matrix's law). With measured displacement :math:`u_m` and weights
+:math:`w \ge 0` (the DVC's valid windows, 0 in the padding and where nothing was
+measured), the fitted displacement :math:`u` and the force :math:`f = K u` minimise
+
+.. math::
+   \tfrac12 \sum_x w(x)\,|u(x) - u_m(x)|^2 \;+\; \alpha \sum_x R\big(f(x)\big)\;\Delta V,
+   \qquad f = K u,
+
+where :math:`K` is the forward operator's inverse -- the force density that holds the
+matrix in ``u``:
+
+* ``operator="fft"``: an infinite linear matrix, :math:`\hat f(k) = (\mu k^2 I +
+  (\lambda+\mu) k k^T)\,\hat u(k)` (Kelvin's solution inverted; the box is padded by
+  ``pad_fraction`` with zero data weight, so periodic images stay out of it);
+* ``operator="fem"``: the voxel FEM of a finite box (:mod:`tfm.synth.fem`: Q1 elements,
+  the gradient of its strain energy, linear or neo-Hookean), faces ``"free"``
+  (traction-free) or ``"fixed"`` (their reactions left unpenalised).
+
+Penalties :math:`R`: ``"l1"`` (the default) is the group-L1 norm :math:`|f|`: a few strong
+forces at the cell cost little, weak spurious forces elsewhere are driven to exactly zero;
+``"l2"`` is Tikhonov :math:`|f|^2/2` (FTTC's, for comparison); ``"elastic-net"`` is
+:math:`|f| + \gamma |f|^2/2`. With a cell ``mask``, forces are allowed only within
+``support_um`` of the cell (default two grid spacings: the displacement's resolution
+spreads a surface force that far; a hard constraint).
+
+Solvers (matrix-free, JAX, jitted):
+
+* ``"fft"``: ADMM with the splittings :math:`x = u` (data) and :math:`z = K u` (force):
+  the :math:`u`-step is a diagonal solve in Fourier space (per wavevector, on the
+  longitudinal and transverse modes of :math:`K`), the :math:`x`-step pointwise, the
+  :math:`z`-step the penalty's proximal map (group soft-thresholding, projection onto the
+  support); Boyd et al., Found Trends Mach Learn 3, 1 (2011).
+* ``"fem"``: L-BFGS (optax) on the same objective with the group-L1 norm smoothed to a
+  pseudo-Huber :math:`\delta^2(\sqrt{1 + |f|^2/\delta^2} - 1)`, :math:`\delta` a small
+  fraction of the force scale; works for nonlinear laws too.
+
+Noise and the choice of :math:`\alpha`: the displacement noise :math:`\sigma` is estimated
+from the data when not given (:func:`estimate_noise`: the robust spread of what a
+3 x 3 x 3 binomial smoothing removes, scaled for white noise) and :math:`\alpha` chosen by
+Morozov's discrepancy principle: the weighted misfit equals the noise,
+:math:`\sum w |u - u_m|^2 / \sum w = 3 \sigma^2`. It needs only :math:`\sigma`, which the
+data give, and applies to non-quadratic penalties where GCV and the L-curve need the
+solution's linearisation; :math:`\alpha` is found by bisection in :math:`\log \alpha`
+with warm starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..grid import Grid
+from ..material import LinearElastic, NeoHookean
+from .fttc import check_inputs, check_scale, pad_widths
+from .noise import estimate_noise
+
+OPERATORS = ("fft", "fem")
+RELAX = 1.6  # ADMM over-relaxation
+NOISE_FLOOR = 0.005  # the estimated noise is taken as at least this fraction of the RMS displacement
+LOW_SNR = 0.5  # noise above this fraction of the RMS displacement: warn that the forces are unreliable
+PENALTIES = ("l1", "l2", "elastic-net")
+
+
+@dataclasses.dataclass(frozen=True)
+class InverseConfig:
+    """Settings of :func:`solve` (see the module docs)."""
+
+    operator: str = "fft"  # "fft" (infinite linear matrix) or "fem" (voxel FEM of the box)
+    boundary: str = "free"  # fem: "free" (traction-free faces) or "fixed" (face reactions unpenalised)
+    penalty: str = "l1"  # "l1" (group |f|), "l2" (Tikhonov) or "elastic-net"
+    gamma: float = 1.0  # elastic-net: weight of |f|²/2 relative to |f| (in units of the force scale)
+    alpha: float | str = "auto"  # "auto" (discrepancy principle) or a fixed value (in the solver's scaled units)
+    noise_um: float | None = None  # displacement noise, std per component, µm (None: estimated)
+    discrepancy: float = 1.1  # the misfit aimed at, in units of the noise (Morozov's tau; 1.1: the usual safety margin)
+    support_um: float | str | None = "auto"  # with a mask: forces only within this distance of it, µm ("auto": 2 grid
+    # spacings, the reach of the displacement's resolution; None: anywhere). Without a mask, forces may be anywhere.
+    pad_fraction: float = 0.25  # fft: margin of zero data weight, fraction of the box per side
+    pad_penalty: float = 0.3  # fft: weight of the penalty on forces in that margin (the world beyond the box)
+    max_iterations: int = 400  # per solve
+    tolerance: float = 3e-3  # relative primal and dual residual of ADMM / gradient norm of L-BFGS
+    bisection_steps: int = 10  # discrepancy principle: solves to bracket and refine alpha
+    debias: bool = True  # refit on the forces' support with a 100x weaker penalty (undoes the L1 shrinkage)
+
+    def __post_init__(self):
+        if self.operator not in OPERATORS:
+            raise ValueError(f"operator must be one of {OPERATORS}, got {self.operator!r}")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
+        if self.boundary not in ("free", "fixed"):
+            raise ValueError(f"boundary must be 'free' or 'fixed', got {self.boundary!r}")
+        if not (isinstance(self.alpha, str) and self.alpha == "auto"):
+            if isinstance(self.alpha, (bool, str)) or not (np.isfinite(self.alpha) and self.alpha >= 0):
+                raise ValueError(f"alpha must be 'auto' or a finite number >= 0, got {self.alpha!r}")
+        for name in ("noise_um", "support_um"):
+            v = getattr(self, name)
+            if name == "support_um" and isinstance(v, str) and v == "auto":
+                continue
+            if v is not None and (isinstance(v, (bool, str)) or not (np.isfinite(v) and v > 0)):
+                raise ValueError(f"{name} must be > 0 (µm) or None, got {v!r}")
+        for name, lo in (("gamma", 0.0), ("discrepancy", 0.0), ("pad_fraction", 0.0), ("tolerance", 0.0), ("pad_penalty", 0.0)):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= lo) or (name in ("discrepancy", "tolerance") and v <= 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name in ('discrepancy', 'tolerance') else '>= 0'}, got {v!r}")
+        for name in ("max_iterations", "bisection_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+
+
+# ------------------------------------------------------------------ fft operator
+# Fields are held channel-first, (3, Z, Y, X): XLA's FFT over the leading spatial axes of a
+# channel-last array is about 1.5x slower on CPU.
+def _modes(shape, spacing):
+    """|k|² (Z, Y, Xr) and unit wavevectors (3, Z, Y, Xr) on the rFFT grid of ``shape``."""
+    ks = Grid(shape, spacing).wavevector_axes(rfft=True)
+    k = np.stack(np.meshgrid(*ks, indexing="ij"), 0)
+    k2 = np.sum(k**2, 0)
+    khat = k / np.sqrt(np.where(k2 > 0, k2, 1.0))
+    return jnp.asarray(k2, jnp.float32), jnp.asarray(khat, jnp.float32)
+
+
+def _apply_modes(vh, khat, a_long, a_trans):
+    """``a_long P_L v + a_trans (I - P_L) v`` per wavevector (P_L = k̂ k̂ᵀ)."""
+    long = khat * jnp.sum(khat * vh, 0, keepdims=True)
+    return a_long * long + a_trans * (vh - long)
+
+
+def _fft(v):
+    return jnp.fft.rfftn(v, axes=(1, 2, 3))
+
+
+def _ifft(vh, shape):
+    return jnp.fft.irfftn(vh, s=shape, axes=(1, 2, 3))
+
+
+def apply_fft_operator(u, spacing, material):
+    """``K u``: the force density (pN/µm³) holding an infinite linear matrix in ``u``
+    ((Z, Y, X, 3) µm, periodic on its grid; ``spacing`` µm)."""
+    u = jnp.moveaxis(jnp.asarray(u, jnp.float32), -1, 0)
+    k2, khat = _modes(u.shape[1:], tuple(spacing))
+    f = _ifft(_apply_modes(_fft(u), khat, material.p_wave_modulus_pa * k2, material.shear_modulus_pa * k2), u.shape[1:])
+    return jnp.moveaxis(f, 0, -1)
+
+
+def _prox(v, t, penalty: str, gamma: float):
+    """Proximal map of ``t R`` on vectors (first axis)."""
+    if penalty == "l2":
+        return v / (1.0 + t)
+    n = jnp.sqrt(jnp.sum(v * v, 0, keepdims=True))
+    shrunk = v * jnp.maximum(0.0, 1.0 - t / jnp.maximum(n, 1e-30))
+    return shrunk / (1.0 + t * gamma) if penalty == "elastic-net" else shrunk
+
+
+@partial(jax.jit, static_argnames=("penalty", "iterations"))
+def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, penalty, iterations):
+    """``iterations`` ADMM steps from ``state = (u_hat, x, z, y1, y2)``; returns the state
+    and the relative primal / dual residuals of the last step (computed on that step only:
+    the reductions cost a pass over every field)."""
+    shape = um.shape[1:]
+    al, at = lam2mu * k2, mu * k2
+    inv_l, inv_t = 1.0 / (1.0 + rho * al**2), 1.0 / (1.0 + rho * at**2)
+
+    def step(carry):
+        uh, x, z, y1, y2 = carry
+        rhs = _fft(x + y1) + rho * _apply_modes(_fft(z - y2), khat, al, at)
+        uh = _apply_modes(rhs, khat, inv_l, inv_t)
+        u = _ifft(uh, shape)
+        ku = _ifft(_apply_modes(uh, khat, al, at), shape)
+        # Over-relaxation (Boyd et al. 2011, 3.4.3): the new iterates mixed with the old.
+        u_r = RELAX * u + (1 - RELAX) * x
+        ku_r = RELAX * ku + (1 - RELAX) * z
+        x = (w * um + (u_r - y1)) / (w + 1.0)
+        z_new = jnp.where(support > 0, _prox(ku_r + y2, alpha * support / rho, penalty, gamma), 0.0)
+        y1 = y1 + x - u_r
+        y2 = y2 + ku_r - z_new
+        return (uh, x, z_new, y1, y2), (u, ku, z)
+
+    state = jax.lax.fori_loop(0, iterations - 1, lambda _, c: step(c)[0], state)
+    state, (u, ku, z_old) = step(state)
+    x, z = state[1], state[2]
+    primal = jnp.sqrt(jnp.sum((x - u) ** 2) + jnp.sum((ku - z) ** 2))
+    scale = jnp.sqrt(jnp.sum(u**2) + jnp.sum(ku**2)) + 1e-30
+    dual = jnp.sqrt(jnp.sum((z - z_old) ** 2)) * rho
+    return state, primal / scale, dual / scale
+
+
+class _FFTProblem:
+    """The padded, scaled problem of the ``"fft"`` operator; ``run(alpha, state)`` solves it."""
+
+    def __init__(self, u, grid: Grid, material, weights, support, config: InverseConfig):
+        self.h = float(np.exp(np.mean(np.log(grid.spacing_um))))  # lengths in units of the mean voxel size
+        self.scale_u = float(np.sqrt(np.mean(np.sum(u**2, -1)))) or 1.0
+        e = material.youngs_modulus_pa
+        self.scale_f = e * self.scale_u / self.h**2  # pN/µm³ per unit of the scaled force
+        self.widths = pad_widths(grid.shape, "zero", config.pad_fraction) if config.pad_fraction > 0 else (0, 0, 0)
+        pw = [(p, p) for p in self.widths] + [(0, 0)]
+        self.crop = tuple(slice(p, p + n) for p, n in zip(self.widths, grid.shape))
+        self.um = jnp.asarray(np.moveaxis(np.pad(u / self.scale_u, pw), -1, 0), jnp.float32)
+        self.w = jnp.asarray(np.pad(weights, pw[:3])[None], jnp.float32)
+        # Forces are allowed in the padding, penalised only by ``pad_penalty``: there they
+        # stand for the world beyond the measured box (on a periodic grid the measured field
+        # cannot continue without them), and they are cropped away.
+        self.support = jnp.asarray(np.pad(support, pw[:3], constant_values=config.pad_penalty)[None], jnp.float32)
+        self._in_box = np.pad(np.ones(grid.shape, bool), pw[:3])
+        self.shape = self.um.shape[1:]
+        self.k2, self.khat = _modes(self.shape, tuple(h / self.h for h in grid.spacing_um))
+        self.lam2mu, self.mu = material.p_wave_modulus_pa / e, material.shear_modulus_pa / e
+        self.config = config
+        self.iterations = 0
+
+    def initial(self):
+        zero = jnp.zeros_like(self.um)
+        return (_fft(self.um), self.um, zero, zero, zero), 4.0
+
+    def run(self, alpha: float, start, tolerance: float | None = None):
+        """ADMM at ``alpha`` from ``start = (state, rho)`` to the tolerance; returns
+        ``((state, rho), misfit per component (scaled units²))``."""
+        state, rho = start
+        cfg = self.config
+        tolerance = cfg.tolerance if tolerance is None else tolerance
+        block = 20
+        for _ in range(0, cfg.max_iterations, block):
+            state, primal, dual = _admm(state, self.um, self.w, self.support, self.k2, self.khat, self.lam2mu, self.mu,
+                                        jnp.float32(alpha), jnp.float32(rho), jnp.float32(cfg.gamma), cfg.penalty, block)
+            self.iterations += block
+            primal, dual = float(primal), float(dual)
+            if primal < tolerance and dual < tolerance:
+                break
+            if primal > 10 * dual or dual > 10 * primal:  # residual balancing (Boyd et al. 2011, 3.4.1)
+                factor = 2.0 if primal > dual else 0.5
+                rho *= factor
+                state = (*state[:4], state[4] / factor)
+        return (state, rho), self.misfit(state)
+
+    def alpha_guess(self, target: float) -> float:
+        """Where the discrepancy search starts: alpha ~ sigma / rms(K) (the optimality
+        condition ``w (u - u_m) = alpha K^T s`` with ``|s| <= 1``, misfit ~ sigma)."""
+        rms_k = float(jnp.sqrt(jnp.mean((self.lam2mu**2 + 2 * self.mu**2) * self.k2**2 / 3.0)))
+        return math.sqrt(target) / max(rms_k, 1e-12)
+
+    def misfit(self, state) -> float:
+        u = _ifft(state[0], self.shape)
+        return float(jnp.sum(self.w * (u - self.um) ** 2) / jnp.maximum(jnp.sum(self.w), 1e-30) / 3.0)
+
+    def debias(self, alpha: float, start):
+        """The penalty shrinks every force it keeps (by about ``alpha``); re-solving with a
+        100x weaker penalty, forces allowed only where the first solve put them (and one
+        voxel around), keeps the support and restores their magnitudes. ``start`` and the
+        return value are ``(state, rho)`` and ``((state, rho), misfit)``."""
+        from scipy import ndimage
+
+        state = start[0]
+        keep = np.asarray(jnp.any(state[2] != 0, 0)) & self._in_box  # the margin's forces do not spill into the box
+        keep = (ndimage.binary_dilation(keep) & self._in_box) | ~self._in_box
+        saved = self.support
+        self.support = jnp.where(jnp.asarray(keep)[None], self.support, 0.0)
+        try:
+            return self.run(0.01 * alpha, start)
+        finally:
+            self.support = saved
+
+    def fields(self, state):
+        """(displacement µm, force pN/µm³) on the unpadded grid."""
+        crop = (slice(None), *self.crop)
+        u = np.moveaxis(np.asarray(_ifft(state[0], self.shape))[crop], 0, -1) * self.scale_u
+        f = np.moveaxis(np.asarray(state[2])[crop], 0, -1) * self.scale_f
+        return u.astype(np.float32), f.astype(np.float32)
+
+
+def _discrepancy(problem, target: float, config: InverseConfig, finish: bool = True):
+    """Alpha with misfit(alpha) = target (misfit grows with alpha): bracketed by steps along
+    the local slope, then secant / bisection in (log alpha, log misfit), warm-started. The
+    misfit of a nearly unregularised solve is the best the grid can do (a kink of the
+    field, the box's truncation); where it exceeds the noise, that floor (times the same
+    margin) is the target. ``finish``: converge the chosen solve to the full tolerance (not
+    needed where a debiasing solve follows). Returns ``(alpha, (state, rho), misfit, trace,
+    floor)``."""
+    trace = []
+
+    def at(alpha, start):
+        sol, m = problem.run(alpha, start, 3 * config.tolerance)
+        trace.append((alpha, m))
+        return sol, m
+
+    guess = problem.alpha_guess(target)
+    sol, floor = at(guess * 1e-3, problem.initial())  # nearly unregularised: the best fit the grid allows (roughly)
+    if config.discrepancy**2 * floor > target:
+        target = config.discrepancy**2 * floor
+    else:
+        floor = None
+    alpha = guess
+    sol, m = at(alpha, sol)
+    lo = hi = None  # lo: misfit below target (the largest such alpha); hi: above (the smallest)
+    prev = None
+    for _ in range(16):
+        if m < target:
+            lo = (alpha, sol, m)
+        else:
+            hi = (alpha, sol, m)
+        if lo is not None and hi is not None:
+            break
+        gap = math.log(target) - math.log(max(m, 1e-30))
+        slope = 0.5  # d log misfit / d log alpha: from the last two solves once there are two
+        if prev is not None and prev[0] != alpha:
+            slope = max((math.log(max(m, 1e-30)) - math.log(max(prev[1], 1e-30))) / (math.log(alpha) - math.log(prev[0])), 0.05)
+        step = min(max(1.3 * gap / slope, -math.log(30.0)), math.log(30.0))  # 1.3: overshoot, to bracket
+        prev = (alpha, m)
+        alpha *= math.exp(step if abs(step) > math.log(1.5) else math.copysign(math.log(1.5), step))
+        sol, m = at(alpha, sol)
+    if lo is None or hi is None:  # no alpha reaches the target
+        best = lo if lo is not None else hi
+    else:
+        for _ in range(config.bisection_steps):
+            la, lb = math.log(lo[0]), math.log(hi[0])
+            ma, mb = math.log(max(lo[2], 1e-30)), math.log(max(hi[2], 1e-30))
+            t = (math.log(target) - ma) / (mb - ma) if mb != ma else 0.5
+            x = la + min(max(t, 0.1), 0.9) * (lb - la)  # secant, kept inside the bracket
+            sol, m = at(math.exp(x), lo[1] if abs(x - la) < abs(x - lb) else hi[1])
+            if m < target:
+                lo = (math.exp(x), sol, m)
+            else:
+                hi = (math.exp(x), sol, m)
+            if abs(math.log(max(m, 1e-30)) - math.log(target)) < 0.1:  # within 5 % of the noise level
+                break
+        best = lo if abs(math.log(lo[2] / target)) < abs(math.log(hi[2] / target)) else hi
+    sol, m = best[1], best[2]
+    if finish:
+        sol, m = problem.run(best[0], sol)  # converged to the full tolerance
+        trace.append((best[0], m))
+    return best[0], sol, m, trace, floor
+
+
+def _check(displacement, grid, material, weights, mask, config):
+    laws = (LinearElastic,) if config.operator == "fft" else (LinearElastic, NeoHookean)
+    u = check_inputs(displacement, grid, material, laws, f"the force inverse (operator={config.operator!r})")
+    scale = float(np.max(np.abs(u))) or 1.0
+    check_scale(material.youngs_modulus_pa * scale / min(grid.spacing_um) ** 2, scale, material.youngs_modulus_pa)
+    w = np.ones(grid.shape) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != grid.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights must be finite, >= 0 and of the grid's shape {grid.shape}, got shape {w.shape}")
+    if not np.any(w > 0):
+        raise ValueError("weights are zero everywhere: nothing was measured")
+    m = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != grid.shape or not (m.dtype == bool or np.all((m == 0) | (m == 1))):
+            raise ValueError(f"mask must be a bool (or 0/1) array of the grid's shape {grid.shape}, got {m.dtype} {m.shape}")
+        m = m.astype(bool)
+    if isinstance(config.support_um, (int, float)) and (m is None or not m.any()):
+        raise ValueError("support_um needs a (non-empty) cell mask")
+    return u.astype(np.float64), w, m
+
+
+def support_distance(mask, grid: Grid, support_um) -> float | None:
+    """The distance from the mask within which forces are allowed (None: anywhere)."""
+    if mask is None or not np.any(mask) or support_um is None:
+        return None
+    return 2.0 * max(grid.spacing_um) if isinstance(support_um, str) else float(support_um)
+
+
+def support_of(mask, grid: Grid, support_um) -> np.ndarray:
+    """1 where forces are allowed: within ``support_um`` of the mask (everywhere without one)."""
+    support_um = support_distance(mask, grid, support_um)
+    if support_um is None:
+        return np.ones(grid.shape)
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~np.asarray(mask, bool), sampling=grid.spacing_um)
+    return (dist <= support_um).astype(np.float64)
+
+
+def rms_of(u, w) -> float:
+    """Weighted RMS per component of a (Z, Y, X, 3) field."""
+    return float(np.sqrt(np.sum(w[..., None] * u**2) / np.sum(w) / 3.0))
+
+
+def _noise_level(u, w, m, config: InverseConfig):
+    """The noise (given, or estimated but never below NOISE_FLOOR of the signal, where the
+    grid's own resolution of the field dominates) and a warning where it rivals the signal."""
+    rms = float(np.sqrt(np.mean(np.sum(u[w > 0] ** 2, -1)) / 3.0))
+    if config.noise_um is not None:
+        sigma = config.noise_um
+    else:
+        try:
+            sigma = max(estimate_noise(u, valid=w > 0, mask=m), NOISE_FLOOR * rms)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: pass noise_um (tfm forces / reconstruct: --noise-um)") from None
+    notes = []
+    if sigma > LOW_SNR * rms:
+        notes.append(f"the displacement (RMS {rms:.3g} µm per component) is hardly above its noise ({sigma:.3g} µm"
+                     f"{', estimated' if config.noise_um is None else ''}): the forces are unreliable, and zero where "
+                     "nothing stands out of the noise; a finer displacement grid (more beads per window) or a "
+                     "measured noise level (noise_um) helps")
+        warnings.warn(notes[-1], stacklevel=5)  # from the caller of tfm.reconstruct_forces
+    return sigma, notes
+
+
+def solve(displacement, grid: Grid, material, weights=None, mask=None, config: InverseConfig = InverseConfig()):
+    """Force density (pN/µm³) and fitted displacement (µm) from a measured displacement.
+
+    Args:
+      displacement: (Z, Y, X, 3) µm on ``grid``.
+      material: :class:`~tfm.material.LinearElastic` (``"fft"``), or also
+        :class:`~tfm.material.NeoHookean` (``"fem"``).
+      weights: (Z, Y, X) >= 0, the trust in each measurement (default 1; 0 = unmeasured).
+      mask: optional (Z, Y, X) bool, the cell, on ``grid``: left out of the noise estimate,
+        and with its neighbourhood (``support_um``, default 2 grid spacings) the only place
+        forces may be.
+
+    Returns ``(force, fitted_displacement, info)``; info holds the noise (given or
+    estimated), alpha and how it was chosen, the misfit, iterations and timings.
+    """
+    t0 = time.perf_counter()
+    u, w, m = _check(displacement, grid, material, weights, mask, config)
+    if not np.any(u[w > 0]):  # nothing moved: no force (and no noise to fit)
+        zero = np.zeros(u.shape, np.float32)
+        return zero, zero, {"operator": config.operator, "penalty": config.penalty, "noise_um": 0.0, "alpha": None,
+                            "alpha_rule": "no_data", "misfit_um": 0.0, "iterations": 0, "time_total_s": time.perf_counter() - t0}
+    sigma, notes = _noise_level(u, w, m, config)
+    support = support_of(m, grid, config.support_um)
+    if config.operator == "fem":
+        from .inverse_fem import FEMProblem
+
+        problem = FEMProblem(u, grid, material, w, support, config)
+    else:
+        problem = _FFTProblem(u, grid, material, w, support, config)
+    info = {"operator": config.operator, "penalty": config.penalty, "noise_um": sigma,
+            "noise_estimated": config.noise_um is None, "support_um": support_distance(m, grid, config.support_um),
+            "warnings": notes}
+    if isinstance(config.alpha, str):
+        target = (config.discrepancy * sigma / problem.scale_u) ** 2
+        if target >= float(np.sum(w[..., None] * u**2) / np.sum(w) / 3.0) / problem.scale_u**2:
+            # Zero force already fits within the noise: no alpha can do better (alpha -> inf).
+            zero = np.zeros(u.shape, np.float32)
+            info.update(alpha=math.inf, alpha_rule="discrepancy", discrepancy_target_um=config.discrepancy * sigma,
+                        misfit_um=rms_of(u, w), iterations=0, time_total_s=time.perf_counter() - t0)
+            return zero, zero, info
+        debias = config.debias and config.penalty != "l2"
+        alpha, sol, misfit, trace, floor = _discrepancy(problem, max(target, 1e-30), config, finish=not debias)
+        info.update(alpha_rule="discrepancy", discrepancy_target_um=config.discrepancy * sigma,
+                    misfit_floor_um=None if floor is None else float(np.sqrt(floor)) * problem.scale_u,
+                    alpha_trace=[[a, float(np.sqrt(mm)) * problem.scale_u] for a, mm in trace])
+    else:
+        alpha = float(config.alpha)
+        sol, misfit = problem.run(alpha, problem.initial())
+        info["alpha_rule"] = "fixed"
+    if config.debias and config.penalty != "l2":
+        sol, misfit = problem.debias(alpha, sol)
+        info["debiased"] = True
+    state = sol[0]
+    u_fit, force = problem.fields(state)
+    info.update(alpha=alpha, misfit_um=float(np.sqrt(misfit)) * problem.scale_u, iterations=problem.iterations,
+                force_scale_pn_um3=problem.scale_f, time_total_s=time.perf_counter() - t0)
+    return force, u_fit, info
