@@ -39,9 +39,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.fttc --out benchmarks/results
+	$(PY) -m benchmarks.inverse --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.dvc --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.synth --out benchmarks/results
 	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results --test acquisition --report dl_acquisition --sizes "" --no-fmtrack
 	$(PY) -m benchmarks.stiffness --out benchmarks/results --search-trials 10
 	$(PY) -m benchmarks.make_docs
 

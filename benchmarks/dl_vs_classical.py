@@ -42,12 +42,29 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEST = ROOT / ".cache" / "bench" / "test48_seed777_n24.h5"
 
 
+ACQUISITION_TEST = ROOT / ".cache" / "bench" / "acquisition72x192x192_seed778_n24.h5"
+ACQUISITION_COMMAND = ["synth", "--preset", "acquisition", "--n", "24", "--size", "72", "192", "192", "--seed", "778",
+                       "--quiet", "-o"]
+
+
 def ensure_test_set(path: Path, n: int, size: int, seed: int) -> Path:
     from tfm.synth import dataset
 
     if not path.exists():
         print(f"generating the test set {path} ({n} samples, {size}³, seed {seed})", flush=True)
         dataset.generate(path, n, seed=seed, config=dataset.SynthConfig(size=size))
+    return path
+
+
+def ensure_acquisition_set(path: Path = ACQUISITION_TEST) -> Path:
+    """The realistic held-out set: ``tfm synth --preset acquisition`` (0.8 x 0.3 x 0.3 µm
+    voxels, FEM on a 1.2 µm mesh, sparse to dense beads, drift), 24 pairs, seed 778."""
+    from tfm.cli import main as tfm_main
+
+    if not path.exists():
+        print(f"generating the test set {path}: tfm {' '.join(ACQUISITION_COMMAND)} {path}", flush=True)
+        if tfm_main(ACQUISITION_COMMAND + [str(path)]) != 0:
+            raise RuntimeError("generating the acquisition test set failed")
     return path
 
 
@@ -210,7 +227,7 @@ def markdown(rep: dict) -> str:
          "cell centre. Medians over the samples (means in brackets).", "",
          "| method | force rel. L2 | contractility rel. error | displacement RMS error (µm) | time / pair (s) |",
          "|---|---|---|---|---|"]
-    for m, label in (("dl", "DL (physics-informed 3D U-Net)"), ("classical", "classical (DVC + FTTC)")):
+    for m, label in (("dl", "DL (physics-informed 3D U-Net)"), ("classical", "classical (DVC + force inverse)")):
         r = s[m]
         L.append(f"| {label} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | {r['contractility_rel_error']:.3f} "
                  f"({r['mean_contractility_rel_error']:.3f}) | {r['u_rms_error_um']:.4f} | {r['time_s']:.2f} |")
@@ -267,7 +284,10 @@ def markdown(rep: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--test", help="synthetic test set (.h5); default: generated, 24 samples at 48³, seed 777")
+    p.add_argument("--test", help="synthetic test set (.h5), or 'acquisition' (generated: tfm synth --preset acquisition, "
+                   "24 pairs of 72 x 192 x 192 voxels, seed 778); default: generated, 24 samples at 48³, seed 777")
+    p.add_argument("--report", default="dl_vs_classical", help="name of the report files (default dl_vs_classical)")
+    p.add_argument("--no-fmtrack", action="store_true", help="skip the real-stack run")
     p.add_argument("--model", help="saved model or run directory (default: the shipped weights)")
     p.add_argument("--sizes", default="64,128", help="volume edges for the timing, comma-separated")
     p.add_argument("--limit", type=int, help="use only the first N test samples")
@@ -286,7 +306,10 @@ def main(argv=None) -> int:
 
     from tfm.nn import infer
 
-    test = Path(args.test) if args.test else ensure_test_set(DEFAULT_TEST, 24, 48, 777)
+    if args.test == "acquisition":
+        test = ensure_acquisition_set()
+    else:
+        test = Path(args.test) if args.test else ensure_test_set(DEFAULT_TEST, 24, 48, 777)
     model = infer.load_model(args.model)
     ablation = {}
     for spec in args.ablation:
@@ -299,11 +322,11 @@ def main(argv=None) -> int:
            "summary": summarise(rows)}
     sizes = [int(v) for v in args.sizes.split(",") if v]
     rep["timing"] = timing(sizes, model, args.saenopy_python, args.saenopy_solve_iterations)
-    write_report(args.out, "dl_vs_classical", rep, markdown(rep))  # kept if the FM-Track run below fails
-    if FMTRACK.is_dir():
+    write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track run below fails
+    if FMTRACK.is_dir() and not args.no_fmtrack:
         rep["fmtrack"] = run_one_size("dl_vs_classical", "fmtrack", *(["--model", args.model] if args.model else []))
         print("fmtrack", rep["fmtrack"], flush=True)
-    write_report(args.out, "dl_vs_classical", rep, markdown(rep))
+    write_report(args.out, args.report, rep, markdown(rep))
     return 0
 
 

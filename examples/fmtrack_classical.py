@@ -42,15 +42,17 @@ SPACING_UM = (0.8, 0.29286, 0.29286)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fmtrack_avic_3d"
 
 
-def crop_around(mask, shape, crop):
-    """Slices of size ``crop`` centred on the mask's centroid, clipped to the volume."""
-    c = np.round(np.argwhere(mask).mean(0)).astype(int)
-    out = []
-    for ci, n, w in zip(c, shape, crop):
-        w = min(w, n)
-        lo = int(np.clip(ci - w // 2, 0, n - w))
-        out.append(slice(lo, lo + w))
-    return tuple(out)
+def load_pair(data: Path, crop=None):
+    """CytoD (reference) and Normal (deformed) bead stacks, the Normal cell's mask (Otsu)
+    and their Grid, cropped around the cell to ``crop`` voxels when given."""
+    ref, grid = io.read_volume(data / "CytoD_Beads.tif", spacing_um=SPACING_UM)
+    dfm, _ = io.read_volume(data / "Normal_Beads.tif", spacing_um=SPACING_UM)
+    cell, _ = io.read_volume(data / "Normal_Cell.tif", spacing_um=SPACING_UM)
+    mask = segment.cell_mask(cell, grid)
+    if crop:
+        sl = segment.crop_around(mask, crop)
+        ref, dfm, mask = ref[sl], dfm[sl], mask[sl]
+    return ref, dfm, mask, tfm.Grid(ref.shape, SPACING_UM)
 
 
 def cell_axes(mask, spacing):
@@ -107,14 +109,7 @@ def main(argv=None) -> int:
         print(f"data folder not found: {data} (this example needs ../shared/data/fmtrack_avic_3d)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    ref, grid = io.read_volume(data / "CytoD_Beads.tif", spacing_um=SPACING_UM)
-    dfm, _ = io.read_volume(data / "Normal_Beads.tif", spacing_um=SPACING_UM)
-    cell, _ = io.read_volume(data / "Normal_Cell.tif", spacing_um=SPACING_UM)
-    mask = segment.cell_mask(cell, grid)
-    if args.crop:
-        sl = crop_around(mask, ref.shape, args.crop)
-        ref, dfm, mask = ref[sl], dfm[sl], mask[sl]
-    grid = tfm.Grid(ref.shape, SPACING_UM)
+    ref, dfm, mask, grid = load_pair(data, args.crop)
     gel = tfm.LinearElastic(args.youngs_modulus_pa, 0.45)
     # The DVC's defaults: windows from the beads (8 per last-pass window, near-cubic in
     # µm) and the drift model the far field supports. Here that is "slicewise": besides

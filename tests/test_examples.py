@@ -8,6 +8,8 @@ import pytest
 
 from conftest import ROOT
 
+from tfm import io
+
 
 def test_demo_writes_all_outputs_and_recovers_contractility(tmp_path, monkeypatch):
     """Parts 1 and 2 (part 3, the real-data crop, is the slow test below)."""
@@ -68,6 +70,20 @@ def test_fmtrack_example_on_a_crop_shows_contraction_toward_the_cell(tmp_path, m
     assert min(s["dipole_eigenvalues_pn_um"]) < 0
     for name in ("result.h5", "result.vti", "decay.png", "beads.png", "view3d.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_fmtrack_dl_example_compares_the_network_with_dvc_on_a_crop(tmp_path, monkeypatch, shared_data):
+    monkeypatch.setattr(sys, "argv", ["fmtrack_dl.py", "--data", str(shared_data / "fmtrack_avic_3d"), "--out", str(tmp_path),
+                                      "--crop", "96", "256", "256"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "examples" / "fmtrack_dl.py"), run_name="__main__")
+    assert e.value.code == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["windows_compared"] > 100 and len(s["pearson_r_zyx"]) == 3 and all(-1 <= r <= 1 for r in s["pearson_r_zyx"])
+    assert s["drift_model"] in ("slicewise", "affine", "rigid")
+    assert io.read_result(tmp_path / "learned.h5", preview=True).grid.shape == (24, 64, 64)
+    assert (tmp_path / "compare.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

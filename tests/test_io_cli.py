@@ -82,6 +82,30 @@ def test_result_hdf5_round_trip_with_units_and_provenance(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.h5"]  # no temporary left behind
 
 
+def test_result_file_is_chunked_float32_with_an_optional_preview(tmp_path):
+    """Fields are stored float32 in compressed 64³ chunks (a float64 field is narrowed);
+    a preview copy holds every k-th point on the grid through those points."""
+    g = tfm.Grid((70, 9, 130), spacing_um=(0.8, 0.3, 0.3), origin_um=(1.0, 2.0, 3.0))
+    x = g.coordinates_um()
+    res = tfm.Result(g, (0.1 * x).astype(np.float64), np.sin(x).astype(np.float32))
+    io.write_result(tmp_path / "r.h5", res, preview_factor=(2, 4, 8))
+    with h5py.File(tmp_path / "r.h5") as h:
+        assert h["displacement"].dtype == np.float32 and h["displacement"].chunks == (64, 9, 64, 3)
+        assert h["force"].compression == "gzip"
+    small = io.read_result(tmp_path / "r.h5", preview=True)
+    assert small.grid.shape == (35, 3, 17) and small.grid.spacing_um == pytest.approx((1.6, 1.2, 2.4))
+    assert small.grid.origin_um == g.origin_um
+    # the preview's values are the full field's at the preview grid's own points
+    np.testing.assert_allclose(small.displacement, 0.1 * small.grid.coordinates_um(), rtol=1e-5, atol=1e-6)
+    assert small.info["preview_factor"] == [2, 4, 8] and small.info["preview_of"] == [70, 9, 130]
+    io.write_result(tmp_path / "n.h5", res)
+    with pytest.raises(ValueError, match="no preview"):
+        io.read_result(tmp_path / "n.h5", preview=True)
+    with pytest.raises(ValueError, match="factor"):
+        io.write_result(tmp_path / "b.h5", res, preview_factor=0)
+    assert not (tmp_path / "b.h5").exists()
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     target = tmp_path / "out.h5"
     with pytest.raises(RuntimeError):

@@ -178,3 +178,48 @@ def test_shipped_dataset_is_complete_and_physical():
         assert np.all(batch["displacement"][:, 0] == 0) and batch["reference"].dtype == np.uint16
         s = ds[3]
         assert s["params"]["fem"]["converged"] and s["params"]["seed"] == [2026, 3]
+
+
+def test_acquisition_like_sample_coarse_mesh_drift_and_optical_psf():
+    """Native anisotropic voxels with the FEM on a coarser mesh: labels on the image's
+    voxels, still force-free in sum; the deformed stack carries the drift (measured back
+    by phase correlation), the labels do not; the PSF follows the optics."""
+    from tfm.classical import correlation
+
+    cfg = dataset.SynthConfig(
+        size=(24, 48, 48), spacing_um=(0.8, 0.3, 0.3), material="linear", fem_spacing_um=1.0, drift_um=(1.2, 1.2),
+        cell=cells.CellConfig(radius_um=(2.0, 2.5), protrusions=(0, 0), contraction=(0.02, 0.03)),
+        beads=dataset.BeadConfig(numerical_aperture=0.7, bead_radius_um=0.3, density_per_um3=(0.3, 0.3)))
+    mesh = cfg.fem_grid
+    assert mesh.shape == (19, 15, 15) and mesh.origin_um == cfg.grid.origin_um
+    np.testing.assert_allclose(np.asarray(mesh.shape) - 1, np.round((np.asarray(cfg.grid.shape) - 1)
+                                                                    * np.asarray(cfg.grid.spacing_um) / np.asarray(mesh.spacing_um)))
+    s = dataset.generate_sample(cfg, seed=3, index=0)
+    assert s["reference"].shape == (24, 48, 48) and s["displacement"].shape == (24, 48, 48, 3)
+    assert s["params"]["fem_grid"]["shape"] == [19, 15, 15]
+    f = s["force"].astype(np.float64)
+    assert np.abs(f.sum(axis=(0, 1, 2))).max() < 1e-3 * np.abs(f).sum()
+    drift = np.asarray(s["params"]["acquisition"]["drift_um"])
+    assert np.linalg.norm(drift) == pytest.approx(1.2)
+    assert np.abs(s["displacement"]).max() < 0.3 * np.linalg.norm(drift)  # the labels are the cell's field only
+    shift = correlation.rigid_shift(s["reference"].astype(np.float32), s["deformed"].astype(np.float32))
+    np.testing.assert_allclose(shift * np.asarray(cfg.grid.spacing_um), drift, atol=0.12)
+    psf = dataset.BeadConfig(numerical_aperture=0.7, bead_radius_um=0.3).psf
+    np.testing.assert_allclose(psf, np.sqrt(np.array([0.66 * 0.52 * 1.33 / 0.49, 0.156, 0.156]) ** 2 + 0.018), rtol=1e-3)
+    with pytest.raises(ValueError, match="numerical_aperture"):
+        dataset.BeadConfig(numerical_aperture=1.5)
+    with pytest.raises(ValueError, match="drift_um"):
+        dataset.SynthConfig(drift_um=(2.0, 1.0))
+
+
+def test_synth_preset_sets_the_acquisition_and_options_override_it():
+    from tfm.cli import build_parser
+    from tfm.cli.synth import config_from_args
+
+    args = build_parser().parse_args(["synth", "--preset", "acquisition", "--n", "1", "--spacing-um", "1.0",
+                                      "--contraction", "0.1", "0.2", "-o", "x.h5"])
+    cfg = config_from_args(args)
+    assert cfg.grid.spacing_um == (1.0, 1.0, 1.0) and cfg.fem_spacing_um == 1.2  # given spacing wins over the preset's
+    assert cfg.beads.numerical_aperture == 0.7 and cfg.cell.contraction == (0.1, 0.2) and cfg.drift_um == (0.0, 1.5)
+    plain = config_from_args(build_parser().parse_args(["synth", "--n", "1", "-o", "x.h5"]))
+    assert plain == dataset.SynthConfig()  # no option: the defaults as before

@@ -126,3 +126,16 @@ def test_bead_pair_and_decay_figures(result, tmp_path):
     with pytest.raises(ValueError, match="mask"):
         viz.bead_pair_figure(ref, ref, g.spacing_um, res, tmp_path / "x.png", mask=cell[1:])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_crop_around_centres_on_the_mask_and_stays_inside():
+    from tfm import segment
+
+    mask = np.zeros((20, 30, 40), bool)
+    mask[2:5, 10:13, 30:39] = True  # centroid (3, 11, 34)
+    sl = segment.crop_around(mask, (8, 10, 50))
+    assert sl == (slice(0, 8), slice(6, 16), slice(0, 40))  # z shifted inside, x clipped to the volume
+    with pytest.raises(ValueError, match="size must give 3"):
+        segment.crop_around(mask, (8, 10))
+    with pytest.raises(ValueError, match="empty"):
+        segment.crop_around(np.zeros((4, 4, 4), bool), (2, 2, 2))

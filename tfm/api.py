@@ -134,8 +134,9 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     ``method="dl"``: the physics-informed 3D network (:func:`tfm.nn.infer.predict`) in
     one pass, on the input voxel grid. ``model`` is a saved-model or ``tfm train`` run
     directory, or None for the shipped default weights; ``dl_options`` go to ``predict``
-    (``tile``, ``overlap``). ``material`` may be :class:`~tfm.material.NeoHookean` too.
-    ``mask`` is not used by the network (it sees the cell as the bead-free region).
+    (``tile``, ``overlap``, ``drift``, ``zero_motion``). ``material`` may be
+    :class:`~tfm.material.NeoHookean` too. ``mask`` is where the drift fit measures "far"
+    from (the network itself sees the cell as the bead-free region).
 
     Returns a :class:`~tfm.result.Result` with ``displacement`` (µm) and ``force`` (pN/µm³).
     """
@@ -148,7 +149,7 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
             raise ValueError("force_options apply to method='classical'")
         from .nn.infer import predict
 
-        return predict(reference, deformed, grid, material, model=model, progress=progress, **(dl_options or {}))
+        return predict(reference, deformed, grid, material, model=model, progress=progress, mask=mask, **(dl_options or {}))
     t0 = time.perf_counter()
     disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, **(dvc_options or {}))
     t1 = time.perf_counter()

@@ -197,11 +197,49 @@ def _join_arrays(obj, h):
     return obj
 
 
-def write_result(path, result: Result, provenance: dict | None = None) -> Path:
-    """Write ``result`` to HDF5 atomically. Returns the path written."""
+def _write_fields(h, result: Result) -> None:
+    g = h.create_group("grid")
+    g.attrs["shape"] = result.grid.shape
+    g.attrs["spacing_um"] = result.grid.spacing_um
+    g.attrs["origin_um"] = result.grid.origin_um
+    g.attrs["axes"] = "zyx"[-result.grid.ndim :]
+    fields = {"displacement": ("um", "displacement"), "force": ("pN/um^3" if result.grid.ndim == 3 else "Pa", "force")}
+    for name, (unit, attr) in fields.items():
+        arr = getattr(result, attr)
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.dtype == np.float64:  # float32 keeps 7 digits, more than any measurement here
+            arr = arr.astype(np.float32)
+        chunks = tuple(min(n, 64) for n in arr.shape[:-1]) + (arr.shape[-1],)
+        ds = h.create_dataset(name, data=arr, compression="gzip", compression_opts=4, shuffle=True, chunks=chunks)
+        ds.attrs["units"] = unit
+        ds.attrs["components"] = ",".join("zyx"[-result.grid.ndim :])
+
+
+def preview(result: Result, factor) -> Result:
+    """Every ``factor``-th point of ``result``'s fields along each axis (an int, or one per
+    axis), on the coarser grid through those points: a small copy to browse or plot."""
+    d = result.grid.ndim
+    f = (int(factor),) * d if np.ndim(factor) == 0 else tuple(int(v) for v in factor)
+    if len(f) != d or min(f) < 1:
+        raise ValueError(f"factor must be a positive integer or {d} of them, got {factor!r}")
+    sl = tuple(slice(None, None, k) for k in f)
+    grid = Grid(tuple(len(range(n)[s]) for n, s in zip(result.grid.shape, sl)),
+                tuple(h * k for h, k in zip(result.grid.spacing_um, f)), result.grid.origin_um)
+    pick = lambda a: None if a is None else np.ascontiguousarray(np.asarray(a)[sl])  # noqa: E731
+    return Result(grid=grid, displacement=pick(result.displacement), force=pick(result.force),
+                  info={"preview_of": list(result.grid.shape), "preview_factor": list(f)})
+
+
+def write_result(path, result: Result, provenance: dict | None = None, preview_factor=None) -> Path:
+    """Write ``result`` to HDF5 atomically: the fields chunked (64³ blocks) and compressed,
+    float32. ``preview_factor`` (an int, or one per axis): also store :func:`preview`'s
+    copy in the group ``preview`` (``read_result(path, preview=True)``). Returns the path."""
     import h5py
 
     path = Path(path)
+    small = preview(result, preview_factor) if preview_factor is not None else None
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h:
         h.attrs["format"] = FORMAT
         h.attrs["format_version"] = FORMAT_VERSION
@@ -210,22 +248,14 @@ def write_result(path, result: Result, provenance: dict | None = None) -> Path:
         arrays: list = []
         h.attrs["info_json"] = json.dumps(_split_arrays(result.info, "info", arrays))
         for name, arr in arrays:
-            h.create_dataset(name, data=arr, compression="gzip", compression_opts=4)
+            chunks = tuple(min(n, 64) for n in arr.shape) if arr.ndim >= 3 else None
+            h.create_dataset(name, data=arr, compression="gzip", compression_opts=4, chunks=chunks)
         h.attrs["provenance_json"] = json.dumps(jsonable(provenance or {}))
-        g = h.create_group("grid")
-        g.attrs["shape"] = result.grid.shape
-        g.attrs["spacing_um"] = result.grid.spacing_um
-        g.attrs["origin_um"] = result.grid.origin_um
-        g.attrs["axes"] = "zyx"[-result.grid.ndim :]
-        fields = {"displacement": ("um", "displacement"), "force": ("pN/um^3" if result.grid.ndim == 3 else "Pa", "force")}
-        for name, (unit, attr) in fields.items():
-            arr = getattr(result, attr)
-            if arr is None:
-                continue
-            chunks = tuple(min(n, 64) for n in arr.shape[:-1]) + (arr.shape[-1],)
-            ds = h.create_dataset(name, data=arr, compression="gzip", compression_opts=4, shuffle=True, chunks=chunks)
-            ds.attrs["units"] = unit
-            ds.attrs["components"] = ",".join("zyx"[-result.grid.ndim :])
+        _write_fields(h, result)
+        if small is not None:
+            p = h.create_group("preview")
+            p.attrs["factor"] = small.info["preview_factor"]
+            _write_fields(p, small)
     return path
 
 
@@ -241,19 +271,26 @@ def _open_h5(path, what: str):
         raise ValueError(f"cannot read {path} as HDF5 (truncated, damaged or not HDF5): {exc}") from None
 
 
-def read_result(path) -> Result:
-    """Read a Result written by :func:`write_result`. A damaged file, or one that lacks
-    what a result holds (its grid, a dataset its info refers to), is a ValueError."""
+def read_result(path, preview: bool = False) -> Result:
+    """Read a Result written by :func:`write_result` (``preview=True``: its preview copy,
+    fields only). A damaged file, or one that lacks what a result holds (its grid, a
+    dataset its info refers to, the preview asked for), is a ValueError."""
     path = Path(path)
     with _open_h5(path, "result") as h:
         if h.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a tfm result file (attribute format={h.attrs.get('format')!r})")
+        if preview and "preview" not in h:
+            raise ValueError(f"{path} holds no preview copy (write it with preview_factor / --preview-factor)")
+        src = h["preview"] if preview else h
         try:
-            g = h["grid"].attrs
+            g = src["grid"].attrs
             grid = Grid(tuple(int(v) for v in g["shape"]), tuple(g["spacing_um"]), tuple(g["origin_um"]))
-            disp = h["displacement"][...] if "displacement" in h else None
-            force = h["force"][...] if "force" in h else None
-            info = _join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
+            disp = src["displacement"][...] if "displacement" in src else None
+            force = src["force"][...] if "force" in src else None
+            if preview:
+                info = {"preview_of": list(h["grid"].attrs["shape"]), "preview_factor": list(src.attrs["factor"])}
+            else:
+                info = _join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
             info["provenance"] = json.loads(h.attrs.get("provenance_json", "{}"))
         except KeyError as exc:
             raise ValueError(f"{path} is an incomplete tfm result file (missing {exc})") from None

@@ -146,7 +146,7 @@ class Result:
             if self.displacement is not None:
                 out["strain_energy_pn_um"] = self.strain_energy()
         for key in ("method", "alpha", "regularization_rule", "alpha_rule", "noise_um", "noise_estimated", "misfit_um",
-                    "cutoff_wavelength_um", "time_total_s"):
+                    "cutoff_wavelength_um", "drift_model", "confident_fraction", "time_total_s"):
             if key in self.info:
                 out[key] = self.info[key]
         return out

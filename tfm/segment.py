@@ -68,6 +68,23 @@ def cell_mask(volume, grid, threshold: float | None = None, smooth_um: float = 1
     return m
 
 
+def crop_around(mask, size) -> tuple:
+    """Slices of ``size`` voxels (per axis) centred on the mask's centroid, shifted to stay
+    inside the volume and clipped to it: ``volume[crop_around(mask, (96, 256, 256))]``."""
+    m = np.asarray(mask, bool)
+    if len(size) != m.ndim or min(int(w) for w in size) < 1:
+        raise ValueError(f"size must give {m.ndim} positive voxel counts, got {size}")
+    if not m.any():
+        raise ValueError("mask is empty: no centroid to crop around")
+    c = np.round(np.argwhere(m).mean(0)).astype(int)
+    out = []
+    for ci, n, w in zip(c, m.shape, size):
+        w = min(int(w), n)
+        lo = int(np.clip(ci - w // 2, 0, n - w))
+        out.append(slice(lo, lo + w))
+    return tuple(out)
+
+
 def distance_from_mask_um(mask, grid) -> np.ndarray:
     """Euclidean distance (µm) of every voxel from the nearest voxel of ``mask`` (0 inside);
     ``grid`` is the mask's Grid or voxel size."""

@@ -154,10 +154,25 @@ def add_volume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-spacing-um", type=float, nargs="+", metavar="H",
                    help="also resample the displacement to this spacing, µm (H or HZ HY HX; cubic spline through the windows)")
     p.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
+    p.add_argument("--preview-factor", type=int, nargs="+", metavar="K",
+                   help="also store a copy of the fields at every K-th point (K or KZ KY KX) in the result file's "
+                   "'preview' group (small to browse; full-resolution --method dl results are large)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
+def preview_factor(args):
+    """``--preview-factor`` as an int or a 3-tuple (None when not given)."""
+    factor = getattr(args, "preview_factor", None)
+    if factor is None:
+        return None
+    factor = one_or_three(factor, "--preview-factor", int)
+    if min(np.atleast_1d(factor)) < 1:
+        raise UsageError(f"--preview-factor must be positive, got {' '.join(map(str, args.preview_factor))}")
+    return factor
+
+
 def check_pair_outputs(args) -> None:
+    preview_factor(args)
     inputs = (args.reference, args.deformed, getattr(args, "cell", None))
     check_output(args.output, (".h5", ".hdf5"), inputs)
     check_output(args.vtk, (".vti",), inputs, "--vtk")
@@ -198,7 +213,7 @@ def write_outputs(args, result, prov: dict) -> None:
     """The result file (and the VTK file), then the summary unless ``--quiet``."""
     from .. import io
 
-    io.write_result(args.output, result, prov)
+    io.write_result(args.output, result, prov, preview_factor=preview_factor(args))
     if getattr(args, "vtk", None):
         io.write_vtk(args.vtk, result)
     if not args.quiet:

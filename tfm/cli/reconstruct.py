@@ -22,6 +22,10 @@ def add_parser(sub) -> None:
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
     r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 128)")
     r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(32, tile/2))")
+    r.add_argument("--zero-motion", choices=("baseline", "odd", "none"),
+                   help="dl: how no motion reads as zero: baseline (default: subtract the network's answer for the "
+                   "reference paired with itself), odd (half the difference of both orders of the pair), none (one pass, "
+                   "half the cost; an identical pair no longer gives zero)")
     common.add_force_args(r, "--force-method")
     r.set_defaults(run=run)
 
@@ -30,16 +34,16 @@ def _check_method_options(args) -> None:
     if args.material == "neo-hookean" and args.method != "dl":
         raise common.UsageError("--material neo-hookean needs --method dl (the classical force step assumes a linear matrix)")
     if args.method == "dl":
-        unused = [o for o, v in (("--windows", args.windows), ("--cell", args.cell), ("--overlap", args.overlap != 0.5),
-                                 ("--cell-threshold", args.cell_threshold), ("--regularization", args.regularization != "auto"),
+        unused = [o for o, v in (("--windows", args.windows), ("--overlap", args.overlap != 0.5),
+                                 ("--regularization", args.regularization != "auto"),
                                  ("--force-method", args.force_method != "inverse"), ("--noise-um", args.noise_um),
                                  ("--support-um", args.support_um), ("--penalty", args.penalty),
                                  ("--target-beads", args.target_beads != 8.0), ("--output-spacing-um", args.output_spacing_um))
                   if v]
         if unused:
             raise common.UsageError(f"{', '.join(unused)}: options of the classical pipeline, not used by --method dl")
-    elif args.model or args.tile or args.tile_overlap:
-        raise common.UsageError("--model, --tile and --tile-overlap need --method dl")
+    elif args.model or args.tile or args.tile_overlap or args.zero_motion:
+        raise common.UsageError("--model, --tile, --tile-overlap and --zero-motion need --method dl")
 
 
 def run(args) -> int:
@@ -56,7 +60,8 @@ def run(args) -> int:
     ref, dfm, grid, mask, options = common.load_pair(args)
     result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
                          progress=common.progress(args), dvc_options=options, model=args.model,
-                         dl_options={"tile": args.tile, "overlap": args.tile_overlap}, force_method=args.force_method,
+                         dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
+                                     "zero_motion": {None: "baseline", "none": None}.get(args.zero_motion, args.zero_motion)}, force_method=args.force_method,
                          force_options=force_options)
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
     common.write_outputs(args, result, prov)

@@ -19,10 +19,17 @@ one from ``tfm train``) and returns a :class:`~tfm.result.Result` on the input g
    96³ pass to 2.3 % (u) and 2.6 % (f); smaller tiles raise a warning.
 4. Network units become physical ones: ``u = u_voxels * h`` (µm) and ``f = g E / h``
    (pN/µm³) for the material's Young's modulus ``E``.
+
+Around the pass (see :func:`predict` and docs/learned.md): constant or structureless
+volumes are refused; the whole-volume shift, rounded to voxels, is taken out before the
+network and added back; the network's answer to no motion is subtracted
+(``zero_motion``); drift is removed as the DVC removes it; a per-voxel confidence
+(:mod:`tfm.nn.confidence`) is returned in ``info``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from functools import partial
@@ -32,7 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from scipy import ndimage
 
+from ..classical import correlation
+from ..classical import drift as drift_models
 from ..fields import resample
 from ..grid import Grid
 from ..learn import config as configs
@@ -40,8 +50,10 @@ from ..learn import store
 from ..material import LinearElastic, NeoHookean
 from ..progress import resolve
 from ..result import Result
+from .confidence import confidence_map
 from .unet3d import ModelConfig, UNet3D, normalise_pair
 
+ZERO_MOTION = ("baseline", "odd", None)
 MIN_TILE = 64  # smallest tile edge whose blended result matches a whole-volume pass (see the module docs)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 
@@ -88,9 +100,24 @@ def _forward(graphdef, state, ref, dfm, nu):
     return model(model.features(ref, dfm, nu))
 
 
+def _tile_pass(graphdef, state, ref, dfm, nu, zero_motion):
+    """One tile through the network, with the ``zero_motion`` correction of :func:`predict`
+    (its second pass run after the first, the same compiled shape: memory as one pass)."""
+    r, d = jnp.asarray(ref)[None], jnp.asarray(dfm)[None]
+    out = np.asarray(_forward(graphdef, state, r, d, nu)[0])
+    if zero_motion == "baseline":
+        out = out - np.asarray(_forward(graphdef, state, r, r, nu)[0])
+    elif zero_motion == "odd":
+        out = 0.5 * (out - np.asarray(_forward(graphdef, state, d, r, nu)[0]))
+    return out
+
+
 def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: float, tile: int = 64, overlap: int = 16,
-                          progress=None):
-    """Normalised volumes on the model's voxel grid -> (u_voxels, g) arrays (Z, Y, X, 3), tiled."""
+                          progress=None, zero_motion=None):
+    """Normalised volumes on the model's voxel grid -> (u_voxels, g) arrays (Z, Y, X, 3), tiled;
+    ``zero_motion``: see :func:`predict`."""
+    if zero_motion not in ZERO_MOTION:
+        raise ValueError(f"zero_motion must be one of {ZERO_MOTION}, got {zero_motion!r}")
     mult = model.config.multiple
     if tile % mult or tile < mult:
         raise ValueError(f"tile must be a positive multiple of {mult} for this model, got {tile}")
@@ -119,7 +146,7 @@ def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: flo
                 for x in starts[2]:
                     o = (z, y, x)
                     sl = tuple(slice(a, a + s) for a, s in zip(o, sizes))
-                    pred = np.asarray(_forward(graphdef, state, jnp.asarray(ref[sl])[None], jnp.asarray(dfm[sl])[None], nu)[0])
+                    pred = _tile_pass(graphdef, state, ref[sl], dfm[sl], nu, zero_motion)
                     ws = [_ramp(s, overlap, a == 0, a + s == n) for a, s, n in zip(o, sizes, full)]
                     w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
                     out[sl] += pred * w[..., None]
@@ -130,8 +157,56 @@ def predict_network_units(model: UNet3D, reference, deformed, poisson_ratio: flo
     return out[crop][..., :3], out[crop][..., 3:]
 
 
+DRIFT_STEP = 8  # voxels of the working grid between the points the drift model is fitted to
+BLANK_FRACTION = 0.01  # a volume pair whose confident voxels are fewer than this fraction shows no beads
+# Two acquisitions of the same gel correlate (after the rigid shift, both smoothed by one
+# voxel): 0.35 for the FM-Track pairs, 0.8-0.99 for synthetic ones; a blank, another
+# channel or another field of view gives about 0 (|r| ~ 0.001 measured).
+MIN_PAIR_CORRELATION = 0.05
+
+
+def _shift(v, s):
+    """``v`` moved by the integer shift ``s`` (voxels): ``out[x] = v[x + s]``, zero (the
+    normalised background) where ``x + s`` leaves the volume."""
+    out = np.zeros_like(v)
+    src = tuple(slice(max(k, 0), n + min(k, 0)) for k, n in zip(s, v.shape))
+    dst = tuple(slice(max(-k, 0), n - max(k, 0)) for k, n in zip(s, v.shape))
+    out[dst] = v[src]
+    return out
+
+
+def _remove_drift(u_vox, confidence, mode, rigid, mask, work: Grid):
+    """Drift (:mod:`tfm.classical.drift`, as the DVC removes it) fitted to the predicted
+    field at a lattice of points ``DRIFT_STEP`` voxels apart (the confident ones,
+    outside the cell), evaluated at every voxel and subtracted: ``(u, info)``."""
+    shape = u_vox.shape[:3]
+    counts = [1 if n == 1 else int(math.ceil((n - 1) / DRIFT_STEP)) + 1 for n in shape]
+    axes = [np.linspace(0, n - 1, k) for n, k in zip(shape, counts)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    coords = np.moveaxis(centres, -1, 0)
+    lat = np.stack([ndimage.map_coordinates(u_vox[..., c], coords, order=1) for c in range(3)], -1)
+    valid = ndimage.map_coordinates(confidence, coords, order=1) > 0.5
+    idx = tuple(np.round(coords).astype(int))
+    if mask is not None:
+        valid &= ~mask[idx]
+    h = np.asarray(work.spacing_um)
+    dist = drift_models.window_distances(centres, mask, h)
+    info = {}
+    if mode == "auto":
+        centre = None if mask is None or not mask.any() else np.argwhere(mask).mean(0) * h
+        mode, info["drift_evidence"] = drift_models.choose(lat, valid, centres, dist, shape, h, centre)
+    corr, removed, extra = drift_models.correction(mode, lat, rigid, valid, centres, dist, shape)
+    info.update(extra, drift_model=mode, drift_removed_voxels=np.asarray(removed, float).tolist())
+    corr = np.asarray(corr, np.float32)
+    if corr.ndim > 1:  # a field: from the lattice (spanning the volume) to every voxel
+        corr = np.broadcast_to(corr, lat.shape)
+        step = [(n - 1) / (k - 1) * hh if k > 1 else hh for n, k, hh in zip(shape, counts, h)]
+        corr = resample(corr, Grid(tuple(counts), tuple(step), work.origin_um), work)
+    return (u_vox - corr).astype(np.float32), info
+
+
 def predict(reference, deformed, grid, material, model=None, tile: int | None = None, overlap: int | None = None,
-            progress=None) -> Result:
+            progress=None, drift: str | None = "auto", mask=None, zero_motion: str | None = "baseline") -> Result:
     """Bead volume pair -> displacement (µm) and force density (pN/µm³) with the network.
 
     Args:
@@ -141,20 +216,28 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
       model: a :class:`UNet3D`, a saved-model or run directory, or None for the shipped model.
       tile: tile edge in voxels (default 128; a smaller volume is one tile).
       overlap: voxels shared by neighbouring tiles (blended; default min(32, tile / 2)).
+      drift: removed from the predicted field as the DVC removes it (``"auto"``, ``"rigid"``,
+        ``"median"``, ``"affine"``, ``"slicewise"`` or None; :mod:`tfm.classical.drift`),
+        fitted at the confident points of the far field.
+      mask: optional bool (Z, Y, X), True in the cell: where "far" is measured from, and left
+        out of the drift fit (the network itself sees the cell as the bead-free region).
+      zero_motion: what makes "no motion" read as zero. ``"baseline"`` (default): subtract
+        the network's answer for the reference paired with itself, ``N(r, d) - N(r, r)``,
+        so an identical pair gives zero and the texture alone reads as no force.
+        ``"odd"``: ``(N(r, d) - N(d, r)) / 2``, the part that changes sign when the stacks
+        are swapped (as the field does, to first order in the strain); right for a network
+        trained with that symmetry -- the shipped one answers the swapped, expanding pair
+        with almost no force, so "odd" halves its forces. None: one pass (half the cost).
+
+    Before the network, the whole-volume phase-correlation shift (rounded to whole voxels)
+    is taken out of the deformed volume and added back to the prediction, so a global drift
+    of many voxels reaches the network as sub-voxel motion. ``info["confidence"]`` holds the
+    per-voxel confidence (:mod:`tfm.nn.confidence`) on the result's grid. A constant volume,
+    a pair that does not show the same beads (correlation below 0.05 after the rigid shift)
+    or one with no bead structure (fewer than 1 % of the voxels confident) is refused.
     """
     t0 = time.perf_counter()
-    ref = np.asarray(reference)
-    dfm = np.asarray(deformed)
-    if ref.ndim != 3:
-        raise ValueError(f"reference must be a 3D volume (Z, Y, X), got shape {ref.shape}")
-    if dfm.shape != ref.shape:
-        raise ValueError(f"deformed must have the reference's shape {ref.shape}, got {dfm.shape}")
-    for name, v in (("reference", ref), ("deformed", dfm)):
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-    if not isinstance(material, (LinearElastic, NeoHookean)):
-        raise ValueError(f"material must be tfm.LinearElastic or tfm.NeoHookean, got {type(material).__name__}")
-    grid = Grid.of(ref.shape, grid)
+    ref, dfm, grid, mask = _check_inputs(reference, deformed, grid, material, mask, drift, zero_motion)
     source = "in-memory model"
     if not isinstance(model, UNet3D):
         source = str(DEFAULT_MODEL if model is None else model)
@@ -162,24 +245,89 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
     tile = tile or 128
     overlap = min(32, tile // 2) if overlap is None else overlap
     h_model = np.asarray(model.config.spacing_um)
+    ref_n, dfm_n, work = _working_pair(ref, dfm, grid, h_model)
+    mask_w = None
+    if mask is not None:
+        mask_w = mask if work == grid else resample(mask.astype(np.float32), grid, work) > 0.5
+    rigid, step, dfm_a, pair_r, confidence = _align_and_check(ref_n, dfm_n)
+    u_vox, g = predict_network_units(model, ref_n, dfm_a, material.poisson_ratio, tile=tile, overlap=overlap,
+                                     progress=progress, zero_motion=zero_motion)
+    u_vox = u_vox + step.astype(np.float32)
+    drift_info = {"drift_model": None, "drift_removed_voxels": [0.0, 0.0, 0.0]}
+    if drift is not None:
+        u_vox, drift_info = _remove_drift(u_vox, confidence, drift, rigid, mask_w, work)
+    u = u_vox * h_model.astype(np.float32)
+    f = g * np.float32(material.youngs_modulus_pa / float(np.exp(np.mean(np.log(h_model)))))
+    if work != grid:
+        u, f = resample(u, work, grid), resample(f, work, grid)
+        confidence = np.clip(resample(confidence, work, grid), 0.0, 1.0)
+    info = {"method": "dl", "model": source, "tile": tile, "overlap": overlap, "zero_motion": zero_motion,
+            "resampled_to_um": list(h_model) if work != grid else None, "youngs_modulus_pa": material.youngs_modulus_pa,
+            "poisson_ratio": material.poisson_ratio, "rigid_shift_voxels": np.asarray(rigid, float).tolist(),
+            "prealigned_voxels": step.tolist(), "drift": drift, **drift_info, "pair_correlation": pair_r,
+            "confident_fraction": float(np.mean(confidence > 0.5)), "confidence": confidence.astype(np.float32),
+            "time_s": time.perf_counter() - t0}
+    return Result(grid=grid, displacement=u.astype(np.float32), force=f.astype(np.float32), info=info)
+
+
+def _check_inputs(reference, deformed, grid, material, mask, drift, zero_motion):
+    ref = np.asarray(reference)
+    dfm = np.asarray(deformed)
+    if ref.ndim != 3:
+        raise ValueError(f"reference must be a 3D volume (Z, Y, X), got shape {ref.shape}")
+    if dfm.shape != ref.shape:
+        raise ValueError(f"deformed must have the reference's shape {ref.shape}, got {dfm.shape}")
+    for name, v in (("reference", ref), ("deformed", dfm)):
+        if not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating) or v.dtype == bool):
+            raise ValueError(f"{name} must hold real numbers, got dtype {v.dtype}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if v.size == 0 or float(v.max()) == float(v.min()):
+            raise ValueError(f"{name} is empty or constant (no bead contrast for the network to follow)")
+    if not isinstance(material, (LinearElastic, NeoHookean)):
+        raise ValueError(f"material must be tfm.LinearElastic or tfm.NeoHookean, got {type(material).__name__}")
+    if zero_motion not in ZERO_MOTION:
+        raise ValueError(f"zero_motion must be one of {ZERO_MOTION}, got {zero_motion!r}")
+    if drift not in drift_models.DRIFTS:
+        raise ValueError(f"drift must be one of {drift_models.DRIFTS}, got {drift!r}")
+    grid = Grid.of(ref.shape, grid)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != ref.shape:
+            raise ValueError(f"mask must have the volumes' shape {ref.shape}, got {mask.shape}")
+    return ref, dfm, grid, mask
+
+
+def _working_pair(ref, dfm, grid: Grid, h_model):
+    """Both volumes normalised, on the model's voxel size over the same extent (the input
+    grid itself when it is within 1 % of it): ``(ref, dfm, working grid)``."""
     h = np.asarray(grid.spacing_um)
     other_size = bool(np.any(np.abs(h / h_model - 1) > 0.01))
-    ref_n, dfm_n = normalise_pair(ref, dfm)
     if other_size and float(np.prod(h / h_model)) > 8:
         raise ValueError(f"the volumes' voxels {tuple(h)} µm are much coarser than the model's {tuple(h_model)} µm: it would "
                          f"see {float(np.prod(h / h_model)):.0f}x as many (interpolated) voxels; use a model trained at "
                          "about this voxel size, or the classical pipeline")
-    if other_size:  # the model's voxel size, over the same extent
-        work = Grid(tuple(max(1, int(round(n * hh / hm))) for n, hh, hm in zip(ref.shape, h, h_model)), tuple(h_model),
-                    grid.origin_um)
-        ref_n, dfm_n = resample(ref_n, grid, work), resample(dfm_n, grid, work)
-    u_vox, g = predict_network_units(model, ref_n, dfm_n, material.poisson_ratio, tile=tile, overlap=overlap,
-                                     progress=progress)
-    u = u_vox * h_model.astype(np.float32)
-    f = g * np.float32(material.youngs_modulus_pa / float(np.exp(np.mean(np.log(h_model)))))
-    if other_size:
-        u, f = resample(u, work, grid), resample(f, work, grid)
-    info = {"method": "dl", "model": source, "tile": tile, "overlap": overlap,
-            "resampled_to_um": list(h_model) if other_size else None, "youngs_modulus_pa": material.youngs_modulus_pa,
-            "poisson_ratio": material.poisson_ratio, "time_s": time.perf_counter() - t0}
-    return Result(grid=grid, displacement=u.astype(np.float32), force=f.astype(np.float32), info=info)
+    ref_n, dfm_n = normalise_pair(ref, dfm)
+    if not other_size:
+        return ref_n, dfm_n, grid
+    work = Grid(tuple(max(1, int(round(n * hh / hm))) for n, hh, hm in zip(ref.shape, h, h_model)), tuple(h_model),
+                grid.origin_um)
+    return resample(ref_n, grid, work), resample(dfm_n, grid, work), work
+
+
+def _align_and_check(ref_n, dfm_n):
+    """The whole-volume shift, the deformed volume moved back by it (whole voxels), and the
+    refusals of :func:`predict`: ``(shift, whole voxels, aligned deformed, r, confidence)``."""
+    rigid = correlation.rigid_shift(ref_n, dfm_n) if min(ref_n.shape) >= 8 else np.zeros(3)
+    step = np.round(rigid).astype(int)
+    dfm_a = _shift(dfm_n, step) if np.any(step) else dfm_n
+    pair_r = float(np.corrcoef(ndimage.gaussian_filter(ref_n, 1.0).ravel(), ndimage.gaussian_filter(dfm_a, 1.0).ravel())[0, 1])
+    if not pair_r >= MIN_PAIR_CORRELATION:
+        raise ValueError(f"the volumes do not show the same beads: correlation {pair_r:.3f} after the rigid shift (need "
+                         f"{MIN_PAIR_CORRELATION}); one may be blank, another channel or another field of view")
+    confidence = confidence_map(ref_n, dfm_a, shift=rigid - step)
+    if float(np.mean(confidence > 0.5)) < BLANK_FRACTION:
+        raise ValueError(f"the volumes show no bead structure: {100 * float(np.mean(confidence > 0.5)):.2f} % of the voxels "
+                         f"have local texture above the image noise (need {100 * BLANK_FRACTION:.0f} %); check the channel "
+                         "and the stacks (blank, or noise only)")
+    return rigid, step, dfm_a, pair_r, confidence

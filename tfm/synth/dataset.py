@@ -63,12 +63,36 @@ class BeadConfig:
     background: tuple = (0.02, 0.1)  # relative to a bead's peak
     read_noise: float = 0.02  # relative to a bead's peak
     bleaching: tuple = (0.0, 0.15)  # mean fractional brightness loss in the deformed volume
+    # The PSF from the optics instead of psf_sigma_um (Gaussian approximation of a widefield
+    # PSF, Zhang, Zerubia & Olivo-Marin, Appl. Opt. 2007): sigma_xy = 0.21 lambda / NA,
+    # sigma_z = 0.66 lambda n / NA², elongated along z; the bead's own size is added in
+    # quadrature (a solid sphere of radius r has variance r²/5 along each axis).
+    numerical_aperture: float | None = None
+    wavelength_um: float = 0.52  # emission wavelength
+    refractive_index: float = 1.33  # immersion / sample medium
+    bead_radius_um: float = 0.0
 
     def __post_init__(self):
         if not all(v > 0 for v in self.density_per_um3) or self.density_per_um3[0] > self.density_per_um3[1]:
             raise ValueError(f"BeadConfig.density_per_um3 must be a (low, high) range > 0, got {self.density_per_um3}")
         if not (0 <= self.bleaching[0] <= self.bleaching[1] < 1):
             raise ValueError(f"BeadConfig.bleaching must lie in [0, 1), got {self.bleaching}")
+        if self.numerical_aperture is not None and not 0 < self.numerical_aperture <= self.refractive_index:
+            raise ValueError(f"BeadConfig.numerical_aperture must lie in (0, refractive_index={self.refractive_index}], "
+                             f"got {self.numerical_aperture}")
+        if not (self.wavelength_um > 0 and self.refractive_index >= 1 and self.bead_radius_um >= 0):
+            raise ValueError("BeadConfig: wavelength_um must be > 0, refractive_index >= 1 and bead_radius_um >= 0, got "
+                             f"{self.wavelength_um}, {self.refractive_index}, {self.bead_radius_um}")
+
+    @property
+    def psf(self) -> tuple:
+        """The apparent bead's Gaussian sigma (z, y, x), µm."""
+        if self.numerical_aperture is None:
+            sig = np.asarray(self.psf_sigma_um, float)
+        else:
+            lam, na, n = self.wavelength_um, self.numerical_aperture, self.refractive_index
+            sig = np.asarray([0.66 * lam * n / na**2, 0.21 * lam / na, 0.21 * lam / na])
+        return tuple(float(v) for v in np.sqrt(sig**2 + self.bead_radius_um**2 / 5.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +106,15 @@ class SynthConfig:
     cell: cells.CellConfig = cells.CellConfig()
     beads: BeadConfig = BeadConfig()
     fem: fem.FEMConfig = fem.FEMConfig()
+    # The FEM's mesh, µm (None: the image grid). A coarser mesh over the same box keeps
+    # large, finely sampled volumes cheap: beads are rendered at the image's voxels with u
+    # interpolated at each bead; the labels are the FEM fields interpolated to the voxels.
+    fem_spacing_um: float | tuple | None = None
+    # What differs between the two acquisitions besides the cell, per sample: a rigid shift
+    # of the deformed stack (magnitude in µm, uniform in this range, random direction) and
+    # an axial scaling about the box centre (refractive-index mismatch). Not in the labels.
+    drift_um: tuple = (0.0, 0.0)
+    axial_scale: tuple = (1.0, 1.0)
 
     def __post_init__(self):
         shape = (self.size,) * 3 if np.isscalar(self.size) else tuple(self.size)
@@ -91,12 +124,31 @@ class SynthConfig:
             raise ValueError(f"boundary must be one of {fem.BOUNDARIES}, got {self.boundary!r}")
         if self.material not in MATERIALS:
             raise ValueError(f"material must be one of {MATERIALS}, got {self.material!r}")
+        if not (len(self.drift_um) == 2 and 0 <= self.drift_um[0] <= self.drift_um[1]):
+            raise ValueError(f"drift_um must be a (low, high) range >= 0, got {self.drift_um}")
+        if not (len(self.axial_scale) == 2 and 0.5 < self.axial_scale[0] <= self.axial_scale[1] < 2):
+            raise ValueError(f"axial_scale must be a (low, high) range within (0.5, 2), got {self.axial_scale}")
         self.grid  # noqa: B018 - validates size and spacing_um now, before any file is written
+        self.fem_grid  # noqa: B018
 
     @property
     def grid(self) -> Grid:
         shape = (int(self.size),) * 3 if np.isscalar(self.size) else tuple(int(n) for n in self.size)
         return Grid(shape, self.spacing_um)
+
+    @property
+    def fem_grid(self) -> Grid:
+        """The FEM's nodes: the image grid, or a grid of about ``fem_spacing_um`` spanning the
+        same box (first to last voxel centre) with at least 8 nodes per axis."""
+        grid = self.grid
+        if self.fem_spacing_um is None:
+            return grid
+        want = np.broadcast_to(np.asarray(self.fem_spacing_um, float), (3,))
+        if not np.all(want > 0):
+            raise ValueError(f"fem_spacing_um must be > 0, got {self.fem_spacing_um}")
+        span = (np.asarray(grid.shape) - 1) * np.asarray(grid.spacing_um)
+        nodes = np.maximum(8, np.round(span / want).astype(int) + 1)
+        return Grid(tuple(int(n) for n in nodes), tuple(float(v) for v in span / (nodes - 1)), grid.origin_um)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -104,44 +156,74 @@ class SynthConfig:
 
 def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
     """One sample: arrays keyed like the file's datasets, plus ``params`` (a dict)."""
+    import time
+
+    from ..fields import resample
+
     rng = np.random.default_rng([seed, index])
-    grid = config.grid
+    grid, mesh = config.grid, config.fem_grid
     law = NeoHookean if config.material == "neo-hookean" else LinearElastic
     for attempt in range(5):
-        cell = cells.random_cell(rng, grid, config.cell)
-        frac, eps, weight = cells.rasterize(cell, grid)
-        scale = cells.modulus_scale(cell, grid, frac)
+        cell = cells.random_cell(rng, mesh, config.cell)
+        frac, eps, weight = cells.rasterize(cell, mesh)
+        scale = cells.modulus_scale(cell, mesh, frac)
         mat = law(cell.youngs_modulus_pa, cell.poisson_ratio)
         if cell.loading == "eigenstrain":
             load = {"eigenstrain": eps}
         else:  # traction scales with the matrix: T = traction_pa x E / 1 kPa
-            load = {"body_force": cells.surface_traction(frac, weight, grid, cell.traction_pa * cell.youngs_modulus_pa / 1000.0)}
+            load = {"body_force": cells.surface_traction(frac, weight, mesh, cell.traction_pa * cell.youngs_modulus_pa / 1000.0)}
         try:
-            sol = fem.solve(grid, mat, modulus_scale=scale, boundary=config.boundary, config=config.fem, **load)
+            sol = fem.solve(mesh, mat, modulus_scale=scale, boundary=config.boundary, config=config.fem, **load)
             break
         except fem.ConvergenceError:  # a cell too strong for its matrix: draw another
             continue
     else:
         raise fem.ConvergenceError(f"sample {index}: no FEM solution after 5 random cells")
+    t0 = time.perf_counter()
     u = sol.displacement
     b = config.beads
+    psf = b.psf
     density = rng.uniform(*b.density_per_um3)
-    margin = float(np.abs(u).max()) + 3 * max(b.psf_sigma_um)
+    # the acquisition's own differences: a rigid drift and an axial scaling of the deformed
+    # stack, from a stream of their own (the other draws stay those of earlier versions)
+    acq = np.random.default_rng([seed, index, 1])
+    direction = acq.standard_normal(3)
+    drift = acq.uniform(*config.drift_um) * direction / np.linalg.norm(direction)
+    axial = acq.uniform(*config.axial_scale)
+    zc = grid.center_um()[0]
+    margin = float(np.abs(u).max()) + float(np.linalg.norm(drift)) + abs(axial - 1) * grid.extent_um[0] + 3 * max(psf)
     pos = beads.random_positions(grid, density, rng, margin_um=margin)
-    pos = pos[np.asarray(fem.interpolate(frac, grid, pos)) < 0.5]  # no beads inside the cell
+    pos = pos[np.asarray(fem.interpolate(frac, mesh, pos)) < 0.5]  # no beads inside the cell
     sd = np.sqrt(np.log1p(b.brightness_cv**2))
     bright = rng.lognormal(-0.5 * sd**2, sd, len(pos))
     bleach = rng.uniform(*b.bleaching)
     bright_def = bright * np.clip(1 - bleach * rng.uniform(0.5, 1.5, len(pos)), 0, 1)
-    ref, dfm = beads.render_pair(grid, pos, lambda p: fem.interpolate(u, grid, p), b.psf_sigma_um, bright, bright_def)
+
+    def acquired(p):  # where the deformed stack shows the bead at p: the cell's u, then drift and axial scaling
+        d = np.asarray(fem.interpolate(u, mesh, p), np.float64)
+        if axial == 1.0 and not np.any(drift):
+            return d
+        moved = p + d + drift
+        moved[:, 0] = zc + axial * (moved[:, 0] - zc)
+        return moved - p
+
+    ref, dfm = beads.render_pair(grid, pos, acquired, psf, bright, bright_def)
     photons = float(np.exp(rng.uniform(*np.log(b.photons))))
     background = rng.uniform(*b.background)
     ref = beads.camera(ref, rng, photons, b.read_noise, background)
     dfm = beads.camera(dfm, rng, photons, b.read_noise, background)
-    params = {"cell": cell.to_dict(), "fem": sol.info, "beads": {"density_per_um3": density, "n": len(pos), "photons": photons,
-              "background": background, "bleaching": bleach}, "attempt": attempt, "seed": [seed, index]}
+    force = sol.force_density
+    if mesh != grid:  # the labels on the image's voxels
+        frac = cells.rasterize(cell, grid)[0]
+        scale = cells.modulus_scale(cell, grid, frac)
+        u, force = resample(np.asarray(u, np.float32), mesh, grid), resample(np.asarray(force, np.float32), mesh, grid)
+    params = {"cell": cell.to_dict(), "fem": sol.info, "fem_grid": {"shape": list(mesh.shape), "spacing_um": list(mesh.spacing_um)},
+              "beads": {"density_per_um3": density, "n": len(pos), "photons": photons, "background": background,
+                        "bleaching": bleach, "psf_sigma_um": list(psf)},
+              "acquisition": {"drift_um": drift.tolist(), "axial_scale": axial}, "render_seconds": time.perf_counter() - t0,
+              "attempt": attempt, "seed": [seed, index]}
     return {
-        "reference": ref, "deformed": dfm, "displacement": u.astype(np.float32), "force": sol.force_density.astype(np.float32),
+        "reference": ref, "deformed": dfm, "displacement": np.asarray(u, np.float32), "force": np.asarray(force, np.float32),
         "cell": frac.astype(np.float32), "modulus_scale": scale.astype(np.float32),
         "youngs_modulus_pa": cell.youngs_modulus_pa, "poisson_ratio": cell.poisson_ratio, "contraction": cell.contraction,
         "traction_pa": cell.traction_pa, "photons": photons, "bleaching": bleach, "n_beads": len(pos),
