@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.dvc --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.synth --out benchmarks/results
 	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
-	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results --test acquisition --report dl_acquisition --sizes "" --no-fmtrack
+	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results --test acquisition --report dl_acquisition --sizes 64,128 --no-fmtrack
 	$(PY) -m benchmarks.stiffness --out benchmarks/results --search-trials 10
 	$(PY) -m benchmarks.make_docs
 
