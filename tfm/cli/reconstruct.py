@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     r.set_defaults(run=run)
 
 
+ZERO_MOTION_ARGS = {None: "baseline", "none": None}  # --zero-motion: not given -> the default; "none" -> one pass
+
+
 def _check_method_options(args) -> None:
     if args.material == "neo-hookean" and args.method != "dl":
         raise common.UsageError("--material neo-hookean needs --method dl (the classical force step assumes a linear matrix)")
@@ -61,7 +64,7 @@ def run(args) -> int:
     result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
                          progress=common.progress(args), dvc_options=options, model=args.model,
                          dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
-                                     "zero_motion": {None: "baseline", "none": None}.get(args.zero_motion, args.zero_motion)}, force_method=args.force_method,
+                                     "zero_motion": ZERO_MOTION_ARGS.get(args.zero_motion, args.zero_motion)}, force_method=args.force_method,
                          force_options=force_options)
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
     common.write_outputs(args, result, prov)

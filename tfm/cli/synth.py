@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
                    help="box faces of the FEM: fixed, or free (traction-free) (default fixed)")
     y.add_argument("--preset", choices=("acquisition",),
                    help="acquisition: like a confocal bead stack -- 0.8 x 0.3 x 0.3 µm voxels, the FEM on a 1.2 µm mesh, "
-                   "PSF of NA 0.7 at 0.52 µm with 0.5 µm beads, 0.003-0.05 beads/µm³, cells of radius 5-10 µm "
-                   "contracting 0.05-0.3, drift up to 1.5 µm and axial scaling 0.98-1.02 (options given override it)")
+                   "PSF of NA 0.7 at 0.52 µm with 0.5 µm beads, 0.003-0.05 beads/µm³, cells of radius 6-12 µm "
+                   "contracting 0.15-0.4 (max |u| about 0.3-3 µm), drift up to 1.5 µm and axial scaling 0.98-1.02 "
+                   "(options given override it)")
     y.add_argument("--fem-spacing-um", type=float, nargs="+", metavar="H",
                    help="FEM mesh spacing, µm: H or HZ HY HX (default: the image grid); beads are rendered at the "
                    "image's voxels with u interpolated at each bead")
@@ -48,8 +49,8 @@ def add_parser(sub) -> None:
 
 
 PRESETS = {"acquisition": {"spacing_um": [0.8, 0.3, 0.3], "fem_spacing_um": [1.2], "numerical_aperture": 0.7,
-                            "bead_radius_um": 0.5, "bead_density": [0.003, 0.05], "cell_radius_um": [5.0, 10.0],
-                            "contraction": [0.05, 0.3], "drift_um": [0.0, 1.5], "axial_scale": [0.98, 1.02]}}
+                            "bead_radius_um": 0.5, "bead_density": [0.003, 0.05], "cell_radius_um": [6.0, 12.0],
+                            "contraction": [0.15, 0.4], "drift_um": [0.0, 1.5], "axial_scale": [0.98, 1.02]}}
 
 
 def config_from_args(args):

@@ -217,7 +217,8 @@ def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
         frac = cells.rasterize(cell, grid)[0]
         scale = cells.modulus_scale(cell, grid, frac)
         u, force = resample(np.asarray(u, np.float32), mesh, grid), resample(np.asarray(force, np.float32), mesh, grid)
-    params = {"cell": cell.to_dict(), "fem": sol.info, "fem_grid": {"shape": list(mesh.shape), "spacing_um": list(mesh.spacing_um)},
+    params = {"cell": cell.to_dict(), "fem": sol.info,
+              "fem_grid": {"shape": list(mesh.shape), "spacing_um": list(mesh.spacing_um)},
               "beads": {"density_per_um3": density, "n": len(pos), "photons": photons, "background": background,
                         "bleaching": bleach, "psf_sigma_um": list(psf)},
               "acquisition": {"drift_um": drift.tolist(), "axial_scale": axial}, "render_seconds": time.perf_counter() - t0,
