@@ -146,7 +146,10 @@ def _check_windows(windows) -> tuple:
 
 
 # ------------------------------------------------------------------ validation, set-up
-def _check(reference, deformed, grid, mask):
+def check_pair(reference, deformed, grid, mask=None):
+    """A bead volume pair as arrays, with its Grid and bool mask (or None), or a ValueError
+    naming the argument: each a 3D volume of real, finite numbers, both of one shape, the
+    mask of that shape. Every method that takes a pair (DVC, the network) checks it here."""
     ref, dfm = np.asarray(reference), np.asarray(deformed)
     for name, v in (("reference", ref), ("deformed", dfm)):
         if v.ndim != 3:
@@ -318,7 +321,7 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
       validity maps, drift, timings).
     """
     t_start = time.perf_counter()
-    ref, dfm, image_grid, mask = _check(reference, deformed, grid, mask)
+    ref, dfm, image_grid, mask = check_pair(reference, deformed, grid, mask)
     ref = _normalise(ref, mask, "reference")
     dfm = _normalise(dfm, mask, "deformed")
     config, auto = _resolve_windows(ref, image_grid, mask, config)

@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from ..classical import correlation
 from ..classical import drift as drift_models
+from ..classical.dvc import check_pair
 from ..fields import resample
 from ..grid import Grid
 from ..learn import config as configs
@@ -271,17 +272,8 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
 
 
 def _check_inputs(reference, deformed, grid, material, mask, drift, zero_motion):
-    ref = np.asarray(reference)
-    dfm = np.asarray(deformed)
-    if ref.ndim != 3:
-        raise ValueError(f"reference must be a 3D volume (Z, Y, X), got shape {ref.shape}")
-    if dfm.shape != ref.shape:
-        raise ValueError(f"deformed must have the reference's shape {ref.shape}, got {dfm.shape}")
+    ref, dfm, grid, mask = check_pair(reference, deformed, grid, mask)
     for name, v in (("reference", ref), ("deformed", dfm)):
-        if not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating) or v.dtype == bool):
-            raise ValueError(f"{name} must hold real numbers, got dtype {v.dtype}")
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} contains NaN or infinite values")
         if v.size == 0 or float(v.max()) == float(v.min()):
             raise ValueError(f"{name} is empty or constant (no bead contrast for the network to follow)")
     if not isinstance(material, (LinearElastic, NeoHookean)):
@@ -290,11 +282,6 @@ def _check_inputs(reference, deformed, grid, material, mask, drift, zero_motion)
         raise ValueError(f"zero_motion must be one of {ZERO_MOTION}, got {zero_motion!r}")
     if drift not in drift_models.DRIFTS:
         raise ValueError(f"drift must be one of {drift_models.DRIFTS}, got {drift!r}")
-    grid = Grid.of(ref.shape, grid)
-    if mask is not None:
-        mask = np.asarray(mask, bool)
-        if mask.shape != ref.shape:
-            raise ValueError(f"mask must have the volumes' shape {ref.shape}, got {mask.shape}")
     return ref, dfm, grid, mask
 
 
