@@ -251,7 +251,7 @@ def _markdown(report) -> str:
                      f"{r['rel_l2_blocks']:.3f} | {r['contractility_ratio']:.3f} |")
         t, k = s["tfm"], s["scan"][s["corner"]]
         L += ["", f"tfm's inverse on the same field: force rel. L2 in blocks {t['rel_l2_blocks']:.3f}, contractility / "
-              f"truth {t['contractility_ratio']:.3f}, {t['time_s']:.1f} s (its own alpha search included). saenopy at its "
+              f"truth {t['contractility_ratio']:.3f}, {t['time_s']:.1f} s (its own choice of alpha included). saenopy at its "
               f"L-curve corner: {k['rel_l2_blocks']:.3f}, {k['contractility_ratio']:.3f}, {k['time_s']:.1f} s for that one "
               f"solve ({k['time_s'] / t['time_s']:.1f}x tfm's time), {s['saenopy_total_scan_s']:.0f} s for the whole "
               f"L-curve ({s['saenopy_total_scan_s'] / t['time_s']:.0f}x)."]

@@ -5,6 +5,8 @@ estimate against the true noise, the discrepancy principle, and its refusals.
 Grids are small (32³ for the FFT operator, 12³-16³ for the FEM one) to keep the suite fast;
 the 64³ targets are measured by benchmarks/inverse.py."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -112,6 +114,42 @@ def test_contracting_sphere_recovered_and_localised(level):
         # ... and FTTC, on the same field, spreads force far from the cell
         fttc = tfm.reconstruct_forces(u, G32, MAT, method="fttc")
         assert fttc.force_magnitude()[R32 >= 8].sum() / total > 1.0
+
+
+def test_ball_projection_is_the_nearest_point_of_the_weighted_ball():
+    """x = (v + lam w u_m) / (1 + lam w) with the misfit bound tight (Newton from the last
+    lam, as ADMM calls it), points already inside left as they are."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    v, um = (jnp.asarray(rng.standard_normal((3, 6, 7, 8)), jnp.float32) for _ in range(2))
+    w = jnp.asarray(rng.uniform(0, 2, (1, 6, 7, 8)) * (rng.uniform(size=(1, 6, 7, 8)) > 0.2), jnp.float32)
+    d2 = float(jnp.sum(w * (v - um) ** 2))
+    lam = jnp.float32(0.0)
+    for _ in range(4):
+        x, lam = inverse.project_ball(v, um, w, 0.25 * d2, lam)
+    assert float(jnp.sum(w * (x - um) ** 2)) == pytest.approx(0.25 * d2, rel=1e-4)
+    assert np.allclose(np.asarray(x)[:, np.asarray(w[0]) == 0], np.asarray(v)[:, np.asarray(w[0]) == 0])
+    # any other point of the ball is farther from v (a few random ones, scaled onto the ball)
+    for seed in range(5):
+        y = um + jnp.asarray(np.random.default_rng(seed).standard_normal(v.shape), jnp.float32) * 0.3
+        y = um + (y - um) * min(1.0, math.sqrt(0.25 * d2 / float(jnp.sum(w * (y - um) ** 2))))
+        assert float(jnp.sum((y - v) ** 2)) >= float(jnp.sum((x - v) ** 2))
+    inside, lam0 = inverse.project_ball(v, um, w, 2.0 * d2, jnp.float32(1.0))
+    assert float(lam0) == 0.0 and np.array_equal(np.asarray(inside), np.asarray(v))
+
+
+def test_constrained_discrepancy_solve_is_the_penalised_solve_at_its_alpha():
+    """The direct (constrained) solve of the discrepancy principle and the penalised solve at
+    the alpha it reports (its multiplier) are the same problem: the same misfit and forces."""
+    sph = tfm.analytic.EshelbySphere(4.0, -0.05, tuple(C32), MAT)
+    u = noisy(np.asarray(sph.sample(G32)), 0.05, 0)
+    direct = tfm.reconstruct_forces(u, G32, MAT, debias=False)
+    assert direct.info["discrepancy_solver"] == "constrained"
+    assert direct.info["misfit_um"] == pytest.approx(direct.info["discrepancy_target_um"], rel=0.05)
+    fixed = tfm.reconstruct_forces(u, G32, MAT, regularization=direct.info["alpha"], debias=False, tolerance=1e-3)
+    assert fixed.info["misfit_um"] == pytest.approx(direct.info["misfit_um"], rel=0.05)
+    assert np.linalg.norm(fixed.force - direct.force) < 0.1 * np.linalg.norm(direct.force)
 
 
 def test_mask_support_keeps_every_force_near_the_cell():

@@ -43,8 +43,14 @@ from the data when not given (:func:`estimate_noise`: the robust spread of what 
 Morozov's discrepancy principle: the weighted misfit equals the noise,
 :math:`\sum w |u - u_m|^2 / \sum w = 3 \sigma^2`. It needs only :math:`\sigma`, which the
 data give, and applies to non-quadratic penalties where GCV and the L-curve need the
-solution's linearisation; :math:`\alpha` is found by bisection in :math:`\log \alpha`
-with warm starts.
+solution's linearisation. With the ``"fft"`` operator the principle is solved directly, as
+the constrained problem :math:`\min R(Ku)` subject to the misfit bound (C-SALSA, Afonso,
+Bioucas-Dias & Figueiredo, IEEE TIP 20, 681 (2011)): one ADMM run whose data step is the
+projection onto that ball, :math:`\alpha` its multiplier; the penalty's scale starts at
+:math:`\max|K^{-1} r|` for a white residual :math:`r` of the target's size (the optimality
+condition). Where that run does not converge (a target below what the grid can fit) and
+for the ``"fem"`` operator, :math:`\alpha` is found by bisection in :math:`\log \alpha`
+with warm starts, which also finds that misfit floor.
 """
 
 from __future__ import annotations
@@ -84,10 +90,10 @@ class InverseConfig:
     discrepancy: float = 1.1  # the misfit aimed at, in units of the noise (Morozov's tau; 1.1: the usual safety margin)
     support_um: float | str | None = "auto"  # with a mask: forces only within this distance of it, µm ("auto": 2 grid
     # spacings, the reach of the displacement's resolution; None: anywhere). Without a mask, forces may be anywhere.
-    pad_fraction: float = 0.25  # fft: margin of zero data weight, fraction of the box per side
+    pad_fraction: float = 0.125  # fft: margin of zero data weight, fraction of the box per side
     pad_penalty: float = 0.3  # fft: weight of the penalty on forces in that margin (the world beyond the box)
     max_iterations: int = 400  # per solve
-    tolerance: float = 3e-3  # relative primal and dual residual of ADMM / gradient norm of L-BFGS
+    tolerance: float = 5e-3  # relative primal and dual residual of ADMM / gradient norm of L-BFGS
     bisection_steps: int = 10  # discrepancy principle: solves to bracket and refine alpha
     debias: bool = True  # refit on the forces' support with a 100x weaker penalty (undoes the L1 shrinkage)
 
@@ -161,29 +167,57 @@ def _prox(v, t, penalty: str, gamma: float):
     return shrunk / (1.0 + t * gamma) if penalty == "elastic-net" else shrunk
 
 
+def project_ball(v, um, w, radius2, lam):
+    """Euclidean projection of ``v`` onto the weighted ball ``sum w |x - u_m|² <= radius2``:
+    ``x = (v + lam w u_m) / (1 + lam w)``, ``lam >= 0`` the root of the convex, decreasing
+    ``sum w |v - u_m|² / (1 + lam w)² = radius2`` (0 inside the ball), by Newton steps from
+    ``lam`` (the previous iteration's root: a few steps suffice)."""
+    d2 = jnp.sum((v - um) ** 2, 0, keepdims=True)
+    inside = jnp.sum(w * d2) <= radius2
+
+    def newton(_, lam):
+        q = 1.0 / (1.0 + lam * w)
+        g = jnp.sum(w * d2 * q * q) - radius2
+        dg = -2.0 * jnp.sum(w * w * d2 * q * q * q)
+        return jnp.maximum(lam - g / jnp.minimum(dg, -1e-30), 0.0)
+
+    lam = jnp.where(inside, 0.0, jax.lax.fori_loop(0, 3, newton, lam))
+    return (v + lam * w * um) / (1.0 + lam * w), lam
+
+
 @partial(jax.jit, static_argnames=("penalty", "iterations"))
-def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, penalty, iterations):
-    """``iterations`` ADMM steps from ``state = (u_hat, x, z, y1, y2)``; returns the state
-    and the relative primal / dual residuals of the last step (computed on that step only:
-    the reductions cost a pass over every field)."""
+def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, radius2, penalty, iterations):
+    """``iterations`` ADMM steps from ``state = (u_hat, x, z, y1, y2, lam)``; returns the
+    state and the relative primal / dual residuals of the last step (computed on that step
+    only: the reductions cost a pass over every field). ``radius2 > 0``: the data term is
+    the constraint ``sum w |u - u_m|² <= radius2`` (its x-step a projection, ``lam`` its
+    multiplier: the penalised problem's alpha is ``alpha / lam``); otherwise the penalty
+    ``sum w |u - u_m|² / 2`` (``lam`` unused)."""
     shape = um.shape[1:]
     al, at = lam2mu * k2, mu * k2
     inv_l, inv_t = 1.0 / (1.0 + rho * al**2), 1.0 / (1.0 + rho * at**2)
+    # The u-step u = (I + rho K²)⁻¹ (a + rho K b), a = F(x + y1), b = F(z - y2), and K u, with
+    # every mode operator applied once: per wavevector, c_t v + (c_l - c_t) k̂ (k̂·v).
+    ca, cb = inv_t, rho * at * inv_t  # transverse parts of u from a and b
+    la, lb = inv_l, rho * al * inv_l  # longitudinal parts (of k̂·u)
 
     def step(carry):
-        uh, x, z, y1, y2 = carry
-        rhs = _fft(x + y1) + rho * _apply_modes(_fft(z - y2), khat, al, at)
-        uh = _apply_modes(rhs, khat, inv_l, inv_t)
+        uh, x, z, y1, y2, lam = carry
+        a, b = _fft(x + y1), _fft(z - y2)
+        uh_t = ca * a + cb * b  # the transverse operator applied to both
+        ul = la * jnp.sum(khat * a, 0, keepdims=True) + lb * jnp.sum(khat * b, 0, keepdims=True)  # k̂·u
+        uh = uh_t + khat * (ul - jnp.sum(khat * uh_t, 0, keepdims=True))
         u = _ifft(uh, shape)
-        ku = _ifft(_apply_modes(uh, khat, al, at), shape)
+        ku = _ifft(at * uh + khat * ((al - at) * ul), shape)
         # Over-relaxation (Boyd et al. 2011, 3.4.3): the new iterates mixed with the old.
         u_r = RELAX * u + (1 - RELAX) * x
         ku_r = RELAX * ku + (1 - RELAX) * z
-        x = (w * um + (u_r - y1)) / (w + 1.0)
+        x, lam = jax.lax.cond(radius2 > 0, lambda: project_ball(u_r - y1, um, w, radius2, lam),
+                              lambda: ((w * um + (u_r - y1)) / (w + 1.0), lam))
         z_new = jnp.where(support > 0, _prox(ku_r + y2, alpha * support / rho, penalty, gamma), 0.0)
         y1 = y1 + x - u_r
         y2 = y2 + ku_r - z_new
-        return (uh, x, z_new, y1, y2), (u, ku, z)
+        return (uh, x, z_new, y1, y2, lam), (u, ku, z)
 
     state = jax.lax.fori_loop(0, iterations - 1, lambda _, c: step(c)[0], state)
     state, (u, ku, z_old) = step(state)
@@ -192,6 +226,22 @@ def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, penalt
     scale = jnp.sqrt(jnp.sum(u**2) + jnp.sum(ku**2)) + 1e-30
     dual = jnp.sqrt(jnp.sum((z - z_old) ** 2)) * rho
     return state, primal / scale, dual / scale
+
+
+@jax.jit
+def _green_max(r, w, k2, khat, lam2mu, mu):
+    """``max |K^-1 (r on the measured points)|`` (the mean mode left out)."""
+    safe = jnp.where(k2 > 0, k2, 1.0)
+    inv_l = jnp.where(k2 > 0, 1.0 / (lam2mu * safe), 0.0)
+    inv_t = jnp.where(k2 > 0, 1.0 / (mu * safe), 0.0)
+    g = _ifft(_apply_modes(_fft(r * (w > 0)), khat, inv_l, inv_t), r.shape[1:])
+    return jnp.max(jnp.sqrt(jnp.sum(g * g, 0)))
+
+
+@jax.jit
+def _misfit(uh, um, w):
+    u = _ifft(uh, um.shape[1:])
+    return jnp.sum(w * (u - um) ** 2) / jnp.maximum(jnp.sum(w), 1e-30) / 3.0
 
 
 class _FFTProblem:
@@ -220,7 +270,24 @@ class _FFTProblem:
 
     def initial(self):
         zero = jnp.zeros_like(self.um)
-        return (_fft(self.um), self.um, zero, zero, zero), 4.0
+        return (_fft(self.um), self.um, zero, zero, zero, jnp.float32(0.0)), 4.0
+
+    def _block(self, state, alpha, rho, radius2, iterations):
+        cfg = self.config
+        state, primal, dual = _admm(state, self.um, self.w, self.support, self.k2, self.khat, self.lam2mu, self.mu,
+                                    jnp.float32(alpha), jnp.float32(rho), jnp.float32(cfg.gamma), jnp.float32(radius2),
+                                    cfg.penalty, iterations)
+        self.iterations += iterations
+        return state, float(primal), float(dual)
+
+    @staticmethod
+    def _balance(state, rho, primal, dual):
+        """Residual balancing (Boyd et al. 2011, 3.4.1): rho doubled or halved where one
+        residual is 10x the other (the scaled dual of the force split rescaled with it)."""
+        if primal > 10 * dual or dual > 10 * primal:
+            factor = 2.0 if primal > dual else 0.5
+            return (*state[:4], state[4] / factor, state[5]), rho * factor
+        return state, rho
 
     def run(self, alpha: float, start, tolerance: float | None = None):
         """ADMM at ``alpha`` from ``start = (state, rho)`` to the tolerance; returns
@@ -228,19 +295,49 @@ class _FFTProblem:
         state, rho = start
         cfg = self.config
         tolerance = cfg.tolerance if tolerance is None else tolerance
-        block = 20
+        block = 10
         for _ in range(0, cfg.max_iterations, block):
-            state, primal, dual = _admm(state, self.um, self.w, self.support, self.k2, self.khat, self.lam2mu, self.mu,
-                                        jnp.float32(alpha), jnp.float32(rho), jnp.float32(cfg.gamma), cfg.penalty, block)
-            self.iterations += block
-            primal, dual = float(primal), float(dual)
+            state, primal, dual = self._block(state, alpha, rho, 0.0, block)
             if primal < tolerance and dual < tolerance:
                 break
-            if primal > 10 * dual or dual > 10 * primal:  # residual balancing (Boyd et al. 2011, 3.4.1)
-                factor = 2.0 if primal > dual else 0.5
-                rho *= factor
-                state = (*state[:4], state[4] / factor)
+            state, rho = self._balance(state, rho, primal, dual)
         return (state, rho), self.misfit(state)
+
+    def constrained(self, target: float, alpha: float, start):
+        """Morozov's principle solved directly (C-SALSA: Afonso, Bioucas-Dias & Figueiredo,
+        IEEE TIP 20, 681 (2011)): the least penalty whose fit has misfit ``target`` (per
+        component, scaled units²), one ADMM run whose data step projects onto that ball.
+        ``alpha`` (a guess of the penalised problem's) sets the scale of the penalty; it is
+        replaced by the multiplier's alpha as the run goes (so the fixed x-split weight of 1
+        stays matched to the data). Returns ``((state, rho), alpha, misfit, converged)``;
+        not converged: the target is below what the grid can fit (or the iterations ran out)."""
+        state, rho = start
+        cfg = self.config
+        radius2 = target * 3.0 * float(jnp.sum(self.w))
+        floor_alpha = 1e-2 * alpha  # below this, the target is taken as out of reach (a misfit floor)
+        block, converged = 10, False
+        for i in range(0, 2 * cfg.max_iterations, block):
+            state, primal, dual = self._block(state, alpha, rho, radius2, block)
+            lam = float(state[5])
+            if primal < cfg.tolerance and dual < cfg.tolerance and 0.1 <= lam <= 10:
+                converged = True
+                break
+            # ADMM converges for any penalty scale, but at a scale far below the solution's
+            # alpha (lam << 1) its residuals stall long before the support is sparse: the scale
+            # is raised where the fit sits inside the ball (lam = 0: too weak a penalty to reach
+            # the target) or lam stays below 0.1, lowered where lam stays above 10 (the first
+            # blocks' lam is a transient, several times its limit).
+            factor = 1.0
+            if i >= 2 * block and (lam < 0.1 or lam > 10):
+                factor = 1.0 / 3.0 if lam < 0.1 else 3.0
+            if factor != 1.0:
+                alpha /= factor  # and the scaled duals with it: the same fixed point, lam / factor
+                state = (*state[:3], state[3] / factor, state[4] / factor, state[5] / factor)
+                if alpha < floor_alpha:
+                    break
+            state, rho = self._balance(state, rho, primal, dual)
+        lam = float(state[5])
+        return (state, rho), alpha / lam if lam > 0 else alpha, self.misfit(state), converged
 
     def alpha_guess(self, target: float) -> float:
         """Where the discrepancy search starts: alpha ~ sigma / rms(K) (the optimality
@@ -248,19 +345,33 @@ class _FFTProblem:
         rms_k = float(jnp.sqrt(jnp.mean((self.lam2mu**2 + 2 * self.mu**2) * self.k2**2 / 3.0)))
         return math.sqrt(target) / max(rms_k, 1e-12)
 
+    def alpha_dual(self, target: float) -> float:
+        """The alpha whose solution leaves a residual like white noise of variance
+        ``target`` (per component, scaled units²) on the measured points: the optimality
+        condition ``w (u_m - u) = alpha K s`` with ``|s| <= 1`` (attained on the forces'
+        support) gives ``alpha = max |K^-1 r|`` for the residual ``r``, here a seeded white
+        draw on the points of nonzero weight (Gaussian fields: the max is a few times the
+        RMS; measured within 2x of the discrepancy principle's alpha on closed forms)."""
+        r = np.random.default_rng(0).standard_normal(self.um.shape, dtype=np.float32)
+        out = float(_green_max(jnp.asarray(r), self.w, self.k2, self.khat, self.lam2mu, self.mu)) * math.sqrt(target)
+        return out or self.alpha_guess(target)
+
     def misfit(self, state) -> float:
-        u = _ifft(state[0], self.shape)
-        return float(jnp.sum(self.w * (u - self.um) ** 2) / jnp.maximum(jnp.sum(self.w), 1e-30) / 3.0)
+        return float(_misfit(state[0], self.um, self.w))
 
     def debias(self, alpha: float, start):
         """The penalty shrinks every force it keeps (by about ``alpha``); re-solving with a
-        100x weaker penalty, forces allowed only where the first solve put them (and one
-        voxel around), keeps the support and restores their magnitudes. ``start`` and the
-        return value are ``(state, rho)`` and ``((state, rho), misfit)``."""
+        100x weaker penalty, forces allowed only where the first solve put forces above that
+        shrinkage (and one voxel around), keeps the support and restores their magnitudes.
+        (A force below ``alpha`` is one the penalty does not tell from zero: an ADMM solve
+        stopped at its tolerance leaves a faint tail of them, which the weaker penalty would
+        inflate: at 32³, 5 % noise, 18.6 % of the true total outside the cell instead of 3.3 %.)
+        ``start`` and the return value are ``(state, rho)`` and ``((state, rho), misfit)``."""
         from scipy import ndimage
 
         state = start[0]
-        keep = np.asarray(jnp.any(state[2] != 0, 0)) & self._in_box  # the margin's forces do not spill into the box
+        strong = np.asarray(jnp.sum(state[2] ** 2, 0) > alpha**2)
+        keep = strong & self._in_box  # the margin's forces do not spill into the box
         keep = (ndimage.binary_dilation(keep) & self._in_box) | ~self._in_box
         saved = self.support
         self.support = jnp.where(jnp.asarray(keep)[None], self.support, 0.0)
@@ -358,7 +469,7 @@ def _check(displacement, grid, material, weights, mask, config):
         m = m.astype(bool)
     if isinstance(config.support_um, (int, float)) and (m is None or not m.any()):
         raise ValueError("support_um needs a (non-empty) cell mask")
-    return u.astype(np.float64), w, m
+    return u.astype(np.float32), w, m  # the solvers run in float32
 
 
 def support_distance(mask, grid: Grid, support_um) -> float | None:
@@ -446,10 +557,15 @@ def solve(displacement, grid: Grid, material, weights=None, mask=None, config: I
                         misfit_um=rms_of(u, w), iterations=0, time_total_s=time.perf_counter() - t0)
             return zero, zero, info
         debias = config.debias and config.penalty != "l2"
-        alpha, sol, misfit, trace, floor = _discrepancy(problem, max(target, 1e-30), config, finish=not debias)
-        info.update(alpha_rule="discrepancy", discrepancy_target_um=config.discrepancy * sigma,
-                    misfit_floor_um=None if floor is None else float(np.sqrt(floor)) * problem.scale_u,
-                    alpha_trace=[[a, float(np.sqrt(mm)) * problem.scale_u] for a, mm in trace])
+        info.update(alpha_rule="discrepancy", discrepancy_target_um=config.discrepancy * sigma)
+        solved = False
+        if hasattr(problem, "constrained"):  # one constrained solve (fft) ...
+            sol, alpha, misfit, solved = problem.constrained(max(target, 1e-30), problem.alpha_dual(target), problem.initial())
+            info["discrepancy_solver"] = "constrained"
+        if not solved:  # ... or a search over alpha, which also finds the misfit floor where the target is below it
+            alpha, sol, misfit, trace, floor = _discrepancy(problem, max(target, 1e-30), config, finish=not debias)
+            info.update(discrepancy_solver="search", misfit_floor_um=None if floor is None else float(np.sqrt(floor)) * problem.scale_u,
+                        alpha_trace=[[a, float(np.sqrt(mm)) * problem.scale_u] for a, mm in trace])
     else:
         alpha = float(config.alpha)
         sol, misfit = problem.run(alpha, problem.initial())

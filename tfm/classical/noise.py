@@ -19,7 +19,7 @@ MIN_POINTS = 30
 
 
 def _binomial(u, ndim: int):
-    out = np.asarray(u, np.float64)
+    out = np.asarray(u)
     for axis in range(ndim):
         if out.shape[axis] < 3:
             continue
@@ -42,7 +42,8 @@ def estimate_noise(displacement, valid=None, mask=None) -> float:
       valid: optional bool (*spatial): only these points (e.g. the DVC's valid windows).
       mask: optional bool (*spatial), True in the cell: those points are left out.
     """
-    u = np.asarray(displacement, np.float64)
+    u = np.asarray(displacement)
+    u = u if u.dtype in (np.float32, np.float64) else u.astype(np.float64)  # float32 stays: half the memory, ample for a MAD
     d = u.ndim - 1
     if d not in (2, 3) or min(u.shape[:d]) < 3:
         raise ValueError(f"displacement must be (Y, X, C) or (Z, Y, X, C) with at least 3 points per axis, got {u.shape}")
