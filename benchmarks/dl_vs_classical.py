@@ -102,9 +102,10 @@ def accuracy(test: Path, model, limit: int | None = None, ablation: dict | None 
             truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
             learned = {}
             for name, m in {"dl": model, **(ablation or {})}.items():
+                m, opts = m if isinstance(m, tuple) else (m, None)  # a model, or (model, dl_options)
                 t0 = time.perf_counter()
-                learned[name] = (tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=m, progress=False),
-                                 time.perf_counter() - t0)
+                learned[name] = (tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=m, progress=False,
+                                                 dl_options=opts), time.perf_counter() - t0)
             dl = learned["dl"][0]
             t0 = time.perf_counter()
             cl = tfm.reconstruct(ref, dfm, grid.spacing_um, tfm.LinearElastic(e, nu), progress=False)
@@ -234,7 +235,16 @@ def markdown(rep: dict) -> str:
     L += ["", f"DL better on force error in {s['dl_better_force']} / {s['n']} samples, on contractility in "
           f"{s['dl_better_contractility']} / {s['n']}. Network on every voxel: force rel. L2 {s['dl']['force_rel_l2_voxels']:.3f}, "
           f"displacement RMS error {s['dl']['u_rms_error_voxels_um']:.4f} µm (median).", ""]
-    abl = [k for k in s if k.startswith("ablation:")]
+    if "ablation:single-level" in s:
+        r, d = s["ablation:single-level"], s["dl"]
+        L += ["## Large-motion ablation: the same network without its coarse-to-fine pyramid", "",
+              "| network | force rel. L2 | contractility rel. error | displacement RMS error (µm) | time / pair (s) |",
+              "|---|---|---|---|---|",
+              f"| pyramid (levels auto, the default) | {d['force_rel_l2']:.3f} | {d['contractility_rel_error']:.3f} | "
+              f"{d['u_rms_error_um']:.4f} | {d['time_s']:.2f} |",
+              f"| one level (levels=1) | {r['force_rel_l2']:.3f} | {r['contractility_rel_error']:.3f} | "
+              f"{r['u_rms_error_um']:.4f} | {r['time_s']:.2f} |", ""]
+    abl = [k for k in s if k.startswith("ablation:") and k != "ablation:single-level"]
     if abl:
         L += ["## Loss-term ablation (short runs: same data, 8 epochs)", "",
               "Each row is a model trained with one setting of the loss weights, on the same data and schedule; "
@@ -297,6 +307,8 @@ def main(argv=None) -> int:
                         "(its default 300; 0: PIV only)")
     p.add_argument("--ablation", nargs="+", default=[], metavar="NAME=RUN",
                    help="also score these models (e.g. trained with other loss weights) on the test set")
+    p.add_argument("--single-level", action="store_true",
+                   help="also run the model without its coarse-to-fine pyramid (levels=1), the large-motion ablation")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one_size == "fmtrack":
@@ -315,6 +327,8 @@ def main(argv=None) -> int:
     for spec in args.ablation:
         name, _, run = spec.partition("=")
         ablation["ablation:" + name] = infer.load_model(run)
+    if args.single_level:
+        ablation["ablation:single-level"] = (model, {"levels": 1})  # the same network without the pyramid
     rows = accuracy(test, model, args.limit, ablation)
     rep = {"command": "python -m benchmarks.dl_vs_classical " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),

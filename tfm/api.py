@@ -134,7 +134,7 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     ``method="dl"``: the physics-informed 3D network (:func:`tfm.nn.infer.predict`) in
     one pass, on the input voxel grid. ``model`` is a saved-model or ``tfm train`` run
     directory, or None for the shipped default weights; ``dl_options`` go to ``predict``
-    (``tile``, ``overlap``, ``drift``, ``zero_motion``). ``material`` may be
+    (``tile``, ``overlap``, ``drift``, ``zero_motion``, ``levels``). ``material`` may be
     :class:`~tfm.material.NeoHookean` too. ``mask`` is where the drift fit measures "far"
     from (the network itself sees the cell as the bead-free region).
 

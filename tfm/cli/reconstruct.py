@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
                    help="dl: how no motion reads as zero: baseline (default: subtract the network's answer for the "
                    "reference paired with itself), odd (half the difference of both orders of the pair), none (one pass, "
                    "half the cost; an identical pair no longer gives zero)")
+    r.add_argument("--levels", choices=("auto", "1", "2", "3", "4"),
+                   help="dl: coarse-to-fine pyramid levels (factor 2 each; the deformed volume warped by the coarser "
+                   "levels' field, so large motion reaches each level as about a voxel); 1: the network once at full "
+                   "resolution (default auto: 2 where the coarse level keeps 24 voxels on its smallest axis)")
     common.add_force_args(r, "--force-method")
     r.set_defaults(run=run)
 
@@ -45,8 +49,8 @@ def _check_method_options(args) -> None:
                   if v]
         if unused:
             raise common.UsageError(f"{', '.join(unused)}: options of the classical pipeline, not used by --method dl")
-    elif args.model or args.tile or args.tile_overlap or args.zero_motion:
-        raise common.UsageError("--model, --tile, --tile-overlap and --zero-motion need --method dl")
+    elif args.model or args.tile or args.tile_overlap or args.zero_motion or args.levels:
+        raise common.UsageError("--model, --tile, --tile-overlap, --zero-motion and --levels need --method dl")
 
 
 def run(args) -> int:
@@ -64,7 +68,9 @@ def run(args) -> int:
     result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
                          progress=common.progress(args), dvc_options=options, model=args.model,
                          dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
-                                     "zero_motion": ZERO_MOTION_ARGS.get(args.zero_motion, args.zero_motion)}, force_method=args.force_method,
+                                     "zero_motion": ZERO_MOTION_ARGS.get(args.zero_motion, args.zero_motion),
+                                     "levels": "auto" if args.levels in (None, "auto") else int(args.levels)},
+                         force_method=args.force_method,
                          force_options=force_options)
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
     common.write_outputs(args, result, prov)
