@@ -226,5 +226,9 @@ def resample(values, source: Grid, target: Grid, order: int = 1):
         pos = np.clip((xt - xs[0]) / (xs[1] - xs[0]), 0.0, n - 1)
         i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
         w = (pos - i0).astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - a - 1))
-        v = np.take(v, i0, axis=a) * (1 - w) + np.take(v, i0 + 1, axis=a) * w
+        lo, hi = np.take(v, i0, axis=a), np.take(v, i0 + 1, axis=a)
+        hi -= lo  # lo + w (hi - lo), in place: two output-sized arrays instead of five
+        hi *= w
+        lo += hi
+        v = lo
     return v
