@@ -285,7 +285,7 @@ def markdown(rep: dict) -> str:
         r = rep["fmtrack"]
         L += ["", "## Tiled inference on a real stack pair (FM-Track, fresh process)", "",
               f"{' x '.join(map(str, r['shape']))} voxels of {FMTRACK_SPACING} µm ({r['volume_mb']:.0f} MB per stack), "
-              f"resampled to {r['resampled_to_um']} µm and cut into {r['tile']}³ tiles: {r['time_s']:.1f} s, peak RSS "
+              f"resampled to {r['resampled_to_um']} µm, in tiles of up to {r['tile']}³ voxels: {r['time_s']:.1f} s, peak RSS "
               f"{r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before the call, stacks loaded). Timing and "
               "memory only: these motions lie outside the shipped model's training range (see its model card)."]
     return "\n".join(L) + "\n"

@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                    help="classical: DVC + force inverse; dl: the physics-informed 3D network in one pass (default classical)")
     r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
-    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default 128)")
+    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default: the whole volume where it holds at most 160³ voxels of the "
+                   "model's grid, else 128)")
     r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(32, tile/2))")
     r.add_argument("--zero-motion", choices=("baseline", "odd", "none"),
                    help="dl: how no motion reads as zero: baseline (default: subtract the network's answer for the "
