@@ -308,7 +308,7 @@ class _FFTProblem:
         IEEE TIP 20, 681 (2011)): the least penalty whose fit has misfit ``target`` (per
         component, scaled units²), one ADMM run whose data step projects onto that ball.
         ``alpha`` (a guess of the penalised problem's) sets the scale of the penalty; it is
-        replaced by the multiplier's alpha as the run goes (so the fixed x-split weight of 1
+        moved by 3x where the multiplier says it is 10x off (so the fixed x-split weight of 1
         stays matched to the data). Returns ``((state, rho), alpha, misfit, converged)``;
         not converged: the target is below what the grid can fit (or the iterations ran out)."""
         state, rho = start
@@ -327,10 +327,8 @@ class _FFTProblem:
             # is raised where the fit sits inside the ball (lam = 0: too weak a penalty to reach
             # the target) or lam stays below 0.1, lowered where lam stays above 10 (the first
             # blocks' lam is a transient, several times its limit).
-            factor = 1.0
             if i >= 2 * block and (lam < 0.1 or lam > 10):
                 factor = 1.0 / 3.0 if lam < 0.1 else 3.0
-            if factor != 1.0:
                 alpha /= factor  # and the scaled duals with it: the same fixed point, lam / factor
                 state = (*state[:3], state[3] / factor, state[4] / factor, state[5] / factor)
                 if alpha < floor_alpha:
