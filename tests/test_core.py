@@ -139,3 +139,42 @@ def test_nearest_indices_map_a_coarse_grid_onto_a_fine_one():
     np.testing.assert_allclose(x, coarse.coordinates_um())
     with pytest.raises(ValueError, match="outside"):
         fine.nearest_indices(tfm.Grid((4, 5, 6), 10.0))
+
+
+def _bead_image(grid, centre_um, sigma_um=0.25):
+    x = grid.coordinates_um()
+    return np.exp(-0.5 * np.sum((x - np.asarray(centre_um)) ** 2, -1) / sigma_um**2).astype(np.float32)
+
+
+def test_antialiased_resampling_keeps_a_small_bead_moving_smoothly():
+    """A bead much smaller than the target voxel (sigma 0.25 µm, sampled at 0.3 µm, brought to
+    1 µm voxels): with the anti-alias prefilter its image's centroid follows sub-voxel shifts
+    to 0.05 µm and its total brightness stays within 5 %; plain trilinear point sampling
+    misses both (the bead flickers in and out between target voxels)."""
+    src = tfm.Grid((40, 40, 40), (0.3, 0.3, 0.3))
+    dst = tfm.Grid((12, 12, 12), (1.0, 1.0, 1.0))
+    xs = dst.coordinates_um()
+    err = {True: [], False: []}
+    mass = {True: [], False: []}
+    for shift in np.linspace(0.0, 1.0, 6):
+        centre = (5.5, 5.5, 5.5 + shift)
+        for aa in (True, False):
+            img = fields.resample(_bead_image(src, centre), src, dst, antialias=aa)
+            err[aa].append(abs(float(np.sum(img * xs[..., 2]) / np.sum(img)) - centre[2]))
+            mass[aa].append(float(img.sum()))
+    assert max(err[True]) < 0.05, err[True]
+    assert max(err[False]) > 0.15, err[False]
+    assert np.ptp(mass[True]) < 0.05 * np.mean(mass[True]), mass[True]
+    assert np.ptp(mass[False]) > 0.3 * np.mean(mass[False]), mass[False]
+
+
+def test_antialiased_resampling_is_linear_interpolation_where_it_does_not_shrink():
+    rng = np.random.default_rng(0)
+    src = tfm.Grid((10, 12, 14), (1.0, 1.0, 1.0))
+    dst = tfm.Grid((19, 23, 27), (0.5, 0.5, 0.5))
+    v = rng.random((10, 12, 14, 3), dtype=np.float32)
+    np.testing.assert_allclose(fields.resample(v, src, dst, antialias=True), fields.resample(v, src, dst), atol=1e-6)
+    const = fields.resample(np.full((10, 12, 14), 2.5, np.float32), src, tfm.Grid((4, 4, 5), 3.0), antialias=True)
+    np.testing.assert_allclose(const, 2.5, rtol=1e-6)  # the blur is normalised at the faces
+    with pytest.raises(ValueError, match="antialias"):
+        fields.resample(v, src, dst, order=3, antialias=True)

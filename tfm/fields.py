@@ -21,7 +21,10 @@ With u in µm and moduli in Pa, f is in Pa/µm = pN/µm³.
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
+import numpy as np
 
 from .grid import Grid
 
@@ -193,7 +196,54 @@ def trilinear(values, index_points):
     return out
 
 
-def resample(values, source: Grid, target: Grid, order: int = 1):
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian window matrix, truncated at 2.5 sigma, rows normalised: applying it
+    along an axis is a Gaussian blur that treats the outside as missing (normalised
+    convolution), not as zero."""
+    r = int(math.ceil(2.5 * sigma))
+    d = np.arange(n)[:, None] - np.arange(n)[None, :]
+    w = np.where(np.abs(d) <= r, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _linear_matrix(xs, xt, dtype):
+    """(len(xt), len(xs)) linear interpolation weights, edge values held beyond the ends."""
+    import numpy as np
+
+    n = len(xs)
+    pos = np.clip((xt - xs[0]) / (xs[1] - xs[0]), 0.0, n - 1)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
+    m = np.zeros((len(xt), n), np.float64)
+    rows = np.arange(len(xt))
+    m[rows, i0] = 1 - (pos - i0)
+    m[rows, i0 + 1] += pos - i0
+    return m.astype(dtype)
+
+
+def antialias_sigma(source_um: float, target_um: float) -> float:
+    """Gaussian prefilter (in source voxels) before sampling at ``target_um`` spacing:
+    ``0.5 sqrt(s² - 1)`` for a step ``s = target / source > 1``, 0 otherwise."""
+    s = float(target_um) / float(source_um)
+    return 0.5 * float(np.sqrt(s * s - 1)) if s > 1 else 0.0
+
+
+def _antialiased_axis(v, a: int, xs, xt):
+    """``v`` along axis ``a``: a Gaussian blur of :func:`antialias_sigma` source voxels
+    (normalised at the ends), then linear interpolation -- one dense matrix product."""
+    n = len(xs)
+    w = _linear_matrix(xs, xt, np.float64)
+    sigma = antialias_sigma(xs[1] - xs[0], xt[1] - xt[0] if len(xt) > 1 else xs[1] - xs[0])
+    if sigma > 0:
+        w = w @ gaussian_matrix(n, sigma).astype(np.float64)
+    w = w.astype(v.dtype)
+    if a == 0:
+        return np.tensordot(w, v, axes=([1], [0]))
+    moved = np.moveaxis(v, a, -1) if v.ndim - 1 != a else v
+    out = moved @ w.T
+    return np.moveaxis(out, -1, a) if v.ndim - 1 != a else out
+
+
+def resample(values, source: Grid, target: Grid, order: int = 1, antialias: bool = False):
     """Interpolation of ``values`` ``(*source.shape, ...)`` sampled on ``source`` at the
     points of ``target`` -> ``(*target.shape, ...)``: the one resampler between grids (DVC
     passes, dense DVC output, volumes on another voxel size).
@@ -202,21 +252,35 @@ def resample(values, source: Grid, target: Grid, order: int = 1):
     take the edge value. ``order=3``: the cubic spline through the samples (not-a-knot;
     it honours every sample exactly and extends the end polynomials). Both are separable,
     one axis at a time, so memory stays proportional to the output (NumPy, float32 unless
-    given float64)."""
+    given float64).
+
+    ``antialias=True`` (images brought to coarser voxels, ``order=1`` only): along each
+    axis where the target's step is ``s > 1`` times the source's, a Gaussian of
+    ``0.5 sqrt(s² - 1)`` source voxels first, so that a bead smaller than the target voxel
+    is not sampled (aliased) but blurred to it -- its image then moves smoothly with the
+    bead, which motion estimation needs. Each axis is one dense matrix product."""
     import numpy as np
 
     if order not in (1, 3):
         raise ValueError(f"order must be 1 (linear) or 3 (cubic spline), got {order!r}")
+    if antialias and order != 1:
+        raise ValueError("antialias needs order=1")
     v = np.asarray(values)
     if not np.issubdtype(v.dtype, np.floating):
         v = v.astype(np.float32)
     if source.ndim != target.ndim or tuple(v.shape[: source.ndim]) != source.shape:
         raise ValueError(f"values of shape {v.shape} are not sampled on the source grid {source.shape}, "
                          f"or the grids differ in dimension ({source.ndim} and {target.ndim})")
-    for a, (xs, xt) in enumerate(zip(source.axes_um(), target.axes_um())):
+    pairs = list(enumerate(zip(source.axes_um(), target.axes_um())))
+    if antialias:  # the axes that shrink most first: the later products see fewer voxels
+        pairs.sort(key=lambda p: len(p[1][1]) / len(p[1][0]))
+    for a, (xs, xt) in pairs:
         n = len(xs)
         if n == 1:
             v = np.repeat(v, len(xt), axis=a)
+            continue
+        if antialias:
+            v = _antialiased_axis(v, a, xs, xt)
             continue
         if order == 3 and n >= 4:
             from scipy.interpolate import make_interp_spline

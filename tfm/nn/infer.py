@@ -5,9 +5,13 @@ one from ``tfm train``) and returns a :class:`~tfm.result.Result` on the input g
 
 1. Both volumes are normalised once, globally (:func:`~tfm.nn.unet3d.normalise_pair`).
 2. If the voxel size differs from the model's training voxel size by more than 1 %, the
-   volumes are resampled (trilinear) to the model's voxel size and the fields are
+   volumes are resampled to the model's voxel size (:func:`working_pair`: a Gaussian
+   anti-alias prefilter along each axis that shrinks, then trilinear) and the fields are
    interpolated back at the end: bead images look different at another scale, and the
-   network works in voxel units.
+   network works in voxel units. Without the prefilter a bead smaller than a working voxel
+   is point-sampled and flickers as it moves; on the FM-Track pair (0.29 µm in-plane voxels
+   to 1 µm) the shipped network's agreement with the DVC rose from r = -0.08 / 0.31 / 0.36
+   (z / y / x) to 0.34 / 0.90 / 0.86 with it, nothing else changed.
 3. The volume is cut into overlapping cubic tiles (``tile`` voxels, a multiple of the
    network's pooling factor; ``overlap`` voxels shared by neighbours; by default one tile
    where the volume holds at most ``WHOLE_TILE_VOXELS``). Each tile is
@@ -323,7 +327,7 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
         source = str(DEFAULT_MODEL if model is None else model)
         model = load_model(model)
     h_model = np.asarray(model.config.spacing_um)
-    ref_n, dfm_n, work = _working_pair(ref, dfm, grid, h_model)
+    ref_n, dfm_n, work = working_pair(ref, dfm, grid, h_model)
     if not tile:
         whole = [-(-n // model.config.multiple) * model.config.multiple for n in work.shape]
         tile = max(whole) if math.prod(whole) <= WHOLE_TILE_VOXELS else DEFAULT_TILE
@@ -368,21 +372,29 @@ def _check_inputs(reference, deformed, grid, material, mask, drift, zero_motion,
     return ref, dfm, grid, mask
 
 
-def _working_pair(ref, dfm, grid: Grid, h_model):
-    """Both volumes normalised, on the model's voxel size over the same extent (the input
-    grid itself when it is within 1 % of it): ``(ref, dfm, working grid)``."""
+def working_grid(grid: Grid, h_model) -> Grid:
+    """The grid the network sees: the model's voxel size over ``grid``'s extent (``grid``
+    itself when its voxels are within 1 % of the model's)."""
     h = np.asarray(grid.spacing_um)
-    other_size = bool(np.any(np.abs(h / h_model - 1) > 0.01))
-    if other_size and float(np.prod(h / h_model)) > 8:
+    if not np.any(np.abs(h / np.asarray(h_model) - 1) > 0.01):
+        return grid
+    return Grid(tuple(max(1, int(round(n * hh / hm))) for n, hh, hm in zip(grid.shape, h, h_model)),
+                tuple(float(v) for v in h_model), grid.origin_um)
+
+
+def working_pair(ref, dfm, grid: Grid, h_model):
+    """Both volumes normalised, then resampled to :func:`working_grid`: ``(ref, dfm, working
+    grid)`` -- what the network sees, in inference and in training on other voxel sizes."""
+    h = np.asarray(grid.spacing_um)
+    work = working_grid(grid, h_model)
+    if work != grid and float(np.prod(h / h_model)) > 8:
         raise ValueError(f"the volumes' voxels {tuple(h)} µm are much coarser than the model's {tuple(h_model)} µm: it would "
                          f"see {float(np.prod(h / h_model)):.0f}x as many (interpolated) voxels; use a model trained at "
                          "about this voxel size, or the classical pipeline")
     ref_n, dfm_n = normalise_pair(ref, dfm)
-    if not other_size:
+    if work == grid:
         return ref_n, dfm_n, grid
-    work = Grid(tuple(max(1, int(round(n * hh / hm))) for n, hh, hm in zip(ref.shape, h, h_model)), tuple(h_model),
-                grid.origin_um)
-    return resample(ref_n, grid, work), resample(dfm_n, grid, work), work
+    return resample(ref_n, grid, work, antialias=True), resample(dfm_n, grid, work, antialias=True), work
 
 
 def _align_and_check(ref_n, dfm_n):

@@ -56,7 +56,7 @@ MODEL_KIND = "tfm.unet3d"
 class TrainConfig:
     """Everything that defines a training run (saved as RUN/config.json)."""
 
-    data: tuple = ()  # synthetic dataset files (tfm synth), same grid shape or use crop
+    data: tuple = ()  # synthetic dataset files (tfm synth); one working shape, or use crop
     model: ModelConfig = ModelConfig()
     loss: physics.LossWeights = physics.LossWeights()
     law: str = "auto"  # constitutive layer: "linear", "neo-hookean" or "auto" (the datasets' law)
@@ -88,9 +88,17 @@ class TrainConfig:
 
 
 class Samples:
-    """The samples of several dataset files behind one index."""
+    """The samples of several dataset files behind one index, on one working voxel size.
 
-    def __init__(self, paths):
+    Datasets that share one isotropic voxel size are used as stored (that size becomes the
+    model's). Otherwise every sample is brought to ``spacing_um`` (isotropic; the model's)
+    exactly as :func:`tfm.nn.infer.predict` brings a user's stacks: both volumes normalised
+    on their own voxels, then resampled trilinearly (:func:`tfm.nn.infer.working_pair`),
+    with the displacement and force resampled beside them -- so a network trained on the
+    anisotropic voxels of ``tfm synth --preset acquisition`` sees what it will see on a
+    microscope's stacks. Resampled samples are kept in memory up to ``cache_bytes``."""
+
+    def __init__(self, paths, spacing_um=(1.0, 1.0, 1.0), cache_bytes: float = 4e9):
         from ..synth.dataset import SyntheticDataset
 
         if not paths:
@@ -100,38 +108,65 @@ class Samples:
         laws = {ds.material for ds in self.sets}
         self.law = laws.pop() if len(laws) == 1 else "mixed"
         spacings = {ds.grid.spacing_um for ds in self.sets}
-        if len(spacings) != 1:
-            raise ValueError(f"data: all datasets need one voxel size, got {sorted(spacings)}")
-        self.spacing_um = spacings.pop()
-        if len(set(self.spacing_um)) != 1:
-            raise ValueError(f"data: training needs isotropic voxels, got spacing {self.spacing_um} µm")
-        self.shapes = {ds.grid.shape for ds in self.sets}
+        if len(spacings) == 1 and len(set(next(iter(spacings)))) == 1:
+            self.spacing_um = spacings.pop()
+        else:
+            self.spacing_um = tuple(float(h) for h in spacing_um)
+            if len(set(self.spacing_um)) != 1:
+                raise ValueError(f"data: datasets of voxel sizes {sorted(spacings)} are resampled to the model's voxel "
+                                 f"size, which must be isotropic; got spacing_um {self.spacing_um}")
+        from .infer import working_grid
+
+        self.work = [working_grid(ds.grid, self.spacing_um) for ds in self.sets]
+        self.shapes = {w.shape for w in self.work}
+        self.cache, self.cache_bytes, self._cached = {}, float(cache_bytes), 0
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def _sample(self, k: int, i: int):
+        """Sample ``i`` of set ``k`` on the working grid: (ref, dfm, u voxels, g); the
+        volumes normalised here only when they were resampled (else per crop, in load)."""
+        h5, grid, work = self.sets[k]._h5, self.sets[k].grid, self.work[k]
+        h = self.spacing_um[0]
+        if (k, i) in self.cache:
+            return self.cache[(k, i)]
+        ref, dfm = h5["reference"][i], h5["deformed"][i]
+        u = h5["displacement"][i] / h
+        g = h5["force"][i] * (h / float(h5["youngs_modulus_pa"][i]))
+        if work == grid:
+            return ref, dfm, u, g
+        from ..fields import resample
+        from .infer import working_pair
+
+        ref, dfm, _ = working_pair(ref, dfm, grid, self.spacing_um)
+        out = (ref, dfm, resample(u.astype(np.float32), grid, work), resample(g.astype(np.float32), grid, work))
+        size = sum(a.nbytes for a in out)
+        if self._cached + size <= self.cache_bytes:
+            self.cache[(k, i)] = out
+            self._cached += size
+        return out
+
     def load(self, items, rng: np.random.Generator | None, crop: int | None, augment: bool) -> dict:
         """Stack samples ``items`` into network-unit arrays, cropped and augmented by ``rng``."""
-        h = self.spacing_um[0]
         out = {"reference": [], "deformed": [], "u": [], "g": [], "nu": []}
         for item in items:
             k, i = self.index[int(item)]
-            h5 = self.sets[k]._h5
-            ref, dfm = h5["reference"][i], h5["deformed"][i]
-            u = h5["displacement"][i] / h
-            g = h5["force"][i] * (h / float(h5["youngs_modulus_pa"][i]))
+            ref, dfm, u, g = self._sample(k, i)
             if crop is not None:
                 if any(n < crop for n in ref.shape):
-                    raise ValueError(f"crop {crop} is larger than the samples of {self.sets[k].path} {ref.shape}")
+                    raise ValueError(f"crop {crop} is larger than the samples of {self.sets[k].path} {ref.shape} "
+                                     "(on the working grid)")
                 o = [int(rng.integers(0, n - crop + 1)) if rng is not None else (n - crop) // 2 for n in ref.shape]
                 sl = tuple(slice(a, a + crop) for a in o)
                 ref, dfm, u, g = ref[sl], dfm[sl], u[sl], g[sl]
-            ref, dfm = normalise_pair(ref, dfm)
+            if self.work[k] == self.sets[k].grid:
+                ref, dfm = normalise_pair(ref, dfm)
             if augment and rng is not None:
                 ref, dfm, u, g = augment_sample(rng, ref, dfm, u, g)
             for key, v in (("reference", ref), ("deformed", dfm), ("u", u), ("g", g)):
                 out[key].append(np.ascontiguousarray(v, np.float32))
-            out["nu"].append(np.float32(h5["poisson_ratio"][i]))
+            out["nu"].append(np.float32(self.sets[k]._h5["poisson_ratio"][i]))
         return {k: np.stack(v) for k, v in out.items()}
 
 
@@ -193,7 +228,7 @@ def _process_slice(items, batch_size: int):
 
 def _plan(cfg: TrainConfig) -> dict:
     """Open and check the data and the settings against it (before any file is written)."""
-    data = Samples(cfg.data)
+    data = Samples(cfg.data, cfg.model.spacing_um)
     law = data.law if cfg.law == "auto" else cfg.law
     if law == "mixed":
         raise ValueError("data: datasets with different matrix laws; set law= explicitly")
@@ -239,7 +274,8 @@ def train(cfg: TrainConfig, run_dir, progress=None, max_steps: int | None = None
 
     names = ["loss", "displacement", "force"] + [k for k in ("consistency", "equilibrium") if getattr(cfg.loss, k) > 0]
     meta = {"kind": MODEL_KIND, "law": law, "spacing_um": data.spacing_um, "train_samples": int(len(train_idx)),
-            "val_samples": int(len(val_idx)), "data": list(cfg.data)}
+            "val_samples": int(len(val_idx)), "data": list(cfg.data),
+            "data_spacing_um": sorted({ds.grid.spacing_um for ds in data.sets})}
 
     def batch_at(s):
         e, k = divmod(s, steps_per_epoch)

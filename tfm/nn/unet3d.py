@@ -39,13 +39,13 @@ channels-last (N, Z, Y, X, C) throughout.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..fields import gaussian_matrix
 from ..learn import config as configs
 from ..learn.init import he_normal
 from ..material import inv3
@@ -172,21 +172,11 @@ def _gradient(v):
     return jnp.stack([jnp.gradient(v, axis=ax) for ax in (1, 2, 3)], axis=-1)
 
 
-def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) Gaussian window matrix, truncated at 2.5 sigma, rows normalised: applying it
-    along an axis is a Gaussian blur that treats the outside as missing (normalised
-    convolution), not as zero."""
-    r = int(math.ceil(2.5 * sigma))
-    d = np.arange(n)[:, None] - np.arange(n)[None, :]
-    w = np.where(np.abs(d) <= r, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _blur(x, sigma: float):
     """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded matrix
     product per axis (dense matmuls are the fastest separable filter on CPU)."""
     for ax in (1, 2, 3):
-        a = jnp.asarray(_gaussian_matrix(x.shape[ax], sigma), x.dtype)
+        a = jnp.asarray(gaussian_matrix(x.shape[ax], sigma), x.dtype)
         x = jnp.moveaxis(jnp.tensordot(a, x, axes=([1], [ax])), 0, ax)
     return x
 
