@@ -186,6 +186,10 @@ def test_neo_hookean_small_strain_limit_and_large_strain():
         diffs.append(_rel(s.displacement, a))
     assert diffs[0] < 1e-3
     assert 0.01 < diffs[1] < 0.3
+    # a solve that needs more Newton iterations than its budget stops with ConvergenceError
+    # (tfm synth then draws another cell) instead of retrying for many minutes
+    with pytest.raises(fem.ConvergenceError, match="newton_budget"):
+        fem.solve(g, nh, eigenstrain=-0.2 * frac, config=fem.FEMConfig(newton_budget=1))
 
 
 def test_neo_hookean_energy_reduces_to_hooke():

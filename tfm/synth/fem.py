@@ -78,11 +78,14 @@ class FEMConfig:
     newton_maxiter: int = 25  # Newton iterations per load step (neo-Hookean)
     load_steps: int = 1  # initial number of load increments (neo-Hookean); halved steps on failure
     max_load_steps: int = 64  # give up beyond this many increments
+    # give up beyond this many Newton iterations in all (a failing solve otherwise retries up
+    # to 64 load steps x 25 iterations; measured: one such sample held `tfm synth` > 10 min)
+    newton_budget: int = 300
 
     def __post_init__(self):
         if not 0 < self.rtol < 1:
             raise ValueError(f"rtol must lie in (0, 1), got {self.rtol}")
-        for name in ("maxiter", "newton_maxiter", "load_steps", "max_load_steps"):
+        for name in ("maxiter", "newton_maxiter", "load_steps", "max_load_steps", "newton_budget"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -472,6 +475,9 @@ def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
             du, k, _ = _tangent_solve(u_try, t, r, scale_e, eps_e, eig, edge_inv, free, inner_tol, mp, law, spacing, config.maxiter)
             info["cg_iterations"] += int(k)
             info["newton_iterations"] += 1
+            if info["newton_iterations"] > config.newton_budget:
+                raise ConvergenceError(f"neo-Hookean solve failed: more than {config.newton_budget} Newton iterations "
+                                       f"(newton_budget) at load factor {t:.3f}; the load is too large for the matrix")
             e0 = float(_total_energy(u_try, t, *args, mp, law, spacing))
             slope = -float(jnp.vdot(r, du))  # directional derivative of the energy along du
             # Energy differences near convergence fall below float32 resolution: there a
