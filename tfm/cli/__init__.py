@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import displacement, forces, reconstruct, stiffness, synth, tractions2d, train, view
+from . import adapt, displacement, forces, reconstruct, stiffness, synth, tractions2d, train, view
 
-COMMANDS = (forces, displacement, reconstruct, tractions2d, synth, train, view, stiffness)
+COMMANDS = (forces, displacement, reconstruct, tractions2d, synth, train, adapt, view, stiffness)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print(f"tfm {name}: interrupted (a run of tfm synth or tfm train resumes when started again)", file=sys.stderr)
+        print(f"tfm {name}: interrupted (a run of tfm synth, tfm train or tfm adapt resumes when started again)", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, KeyError) as exc:
         print(f"tfm {name}: error: {_message(exc)}", file=sys.stderr)

@@ -194,7 +194,7 @@ def warp(volume, u_vox):
     """``volume(x + u(x))`` (trilinear; the normalised background, 0, outside): the deformed
     volume pulled back by ``u``, which then looks like the reference where ``u`` is right."""
     coords = np.indices(volume.shape, dtype=np.float32) + np.moveaxis(u_vox, -1, 0)
-    return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
+    return ndimage.map_coordinates(volume, coords, order=1, mode="grid-constant", cval=0.0).astype(np.float32)
 
 
 def _check_levels(levels) -> None:
@@ -327,7 +327,9 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
         source = str(DEFAULT_MODEL if model is None else model)
         model = load_model(model)
     h_model = np.asarray(model.config.spacing_um)
-    ref_n, dfm_n, work = working_pair(ref, dfm, grid, h_model)
+    prep = prepare_pair(ref, dfm, grid, h_model)
+    ref_n, work, rigid, step, dfm_a = prep["reference"], prep["grid"], prep["rigid"], prep["step"], prep["deformed"]
+    pair_r, confidence = prep["pair_correlation"], prep["confidence"]
     if not tile:
         whole = [-(-n // model.config.multiple) * model.config.multiple for n in work.shape]
         tile = max(whole) if math.prod(whole) <= WHOLE_TILE_VOXELS else DEFAULT_TILE
@@ -335,7 +337,6 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
     mask_w = None
     if mask is not None:
         mask_w = mask if work == grid else resample(mask.astype(np.float32), grid, work) > 0.5
-    rigid, step, dfm_a, pair_r, confidence = _align_and_check(ref_n, dfm_n)
     n_levels = pyramid_levels(ref_n.shape, levels)
     u_vox, g = predict_pyramid(model, ref_n, dfm_a, material.poisson_ratio, n_levels, progress=progress, tile=tile,
                                overlap=overlap, zero_motion=zero_motion)
@@ -395,6 +396,18 @@ def working_pair(ref, dfm, grid: Grid, h_model):
     if work == grid:
         return ref_n, dfm_n, grid
     return resample(ref_n, grid, work, antialias=True), resample(dfm_n, grid, work, antialias=True), work
+
+
+def prepare_pair(reference, deformed, grid: Grid, h_model) -> dict:
+    """What the network is given, from a checked pair on ``grid``: both volumes normalised on
+    the working grid (:func:`working_pair`), the deformed one moved back by the whole-voxel
+    part of the whole-volume shift, and the refusals of :func:`predict`. Returns a dict:
+    ``reference``, ``deformed`` (aligned), ``grid`` (working), ``rigid`` (the shift, working
+    voxels), ``step`` (its whole voxels, taken out), ``pair_correlation``, ``confidence``."""
+    ref_n, dfm_n, work = working_pair(reference, deformed, grid, h_model)
+    rigid, step, dfm_a, pair_r, confidence = _align_and_check(ref_n, dfm_n)
+    return {"reference": ref_n, "deformed": dfm_a, "grid": work, "rigid": rigid, "step": step, "pair_correlation": pair_r,
+            "confidence": confidence}
 
 
 def _align_and_check(ref_n, dfm_n):

@@ -86,6 +86,18 @@ def _sq(x, axes=(1, 2, 3, 4)):
     return jnp.sum(x * x, axis=axes)
 
 
+def net_force_and_torque(g):
+    """``|sum g|^2 + |sum (x - c) x g|^2 / R^2`` per sample of (N, Z, Y, X, 3) forces (voxel
+    units, ``c`` the box centre, ``R`` its half-diagonal): zero for a cell in equilibrium."""
+    shape = g.shape[1:4]
+    x = jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=g.dtype) for s in shape], indexing="ij"), -1)
+    x = x - jnp.asarray([(s - 1) / 2 for s in shape], g.dtype)
+    radius2 = sum((s / 2) ** 2 for s in shape)
+    net = jnp.sum(g, axis=(1, 2, 3))
+    torque = jnp.sum(jnp.cross(jnp.broadcast_to(x, g.shape), g), axis=(1, 2, 3))
+    return jnp.sum(net**2, -1) + jnp.sum(torque**2, -1) / radius2
+
+
 def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, weights: LossWeights, law: str = "linear"):
     """All loss terms for a batch (N, Z, Y, X, 3) in voxel / dimensionless units.
 
@@ -99,13 +111,7 @@ def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, weights: LossWeights, 
         mask = interior_mask(u_true.shape[1:4], 1, u_true.dtype)
         terms["consistency"] = jnp.mean(_sq(mask * (g_pred - g_phys)) / den_g)
     if weights.equilibrium > 0:
-        shape = u_true.shape[1:4]
-        x = jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=u_true.dtype) for s in shape], indexing="ij"), -1)
-        x = x - jnp.asarray([(s - 1) / 2 for s in shape], u_true.dtype)
-        radius2 = sum((s / 2) ** 2 for s in shape)
-        net = jnp.sum(g_pred, axis=(1, 2, 3))
-        torque = jnp.sum(jnp.cross(jnp.broadcast_to(x, g_pred.shape), g_pred), axis=(1, 2, 3))
         scale = jnp.sum(jnp.linalg.norm(g_true, axis=-1), axis=(1, 2, 3)) ** 2 + (n_vox * weights.eps_g) ** 2
-        terms["equilibrium"] = jnp.mean((jnp.sum(net**2, -1) + jnp.sum(torque**2, -1) / radius2) / scale)
+        terms["equilibrium"] = jnp.mean(net_force_and_torque(g_pred) / scale)
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return total, terms

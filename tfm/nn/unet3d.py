@@ -172,7 +172,7 @@ def _gradient(v):
     return jnp.stack([jnp.gradient(v, axis=ax) for ax in (1, 2, 3)], axis=-1)
 
 
-def _blur(x, sigma: float):
+def blur(x, sigma: float):
     """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded matrix
     product per axis (dense matmuls are the fastest separable filter on CPU)."""
     for ax in (1, 2, 3):
@@ -187,7 +187,7 @@ def lucas_kanade(g, d, sigma: float, reg: float = 0.1):
     ``sigma`` voxels and ``a = reg trace(S[g g^T]) / 3`` (Tikhonov, towards zero motion)."""
     iu = np.triu_indices(3)
     prods = jnp.concatenate([(g[..., :, None] * g[..., None, :])[..., iu[0], iu[1]], g * d[..., None]], axis=-1)
-    s = _blur(prods, sigma)
+    s = blur(prods, sigma)
     a = jnp.zeros(s.shape[:-1] + (3, 3), s.dtype).at[..., iu[0], iu[1]].set(s[..., :6])
     a = a + jnp.swapaxes(jnp.triu(a, 1), -1, -2)
     tr = jnp.trace(a, axis1=-2, axis2=-1)

@@ -1,0 +1,156 @@
+"""Self-supervised adaptation (tfm.nn.adapt, tfm adapt): the photometric loss, the
+differentiable pyramid, a short adaptation, exact resume, the CLI and bad inputs."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import ndimage
+
+import tfm
+from tfm.learn import store
+from tfm.learn.optim import OptimConfig
+from tfm.nn import adapt, infer
+from tfm.nn.unet3d import ModelConfig, UNet3D
+
+SHAPE = (32, 32, 32)
+
+
+def _beads(shape, n, seed):
+    rng = np.random.default_rng(seed)
+    v = np.zeros(shape, np.float32)
+    v[tuple(rng.integers(0, s, n) for s in shape)] = 1.0
+    v = ndimage.gaussian_filter(v, 1.0)
+    return v / v.max()
+
+
+def _field(shape, amplitude):
+    x = np.indices(shape).astype(np.float32)
+    return amplitude * np.stack([np.sin(x[2] / 6), np.cos(x[1] / 7), np.sin(x[0] / 5)], -1).astype(np.float32)
+
+
+def _pair(amplitude=1.0, seed=0):
+    """(reference, deformed, u): the reference is the deformed volume pulled back by u."""
+    d = _beads(SHAPE, 300, seed)
+    u = _field(SHAPE, amplitude)
+    r = np.asarray(adapt.warp(jnp.asarray(d)[None], jnp.asarray(u)[None])[0])
+    return r, d, u
+
+
+def test_photometric_loss_is_zero_for_the_true_field_and_grows_with_its_error():
+    r, d, u = _pair()
+    ref, dfm = jnp.asarray(r)[None], jnp.asarray(d)[None]
+    exact = float(adapt.photometric_loss(ref, adapt.warp(dfm, jnp.asarray(u)[None]))[0])
+    assert exact < 1e-3
+    errs = [float(adapt.photometric_loss(ref, adapt.warp(dfm, jnp.asarray(u + e)[None]))[0]) for e in (0.25, 0.5, 1.0, 2.0)]
+    assert exact < errs[0] < errs[1] < errs[2] < errs[3], (exact, errs)
+    # bleaching and background: a gain and offset of the warped volume change nothing
+    w = adapt.warp(dfm, jnp.asarray(u + 0.5)[None])
+    np.testing.assert_allclose(adapt.photometric_loss(ref, 0.6 * w + 0.1), adapt.photometric_loss(ref, w), rtol=1e-2)
+
+
+def test_differentiable_pyramid_equals_inference_pyramid():
+    """pyramid_apply (JAX, what adaptation differentiates) is predict_pyramid on one tile."""
+    r, d, _ = _pair(1.5, seed=1)
+    model = UNet3D(ModelConfig(widths=(8, 16)))
+    for zero_motion in ("baseline", None):
+        u_np, g_np = infer.predict_pyramid(model, r, d, 0.45, 2, tile=32, overlap=0, zero_motion=zero_motion)
+        u_j, g_j = adapt.pyramid_apply(model, jnp.asarray(r)[None], jnp.asarray(d)[None], jnp.asarray([0.45]), 2, zero_motion)
+        np.testing.assert_allclose(np.asarray(u_j[0]), u_np, atol=1e-5 * np.abs(u_np).max())
+        np.testing.assert_allclose(np.asarray(g_j[0]), g_np, atol=1e-5 * np.abs(g_np).max())
+    np.testing.assert_allclose(np.asarray(adapt.warp(jnp.asarray(d)[None], jnp.asarray(_field(SHAPE, 2.0))[None])[0]),
+                               infer.warp(d, _field(SHAPE, 2.0)), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    model = UNet3D(ModelConfig(widths=(8, 16)))
+    return store.save_model(tmp_path_factory.mktemp("base") / "model", model, "tfm.unet3d",
+                            {"widths": [8, 16], "convs_per_level": 2, "stem": 2, "lk_sigmas": [2.0, 4.0], "impl": "auto",
+                             "spacing_um": [1.0, 1.0, 1.0], "seed": 0}, {"law": "linear"})
+
+
+# The physics priors would dominate the tiny untrained network's first steps; the photometric
+# term (with a light anchor) shows in 12 steps that the pair alone teaches motion.
+CFG = adapt.AdaptConfig(steps=12, crop=32, eval_every=6, eval_crops=1, checkpoint_every=3,
+                        loss=adapt.AdaptWeights(consistency=0.0, equilibrium=0.0, sparsity=0.0, anchor=0.01),
+                        optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, weight_decay=0.0))
+
+
+def _params(model_dir):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(infer.load_model(model_dir), nnx.Param))]
+
+
+@pytest.fixture(scope="module")
+def adapted(base_model, tmp_path_factory):
+    r, d, _ = _pair(1.0, seed=2)
+    out = tmp_path_factory.mktemp("adapt") / "run"
+    summary = adapt.adapt([(r, d)], (1.0, 1.0, 1.0), out, model=base_model, config=CFG, progress=False)
+    return summary, out, (r, d)
+
+
+def test_short_adaptation_lowers_the_photometric_loss_and_records_its_card(adapted, base_model):
+    summary, out, (r, d) = adapted
+    assert summary["finished"] and summary["steps"] == 12
+    assert summary["photometric_after"] < summary["photometric_before"], summary
+    card = store.read_description(out / "model")["card"]["adapted"]
+    assert card["pairs"][0]["hash"] == adapt.content_hash(r, d) and card["pairs"][0]["shape"] == list(SHAPE)
+    assert card["base_model"] == str(base_model) and card["total_steps"] == 12
+    assert card["photometric_before"] == pytest.approx(summary["photometric_before"])
+    text = (out / "model" / "MODEL_CARD.md").read_text()
+    assert adapt.content_hash(r, d)[:16] in text and "before" in text
+    # the adapted model is what predict and reconstruct take
+    res = tfm.reconstruct(r, d, 1.0, tfm.LinearElastic(1000.0, 0.45), method="dl", model=str(out))
+    assert res.displacement.shape == SHAPE + (3,) and np.isfinite(res.force).all()
+
+
+def test_adaptation_resumes_exactly(adapted, base_model, tmp_path):
+    summary, out, (r, d) = adapted
+    b = tmp_path / "b"
+    part = adapt.adapt([(r, d)], (1.0, 1.0, 1.0), b, model=base_model, config=CFG, progress=False, max_steps=4)
+    assert part["steps"] == 4 and not part["finished"]
+    whole = adapt.adapt([(r, d)], (1.0, 1.0, 1.0), b, model=base_model, config=CFG, progress=False)
+    assert whole["steps"] == 12
+    for x, y in zip(_params(out / "model"), _params(b / "model")):
+        np.testing.assert_array_equal(x, y)
+    la = [json.loads(s)["train"] for s in (out / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(s)["train"] for s in (b / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def test_adapt_cli_writes_a_model_reconstruct_uses(adapted, base_model, tmp_path):
+    _, _, (r, d) = adapted
+    from tfm import io
+    from tfm.cli import main
+
+    io.write_volume(tmp_path / "r.tif", (r * 1000).astype(np.uint16), (1.0, 1.0, 1.0))
+    io.write_volume(tmp_path / "d.tif", (d * 1000).astype(np.uint16), (1.0, 1.0, 1.0))
+    args = [str(tmp_path / "r.tif"), str(tmp_path / "d.tif"), "--model", str(base_model), "--steps", "6", "--crop", "16",
+            "--eval-every", "6", "--quiet"]
+    assert main(["adapt", *args, "-o", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model" / "MODEL_CARD.md").is_file()
+    assert main(["reconstruct", str(tmp_path / "r.tif"), str(tmp_path / "d.tif"), "--method", "dl", "--model",
+                 str(tmp_path / "run"), "--youngs-modulus-pa", "1000", "-o", str(tmp_path / "res.h5"), "--quiet"]) == 0
+    assert main(["adapt", str(tmp_path / "r.tif"), "-o", str(tmp_path / "x")]) == 2  # an odd number of stacks
+
+
+def test_adapt_refuses_bad_inputs_by_name(base_model, tmp_path):
+    r, d, _ = _pair()
+    with pytest.raises(ValueError, match="spacing_um"):
+        adapt.adapt([(r, d)], None, tmp_path / "a", model=base_model, config=CFG)
+    with pytest.raises(ValueError, match="shape"):
+        adapt.adapt([(r, d[:-2])], 1.0, tmp_path / "a", model=base_model, config=CFG)
+    with pytest.raises(FileNotFoundError, match="not a saved tfm model"):
+        adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=tmp_path, config=CFG)
+    with pytest.raises(ValueError, match="crop"):
+        adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=base_model, config=adapt.AdaptConfig(crop=64))
+    with pytest.raises(ValueError, match="pairs"):
+        adapt.adapt([], 1.0, tmp_path / "a", model=base_model, config=CFG)
+    with pytest.raises(ValueError, match="poisson_ratio"):
+        adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=base_model, config=CFG, poisson_ratio=0.6)
+    with pytest.raises(ValueError, match="steps"):
+        adapt.AdaptConfig(steps=0)
+    assert not (tmp_path / "a").exists()  # nothing written before the inputs were checked

@@ -1,0 +1,456 @@
+"""Self-supervised adaptation: fine-tune the learned model on a lab's own unlabelled stacks.
+
+Usage (what ``tfm adapt`` runs)::
+
+    from tfm.nn import adapt
+    adapt.adapt([(ref, dfm)], spacing_um=(0.8, 0.29, 0.29), out_dir="runs/my_lab")
+    tfm.reconstruct(ref, dfm, grid, material, method="dl", model="runs/my_lab")
+
+A pair carries its own training signal, with no ground truth: the deformed volume pulled
+back by the right displacement looks like the reference, and the displacement of a cell in
+an elastic gel comes from forces that are in equilibrium and sit at the cell. The objective
+on a batch of crops of the user's pairs (on the model's working grid, prepared exactly as
+:func:`tfm.nn.infer.predict` prepares them) is
+
+* ``photometric``: ``1 - NCC`` of the reference against the deformed volume warped back by
+  the predicted ``u`` (:func:`photometric_loss`; local normalised cross-correlation in
+  Gaussian windows of ``ncc_sigma`` voxels, weighted by the reference's local texture, so
+  background, gain and photobleaching drop out and bead-free regions do not count);
+* ``consistency``: the predicted force against the force the constitutive layer implies
+  from the predicted displacement (:func:`tfm.nn.physics.implied_force`), relative;
+* ``equilibrium``: net force and torque of the predicted force, relative to its L1 norm;
+* ``sparsity``: with a cell mask, the share of ``|f|`` outside the (dilated) cell; without
+  one, ``mean |f| / rms |f|`` (a scale-free sparsity measure);
+* ``anchor``: ``|theta - theta_0|^2 / |theta_0|^2``, a pull toward the synthetic-trained
+  weights, so adaptation refines the model instead of drifting into a trivial solution
+  (the photometric term alone is blind where there are no beads).
+
+The field differentiated is the one ``predict`` returns: the coarse-to-fine pyramid with
+the zero-motion baseline (:func:`pyramid_apply`, the JAX twin of
+:func:`tfm.nn.infer.predict_pyramid`, equal to it on a single tile). The deformed crop is
+read with a margin, so warping never samples outside the data the crop sees.
+
+No labelled synthetic batches are mixed in: the anchor keeps what they taught, at none of
+their cost (a labelled batch at the training size costs as much as an adaptation step), and
+the adapted model then depends only on the user's pairs and the base model.
+
+Runs use the shared epoch loop (:mod:`tfm.learn.loop`): one "epoch" is ``eval_every``
+steps, after which fixed crops of every pair are scored; the model with the lowest score is
+written to ``OUT/model`` with a model card (base model, pairs by content hash, steps, the
+photometric loss before and after). Checkpoints every ``checkpoint_every`` steps; the same
+call resumes a killed run exactly (crops and flips of step ``s`` draw from
+``rng([seed, s])``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from scipy import ndimage
+
+from ..atomic import write_text
+from ..grid import Grid
+from ..learn import config as configs
+from ..learn import loop, store
+from ..learn.optim import OptimConfig, make_optimizer, schedule
+from ..classical.dvc import check_pair
+from ..fields import resample
+from . import infer, physics
+from .unet3d import blur
+
+MODEL_KIND = "tfm.unet3d"
+MARGIN = 8  # working voxels of deformed-volume context around each crop (a multiple of 2^(levels-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptWeights:
+    """Weights of the self-supervised loss terms (see the module docstring)."""
+
+    photometric: float = 1.0
+    consistency: float = 0.1
+    equilibrium: float = 0.01
+    sparsity: float = 0.05
+    anchor: float = 1.0
+    eps_g: float = 1e-3  # floor of the force normalisations, f h / E
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if not float(getattr(self, f.name)) >= 0:
+                raise ValueError(f"AdaptWeights.{f.name} must be >= 0, got {getattr(self, f.name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    """Everything that defines an adaptation run besides the pairs and the base model."""
+
+    steps: int = 200
+    crop: int = 48  # cubic crops, working voxels (a multiple of the network's factor x 2^(levels-1))
+    batch_size: int = 1
+    optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, weight_decay=0.0)
+    loss: AdaptWeights = AdaptWeights()
+    ncc_sigma: float = 2.0  # photometric window, working voxels
+    levels: object = "auto"  # pyramid levels, as predict's
+    zero_motion: object = "baseline"  # as predict's
+    cell_dilate_um: float = 3.0  # sparsity: forces allowed this far from the cell mask
+    eval_every: int = 25  # steps between scores on the fixed crops
+    eval_crops: int = 4  # fixed crops per pair for the scores
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self):
+        configs.check_counts(self, ("steps", "crop", "batch_size", "eval_every", "eval_crops", "checkpoint_every"))
+        if self.levels not in infer.LEVELS or isinstance(self.levels, bool):
+            raise ValueError(f"levels must be one of {infer.LEVELS}, got {self.levels!r}")
+        if self.zero_motion not in infer.ZERO_MOTION:
+            raise ValueError(f"zero_motion must be one of {infer.ZERO_MOTION}, got {self.zero_motion!r}")
+        if not float(self.ncc_sigma) > 0:
+            raise ValueError(f"ncc_sigma must be > 0 (voxels), got {self.ncc_sigma}")
+        if not float(self.cell_dilate_um) >= 0:
+            raise ValueError(f"cell_dilate_um must be >= 0, got {self.cell_dilate_um}")
+
+
+# -- the differentiable pyramid ------------------------------------------------------------
+
+
+def _down(v, factor: int):
+    """Block mean over ``factor``³ voxels of (N, Z, Y, X, ...) (sizes divisible by it)."""
+    if factor == 1:
+        return v
+    n, z, y, x = v.shape[:4]
+    return v.reshape(n, z // factor, factor, y // factor, factor, x // factor, factor, *v.shape[4:]).mean((2, 4, 6))
+
+
+def _up(field, shape, factor: int):
+    """(N, z, y, x, C) of a level ``factor`` coarser -> (N, *shape, C), trilinear at the fine
+    voxel centres, edge values held (as :func:`tfm.nn.infer.predict_pyramid`)."""
+    coords = jnp.stack(jnp.meshgrid(*[(jnp.arange(n) + 0.5) / factor - 0.5 for n in shape], indexing="ij"), 0)
+
+    def one(f):  # (z, y, x) -> shape
+        return jax.scipy.ndimage.map_coordinates(f, list(coords), order=1, mode="nearest")
+
+    return jax.vmap(jax.vmap(one, in_axes=-1, out_axes=-1))(field)
+
+
+def warp(volume, u_vox, margin: int = 0):
+    """``volume(x + margin + u(x))`` for (N, Z+2m, Y+2m, X+2m) volumes and (N, Z, Y, X, 3)
+    fields (trilinear, 0 -- the normalised background -- outside): the deformed volume
+    pulled back by ``u``; with ``margin=0`` the JAX twin of :func:`tfm.nn.infer.warp`."""
+    base = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=u_vox.dtype) + margin for n in u_vox.shape[1:4]], indexing="ij"), -1)
+
+    def one(v, u):
+        c = jnp.moveaxis(base + u, -1, 0)
+        return jax.scipy.ndimage.map_coordinates(v, list(c), order=1, mode="constant", cval=0.0)
+
+    return jax.vmap(one)(volume, u_vox)
+
+
+def _net(model, r, d, nu, zero_motion):
+    out = model(model.features(r, d, nu))
+    if zero_motion == "baseline":
+        out = out - model(model.features(r, r, nu))
+    elif zero_motion == "odd":
+        out = 0.5 * (out - model(model.features(d, r, nu)))
+    return out
+
+
+def pyramid_apply(model, reference, deformed, poisson_ratio, levels: int, zero_motion="baseline", context=None,
+                  margin: int = 0):
+    """(u_voxels, g) of the coarse-to-fine pyramid for a batch of crops (N, Z, Y, X),
+    differentiable: :func:`tfm.nn.infer.predict_pyramid` on one tile, in JAX. ``context``:
+    the deformed crops with ``margin`` voxels more on every side, used where the finer levels
+    warp (``margin`` divisible by ``2^(levels-1)``)."""
+    shape = reference.shape[1:4]
+    if context is None:
+        context, margin = deformed, 0
+    u = g = None
+    for level in range(levels - 1, -1, -1):
+        f = 2**level
+        r, d = _down(reference, f), _down(deformed, f)
+        if u is not None:
+            d = warp(_down(context, f), _down(u, f) / f if f > 1 else u, margin // f)
+        out = _net(model, r, d, poisson_ratio, zero_motion)
+        du, dg = out[..., :3], out[..., 3:]
+        if f > 1:
+            both = _up(jnp.concatenate([du * f, dg / f], -1), shape, f)
+            du, dg = both[..., :3], both[..., 3:]
+        u, g = (du, dg) if u is None else (u + du, g + dg)
+    return u, g
+
+
+# -- the loss ----------------------------------------------------------------------------------
+
+
+def photometric_loss(reference, warped, sigma: float = 2.0, eps: float = 1e-4):
+    """Per-sample ``1 - NCC``: local normalised cross-correlation of (N, Z, Y, X) volumes in
+    Gaussian windows of ``sigma`` voxels, averaged with the reference's local variance as
+    weight (texture counts, empty background does not). 0 for identical volumes (to ``eps``),
+    up to 2 for inverted ones; unchanged by a local gain and offset of ``warped``."""
+    a, b = reference[..., None], warped[..., None]
+    stats = blur(jnp.concatenate([a, b, a * a, b * b, a * b], -1), sigma)
+    ma, mb = stats[..., 0], stats[..., 1]
+    vaa = jnp.maximum(stats[..., 2] - ma * ma, 0.0)
+    vbb = jnp.maximum(stats[..., 3] - mb * mb, 0.0)
+    vab = stats[..., 4] - ma * mb
+    ncc = vab / jnp.sqrt(vaa * vbb + eps**2)
+    w = jax.lax.stop_gradient(vaa)
+    return 1.0 - jnp.sum(w * ncc, (1, 2, 3)) / jnp.maximum(jnp.sum(w, (1, 2, 3)), 1e-12)
+
+
+def _param_distance(params, anchor):
+    num = sum(jnp.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor)))
+    return num / sum(jnp.sum(a**2) for a in jax.tree.leaves(anchor))
+
+
+def adapt_losses(model, batch, anchor, cfg: AdaptConfig, levels: int, law: str):
+    """``(total, terms)`` of the self-supervised objective on a batch (module docstring)."""
+    w = cfg.loss
+    u, g = pyramid_apply(model, batch["reference"], batch["deformed"], batch["nu"], levels, cfg.zero_motion,
+                         batch["context"], MARGIN)
+    terms = {"photometric": jnp.mean(photometric_loss(batch["reference"], warp(batch["context"], u, MARGIN), cfg.ncc_sigma))}
+    n_vox = u.shape[1] * u.shape[2] * u.shape[3]
+    sq = lambda x: jnp.sum(x * x, (1, 2, 3, 4))  # noqa: E731
+    if w.consistency > 0:
+        g_phys = jax.vmap(lambda uu, nu: physics.implied_force(uu, nu, law))(u, batch["nu"])
+        mask = physics.interior_mask(u.shape[1:4], 1, u.dtype)
+        den = jax.lax.stop_gradient(sq(mask * g) + sq(mask * g_phys)) + n_vox * w.eps_g**2
+        terms["consistency"] = jnp.mean(sq(mask * (g - g_phys)) / den)
+    mag = jnp.linalg.norm(g, axis=-1)
+    if w.equilibrium > 0:
+        scale = jax.lax.stop_gradient(jnp.sum(mag, (1, 2, 3))) ** 2 + (n_vox * w.eps_g) ** 2
+        terms["equilibrium"] = jnp.mean(physics.net_force_and_torque(g) / scale)
+    if w.sparsity > 0:
+        outside = batch["outside"]
+        masked = jnp.sum(outside, (1, 2, 3)) < outside[0].size  # a cell mask was given
+        share = jnp.sum(mag * outside, (1, 2, 3)) / (jnp.sum(mag, (1, 2, 3)) + n_vox * w.eps_g)
+        ratio = jnp.mean(mag, (1, 2, 3)) / (jnp.sqrt(jnp.mean(mag**2, (1, 2, 3))) + w.eps_g)
+        terms["sparsity"] = jnp.mean(jnp.where(masked, share, ratio))
+    if w.anchor > 0:
+        terms["anchor"] = _param_distance(nnx.state(model, nnx.Param), anchor)
+    return sum(getattr(w, k) * v for k, v in terms.items()), terms
+
+
+@nnx.jit(static_argnames=("cfg", "levels", "law"))
+def adapt_step(model, optimizer, batch, anchor, cfg, levels, law):
+    (loss, terms), grads = nnx.value_and_grad(lambda m: adapt_losses(m, batch, anchor, cfg, levels, law), has_aux=True)(model)
+    optimizer.update(model, grads)
+    return loss, terms
+
+
+@nnx.jit(static_argnames=("cfg", "levels", "law"))
+def score_step(model, batch, anchor, cfg, levels, law):
+    return adapt_losses(model, batch, anchor, cfg, levels, law)
+
+
+# -- the pairs ---------------------------------------------------------------------------------
+
+
+def content_hash(reference, deformed) -> str:
+    """SHA-256 of a pair's arrays (dtype, shape and bytes of both): names the pair in the card."""
+    h = hashlib.sha256()
+    for v in (reference, deformed):
+        v = np.ascontiguousarray(v)
+        h.update(f"{v.dtype.str}{v.shape}".encode())
+        h.update(memoryview(v).cast("B"))
+    return h.hexdigest()
+
+
+def _grids(spacing_um, pairs) -> list:
+    if spacing_um is None:
+        raise ValueError("spacing_um: give the voxel size (z, y, x) in µm, one for all pairs or one per pair "
+                         "(tfm never guesses a voxel size)")
+    if isinstance(spacing_um, Grid) or np.ndim(spacing_um) <= 1:
+        spacing_um = [spacing_um] * len(pairs)
+    if len(spacing_um) != len(pairs):
+        raise ValueError(f"spacing_um: {len(spacing_um)} voxel sizes for {len(pairs)} pairs")
+    return [s.spacing_um if isinstance(s, Grid) else s for s in spacing_um]
+
+
+def prepare_pairs(pairs, spacing_um, h_model, cells=None, dilate_um: float = 3.0, crop: int = 48) -> list:
+    """Each pair as the network sees it (:func:`tfm.nn.infer.prepare_pair`) plus the
+    "outside the cell" weight of the sparsity term on the working grid."""
+    if not pairs:
+        raise ValueError("pairs: give at least one (reference, deformed) pair")
+    cells = [None] * len(pairs) if cells is None else list(cells)
+    if len(cells) != len(pairs):
+        raise ValueError(f"cells: {len(cells)} cell masks for {len(pairs)} pairs (None where there is none)")
+    out = []
+    for k, ((ref, dfm), h, cell) in enumerate(zip(pairs, _grids(spacing_um, pairs), cells)):
+        try:
+            ref, dfm, grid, mask = check_pair(ref, dfm, h, cell)
+        except ValueError as exc:
+            raise ValueError(f"pair {k}: {exc}") from None
+        prep = infer.prepare_pair(ref, dfm, grid, h_model)
+        work = prep["grid"]
+        if min(work.shape) < crop:
+            raise ValueError(f"pair {k}: {work.shape} working voxels ({tuple(h_model)} µm) is smaller than the crop "
+                             f"{crop}; give a smaller crop (a multiple of the network's factor)")
+        outside = np.ones(work.shape, np.float32)
+        if mask is not None:
+            m = mask if work == grid else resample(mask.astype(np.float32), grid, work) > 0.5
+            if dilate_um > 0:
+                m = ndimage.binary_dilation(m, iterations=max(1, int(round(dilate_um / float(h_model[0])))))
+            outside = (~m).astype(np.float32)
+        out.append({"reference": prep["reference"], "deformed": prep["deformed"], "outside": outside,
+                    "hash": content_hash(ref, dfm), "shape": list(ref.shape), "spacing_um": list(grid.spacing_um),
+                    "cell": mask is not None})
+    return out
+
+
+def crop_batch(prepared, rng: np.random.Generator, n: int, crop: int, augment: bool = True) -> dict:
+    """``n`` random crops (pair, origin, flips drawn from ``rng``): reference, deformed,
+    deformed with ``MARGIN`` voxels of context (0 beyond the volume), outside weight."""
+    out = {"reference": [], "deformed": [], "context": [], "outside": []}
+    for _ in range(n):
+        p = prepared[int(rng.integers(len(prepared)))]
+        shape = p["reference"].shape
+        o = [int(rng.integers(0, s - crop + 1)) for s in shape]
+        sl = tuple(slice(a, a + crop) for a in o)
+        ctx = np.zeros((crop + 2 * MARGIN,) * 3, np.float32)
+        src = tuple(slice(max(a - MARGIN, 0), min(a + crop + MARGIN, s)) for a, s in zip(o, shape))
+        dst = tuple(slice(sr.start - (a - MARGIN), sr.stop - (a - MARGIN)) for sr, a in zip(src, o))
+        ctx[dst] = p["deformed"][src]
+        arrays = [p["reference"][sl], p["deformed"][sl], ctx, p["outside"][sl]]
+        if augment:
+            for ax in range(3):
+                if rng.random() < 0.5:
+                    arrays = [np.flip(a, ax) for a in arrays]
+        for key, a in zip(out, arrays):
+            out[key].append(np.ascontiguousarray(a, np.float32))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def _to_device(batch: dict) -> dict:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def _scorer(net, prepared, anchor, cfg: AdaptConfig, levels: int, law: str, poisson_ratio: float):
+    """() -> the mean terms over fixed crops of every pair (the same crops at every call)."""
+    rng = np.random.default_rng([cfg.seed, 10**6])
+    crops = [crop_batch([p], rng, 1, cfg.crop, augment=False) for p in prepared for _ in range(cfg.eval_crops)]
+    nu = np.full((1,), poisson_ratio, np.float32)
+
+    def score() -> dict:
+        sums = {}
+        for c in crops:
+            loss, terms = score_step(net, _to_device({**c, "nu": nu}), anchor, cfg, levels, law)
+            for k, v in {"loss": loss, **terms}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return {k: v / len(crops) for k, v in sums.items()}
+
+    return score
+
+
+def _card_markdown(card: dict) -> str:
+    a = card["adapted"]
+    rows = "\n".join(f"| {p['hash'][:16]} | {' x '.join(map(str, p['shape']))} | {', '.join(f'{h:g}' for h in p['spacing_um'])} "
+                     f"| {'yes' if p['cell'] else 'no'} |" for p in a["pairs"])
+    return (f"# Model card: tfm 3D force network, adapted\n\nFine-tuned without labels on the pairs below by "
+            f"`tfm adapt` (docs/learned.md, \"Self-supervised adaptation\"), from the base model `{a['base_model']}`.\n\n"
+            f"| pair (SHA-256, first 16) | voxels | voxel size (µm) | cell mask |\n|---|---|---|---|\n{rows}\n\n"
+            f"- Steps: {a['step']} of {a['total_steps']} (selected: lowest score on the fixed crops), batch "
+            f"{a['config']['batch_size']}, crops of {a['config']['crop']}³ working voxels, peak learning rate "
+            f"{a['config']['optim']['learning_rate']:g}.\n"
+            f"- Photometric loss (1 - NCC, fixed crops): {a['photometric_before']:.4f} before, "
+            f"{a['photometric_after']:.4f} after.\n"
+            f"- Poisson ratio {a['poisson_ratio']:g}; loss weights {a['config']['loss']}.\n"
+            "- Use it on stacks like these (same microscope, beads and gel); the base model's card states the rest.\n")
+
+
+def _open_base(model, poisson_ratio, cfg: AdaptConfig):
+    """The base model and what the run needs of it: (path, model.json, net, levels, law)."""
+    base_path, desc = store.open_model(infer.DEFAULT_MODEL if model is None else model, MODEL_KIND)
+    net = infer.load_model(base_path)
+    if not 0 < float(poisson_ratio) < 0.5:
+        raise ValueError(f"poisson_ratio must lie in (0, 0.5), got {poisson_ratio}")
+    levels = infer.pyramid_levels((cfg.crop,) * 3, cfg.levels)
+    need = net.config.multiple * 2 ** (levels - 1)
+    if cfg.crop % need:
+        raise ValueError(f"crop must be a multiple of {need} for this model at {levels} pyramid level(s), got {cfg.crop}")
+    law = desc.get("card", {}).get("law", "linear")
+    return base_path, desc, net, levels, law if law in physics.LAWS else "linear"
+
+
+def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, cells=None,
+          config: AdaptConfig = AdaptConfig(), progress=None, max_steps: int | None = None) -> dict:
+    """Fine-tune a model on unlabelled pairs; writes ``out_dir/model`` (a saved model that
+    :func:`tfm.nn.infer.predict`, ``tfm.reconstruct(..., method="dl", model=out_dir)`` and
+    ``tfm reconstruct --model`` take). Calling again with the same arguments resumes.
+
+    Args:
+      pairs: list of ``(reference, deformed)`` (Z, Y, X) bead volumes.
+      spacing_um: the voxel size (z, y, x) in µm (or a Grid), one for all pairs or a list.
+      out_dir: run directory (created; checkpoints, metrics.jsonl, model/).
+      model: the base model (a saved model or run directory; None: the shipped one).
+      poisson_ratio: of the gel (the network's Poisson channel).
+      cells: optional list (one per pair) of bool cell masks or None: where forces may be.
+      config: :class:`AdaptConfig`.
+      max_steps: stop after this many steps in total (a later call resumes).
+
+    Returns a summary dict: steps, photometric loss before and after, model_dir, seconds.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    cfg = config
+    base_path, desc, net, levels, law = _open_base(model, poisson_ratio, cfg)
+    prepared = prepare_pairs(pairs, spacing_um, np.asarray(net.config.spacing_um), cells, cfg.cell_dilate_um, cfg.crop)
+    run = Path(out_dir)
+    store.claim_run(run, {"adapt": configs.to_dict(cfg), "base_model": str(Path(base_path).resolve()),
+                          "pairs": [p["hash"] for p in prepared], "poisson_ratio": float(poisson_ratio),
+                          "cells": [p["cell"] for p in prepared]})
+    anchor = jax.tree.map(jnp.array, nnx.state(net, nnx.Param))
+    spe = min(cfg.eval_every, cfg.steps)
+    epochs = -(-cfg.steps // spe)
+    optimizer = nnx.Optimizer(net, make_optimizer(cfg.optim, epochs * spe), wrt=nnx.Param)
+    score = _scorer(net, prepared, anchor, cfg, levels, law, float(poisson_ratio))
+    before_file = run / "before.json"
+    if before_file.is_file():
+        before = json.loads(before_file.read_text())
+    else:
+        before = score()
+        write_text(before_file, json.dumps(before))
+    nu = np.full((cfg.batch_size,), poisson_ratio, np.float32)
+    base_card = {k: v for k, v in desc.get("card", {}).items() if k != "adapted"}
+
+    def batch_at(s):
+        return {**crop_batch(prepared, np.random.default_rng([cfg.seed, s]), cfg.batch_size, cfg.crop), "nu": nu}
+
+    def save_best(row, base: bool = False):
+        if not base and not row["val"]["loss"] < before["loss"]:
+            return  # never worse than the base model on the fixed crops
+        card = {**base_card, "law": law, "spacing_um": list(net.config.spacing_um),
+                "adapted": {"base_model": str(base_path), "base_card": base_card,
+                            "pairs": [{k: p[k] for k in ("hash", "shape", "spacing_um", "cell")} for p in prepared],
+                            "step": row["step"], "total_steps": epochs * spe, "photometric_before": before["photometric"],
+                            "photometric_after": row["val"]["photometric"], "score_before": before, "score_after": row["val"],
+                            "poisson_ratio": float(poisson_ratio), "config": configs.to_dict(cfg)}}
+        path = store.save_model(run / "model", net, MODEL_KIND, configs.to_dict(net.config), card)
+        write_text(path / "MODEL_CARD.md", _card_markdown(card))
+
+    names = ["loss", "photometric"] + [k for k in ("consistency", "equilibrium", "sparsity", "anchor") if getattr(cfg.loss, k) > 0]
+    out = loop.fit(run, net, optimizer, epochs=epochs, steps_per_epoch=spe, checkpoint_every=cfg.checkpoint_every,
+                   names=names, batch_at=batch_at,
+                   step=lambda batch, s: adapt_step(net, optimizer, _to_device(batch), anchor, cfg, levels, law),
+                   evaluate=score, learning_rate=schedule(cfg.optim, epochs * spe), save_best=save_best, progress=progress,
+                   max_steps=max_steps,
+                   epoch_message=lambda r: f"photometric {r['val']['photometric']:.4f} (before {before['photometric']:.4f})")
+    model_dir = run / "model"
+    if out["finished"] and not (model_dir / "model.json").is_file():  # no step scored better: keep the base weights
+        nnx.update(net, anchor)
+        save_best({"step": 0, "val": before}, base=True)
+    after = None
+    if (model_dir / "model.json").is_file():
+        after = store.read_description(model_dir)["card"]["adapted"]["photometric_after"]
+    return {**out, "photometric_before": before["photometric"], "photometric_after": after,
+            "model_dir": str(model_dir) if after is not None else None, "levels": levels,
+            "seconds_total": time.perf_counter() - t0}
