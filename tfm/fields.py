@@ -206,17 +206,22 @@ def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _linear_matrix(xs, xt, dtype):
-    """(len(xt), len(xs)) linear interpolation weights, edge values held beyond the ends."""
-    import numpy as np
-
+def _linear_weights(xs, xt):
+    """Linear interpolation from the axis ``xs`` to the points ``xt``, edge values held
+    beyond the ends: ``(i0, w)``, each point ``(1 - w) v[i0] + w v[i0 + 1]``."""
     n = len(xs)
     pos = np.clip((xt - xs[0]) / (xs[1] - xs[0]), 0.0, n - 1)
     i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
-    m = np.zeros((len(xt), n), np.float64)
+    return i0, pos - i0
+
+
+def _linear_matrix(xs, xt, dtype):
+    """(len(xt), len(xs)) matrix of :func:`_linear_weights`."""
+    i0, w = _linear_weights(xs, xt)
+    m = np.zeros((len(xt), len(xs)), np.float64)
     rows = np.arange(len(xt))
-    m[rows, i0] = 1 - (pos - i0)
-    m[rows, i0 + 1] += pos - i0
+    m[rows, i0] = 1 - w
+    m[rows, i0 + 1] += w
     return m.astype(dtype)
 
 
@@ -259,8 +264,6 @@ def resample(values, source: Grid, target: Grid, order: int = 1, antialias: bool
     ``0.5 sqrt(s² - 1)`` source voxels first, so that a bead smaller than the target voxel
     is not sampled (aliased) but blurred to it -- its image then moves smoothly with the
     bead, which motion estimation needs. Each axis is one dense matrix product."""
-    import numpy as np
-
     if order not in (1, 3):
         raise ValueError(f"order must be 1 (linear) or 3 (cubic spline), got {order!r}")
     if antialias and order != 1:
@@ -287,9 +290,8 @@ def resample(values, source: Grid, target: Grid, order: int = 1, antialias: bool
 
             v = make_interp_spline(xs, v, k=3, axis=a)(xt).astype(v.dtype)
             continue
-        pos = np.clip((xt - xs[0]) / (xs[1] - xs[0]), 0.0, n - 1)
-        i0 = np.minimum(np.floor(pos).astype(np.int64), n - 2)
-        w = (pos - i0).astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - a - 1))
+        i0, w = _linear_weights(xs, xt)
+        w = w.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - a - 1))
         lo, hi = np.take(v, i0, axis=a), np.take(v, i0 + 1, axis=a)
         hi -= lo  # lo + w (hi - lo), in place: two output-sized arrays instead of five
         hi *= w

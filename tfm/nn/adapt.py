@@ -106,8 +106,7 @@ class AdaptConfig:
 
     def __post_init__(self):
         configs.check_counts(self, ("steps", "crop", "batch_size", "eval_every", "eval_crops", "checkpoint_every"))
-        if self.levels not in infer.LEVELS or isinstance(self.levels, bool):
-            raise ValueError(f"levels must be one of {infer.LEVELS}, got {self.levels!r}")
+        infer.check_levels(self.levels)
         if self.zero_motion not in infer.ZERO_MOTION:
             raise ValueError(f"zero_motion must be one of {infer.ZERO_MOTION}, got {self.zero_motion!r}")
         if not float(self.ncc_sigma) > 0:

@@ -197,7 +197,8 @@ def warp(volume, u_vox):
     return ndimage.map_coordinates(volume, coords, order=1, mode="grid-constant", cval=0.0).astype(np.float32)
 
 
-def _check_levels(levels) -> None:
+def check_levels(levels) -> None:
+    """Refuse a ``levels`` value :func:`predict` does not take, by name."""
     if levels not in LEVELS or isinstance(levels, bool):
         raise ValueError(f"levels must be one of {LEVELS}, got {levels!r}")
 
@@ -208,7 +209,7 @@ def pyramid_levels(shape, levels) -> int:
     level was measured to add nothing: on a 64³ Eshelby sphere reaching 1, 3 and 5 voxels,
     relative RMS error 0.25 / 0.53 / 0.73 with one level, 0.19 / 0.32 / 0.60 with two, and
     the same to 0.01 with three or four.)"""
-    _check_levels(levels)
+    check_levels(levels)
     fit = 1 + max(0, int(math.floor(math.log2(max(min(shape), 1) / MIN_LEVEL_EDGE))))
     return min(2 if levels == "auto" else int(levels), fit)
 
@@ -369,7 +370,7 @@ def _check_inputs(reference, deformed, grid, material, mask, drift, zero_motion,
         raise ValueError(f"zero_motion must be one of {ZERO_MOTION}, got {zero_motion!r}")
     if drift not in drift_models.DRIFTS:
         raise ValueError(f"drift must be one of {drift_models.DRIFTS}, got {drift!r}")
-    _check_levels(levels)
+    check_levels(levels)
     return ref, dfm, grid, mask
 
 

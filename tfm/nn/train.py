@@ -43,10 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..fields import resample
 from ..learn import config as configs
 from ..learn import loop, store
 from ..learn.optim import OptimConfig, make_optimizer, schedule
 from . import physics
+from .infer import working_grid, working_pair
 from .unet3d import ModelConfig, UNet3D, normalise_pair
 
 MODEL_KIND = "tfm.unet3d"
@@ -93,7 +95,7 @@ class Samples:
     Datasets that share one isotropic voxel size are used as stored (that size becomes the
     model's). Otherwise every sample is brought to ``spacing_um`` (isotropic; the model's)
     exactly as :func:`tfm.nn.infer.predict` brings a user's stacks: both volumes normalised
-    on their own voxels, then resampled trilinearly (:func:`tfm.nn.infer.working_pair`),
+    on their own voxels, then anti-aliased and resampled (:func:`tfm.nn.infer.working_pair`),
     with the displacement and force resampled beside them -- so a network trained on the
     anisotropic voxels of ``tfm synth --preset acquisition`` sees what it will see on a
     microscope's stacks. Resampled samples are kept in memory up to ``cache_bytes``."""
@@ -115,8 +117,6 @@ class Samples:
             if len(set(self.spacing_um)) != 1:
                 raise ValueError(f"data: datasets of voxel sizes {sorted(spacings)} are resampled to the model's voxel "
                                  f"size, which must be isotropic; got spacing_um {self.spacing_um}")
-        from .infer import working_grid
-
         self.work = [working_grid(ds.grid, self.spacing_um) for ds in self.sets]
         self.shapes = {w.shape for w in self.work}
         self.cache, self.cache_bytes, self._cached = {}, float(cache_bytes), 0
@@ -127,18 +127,15 @@ class Samples:
     def _sample(self, k: int, i: int):
         """Sample ``i`` of set ``k`` on the working grid: (ref, dfm, u voxels, g); the
         volumes normalised here only when they were resampled (else per crop, in load)."""
-        h5, grid, work = self.sets[k]._h5, self.sets[k].grid, self.work[k]
-        h = self.spacing_um[0]
         if (k, i) in self.cache:
             return self.cache[(k, i)]
+        h5, grid, work = self.sets[k]._h5, self.sets[k].grid, self.work[k]
+        h = self.spacing_um[0]
         ref, dfm = h5["reference"][i], h5["deformed"][i]
         u = h5["displacement"][i] / h
         g = h5["force"][i] * (h / float(h5["youngs_modulus_pa"][i]))
         if work == grid:
             return ref, dfm, u, g
-        from ..fields import resample
-        from .infer import working_pair
-
         ref, dfm, _ = working_pair(ref, dfm, grid, self.spacing_um)
         out = (ref, dfm, resample(u.astype(np.float32), grid, work), resample(g.astype(np.float32), grid, work))
         size = sum(a.nbytes for a in out)
