@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: machine description, report writing and
-one-measurement-per-process runs."""
+one-measurement-per-process runs, and the error measures the accuracy benchmarks share."""
 
 import json
 import os
@@ -8,6 +8,8 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from tfm.atomic import jsonable, write_text
 
@@ -41,3 +43,22 @@ def run_one_size(benchmark: str, *args) -> dict:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(1)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def box_mean_at(field, grid, coarse):
+    """Average ``field`` (Z, Y, X, C) on ``grid`` over boxes of the coarse grid's step centred on its points."""
+    from scipy import ndimage
+
+    step = [max(1, int(round(hc / h))) for hc, h in zip(coarse.spacing_um, grid.spacing_um)]
+    sm = np.stack([ndimage.uniform_filter(field[..., c], size=step, mode="constant") for c in range(field.shape[-1])], -1)
+    return sm[np.ix_(*grid.nearest_indices(coarse))]
+
+
+def rel_l2(a, b):
+    """|a - b| / |b| (L2 over all entries)."""
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def rms(a):
+    """RMS length of the vectors along the last axis."""
+    return float(np.sqrt(np.mean(np.sum(a**2, -1))))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, peak_rss_mb, run_one_size, write_report
+from .common import box_mean_at, machine, peak_rss_mb, rel_l2, rms, run_one_size, write_report
 from .peers import saenopy_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,23 +68,6 @@ def ensure_acquisition_set(path: Path = ACQUISITION_TEST) -> Path:
     return path
 
 
-def _box_mean_at(field, grid, coarse):
-    """Average ``field`` over boxes of the coarse grid's step centred on its points."""
-    from scipy import ndimage
-
-    step = [max(1, int(round(hc / h))) for hc, h in zip(coarse.spacing_um, grid.spacing_um)]
-    sm = np.stack([ndimage.uniform_filter(field[..., c], size=step, mode="constant") for c in range(field.shape[-1])], -1)
-    return sm[np.ix_(*grid.nearest_indices(coarse))]
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def _rms(a):
-    return float(np.sqrt(np.mean(np.sum(a**2, -1))))
-
-
 def accuracy(test: Path, model, limit: int | None = None, ablation: dict | None = None) -> list:
     """Per-sample errors of "dl" (``model``), "classical" and each ``ablation`` model."""
     import tfm
@@ -112,18 +95,18 @@ def accuracy(test: Path, model, limit: int | None = None, ablation: dict | None 
             t_cl = time.perf_counter() - t0
             idx = np.ix_(*grid.nearest_indices(cl.grid))
             u_true_c = s["displacement"][idx]
-            f_true_c = _box_mean_at(s["force"], grid, cl.grid)
+            f_true_c = box_mean_at(s["force"], grid, cl.grid)
             c_true = truth.contractility(center_um=centre)
-            row = {"sample": i, "youngs_modulus_pa": e, "poisson_ratio": nu, "u_rms_truth_um": _rms(s["displacement"]),
+            row = {"sample": i, "youngs_modulus_pa": e, "poisson_ratio": nu, "u_rms_truth_um": rms(s["displacement"]),
                    "contractility_truth_pn": c_true, "dvc_grid": list(cl.grid.shape)}
             for name, (res, t) in {**learned, "classical": (cl, t_cl)}.items():
                 u_c = res.displacement if name == "classical" else res.displacement[idx]
-                f_c = res.force if name == "classical" else _box_mean_at(res.force, grid, cl.grid)
+                f_c = res.force if name == "classical" else box_mean_at(res.force, grid, cl.grid)
                 c = res.contractility(center_um=centre)
-                row[name] = {"time_s": t, "u_rms_error_um": _rms(u_c - u_true_c), "force_rel_l2": _rel(f_c, f_true_c),
+                row[name] = {"time_s": t, "u_rms_error_um": rms(u_c - u_true_c), "force_rel_l2": rel_l2(f_c, f_true_c),
                              "contractility_pn": c, "contractility_rel_error": abs(c - c_true) / abs(c_true)}
-            row["dl"]["u_rms_error_voxels_um"] = _rms(dl.displacement - s["displacement"])
-            row["dl"]["force_rel_l2_voxels"] = _rel(dl.force, s["force"])
+            row["dl"]["u_rms_error_voxels_um"] = rms(dl.displacement - s["displacement"])
+            row["dl"]["force_rel_l2_voxels"] = rel_l2(dl.force, s["force"])
             rows.append(row)
             print(f"sample {i}: " + "  ".join(f"{m} f {row[m]['force_rel_l2']:.3f} C {row[m]['contractility_rel_error']:.3f} "
                                               f"u {row[m]['u_rms_error_um']:.4f}" for m in (*learned, "classical")), flush=True)
@@ -181,7 +164,7 @@ def timing(sizes, model, saenopy_python=None, saenopy_solve_iterations: int = 0)
             row["dl"]["warm_tiles64_s"] = time.perf_counter() - t0
             row["dl"]["tiles64_overlap"] = tiled.info["overlap"]
             for f in ("displacement", "force"):
-                row["dl"][f"tiles64_vs_whole_rel_{f}"] = _rel(getattr(tiled, f), getattr(whole, f))
+                row["dl"][f"tiles64_vs_whole_rel_{f}"] = rel_l2(getattr(tiled, f), getattr(whole, f))
         if saenopy_python:
 
             try:

@@ -1,7 +1,7 @@
 """Copy a trained run's best model into the package as the shipped default, with its card.
 
     python scripts/ship_model.py RUN [--command "the tfm train command"] [--data-command "..."]
-                                     [--bench benchmarks/results/dl_vs_classical.json]
+                                     [--bench benchmarks/results/dl_vs_classical.json ...]
 
 Writes tfm/nn/weights/default/{model.json, weights/, MODEL_CARD.md}: the model card holds
 the training data and command, the architecture, the per-epoch validation metrics from
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "tfm" / "nn" / "weights" / "default"
 
 
-def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_command: str, bench: dict | None) -> str:
+def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_command: str, benches: list) -> str:
     best = min(rows, key=lambda r: r["val"]["loss"])
     optim = train_cfg.get("optim", train_cfg)  # runs before the house move kept these at top level
     c = desc["card"]
@@ -33,12 +33,13 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          "See docs/learned.md for the method.", "",
          "## Intended use and limits", "",
          "- Bead volume pairs of a cell in a soft, homogeneous, isotropic gel (E 100 Pa - 10 kPa, ν 0.3-0.48), "
-         "imaged with a confocal-like PSF elongated along z; other voxel sizes are resampled to the training voxel size.",
-         "- Trained on synthetic data only, in the small-displacement regime of `tfm synth`'s defaults "
-         "(displacements up to ~0.5 voxel at 1 µm voxels). Motions of several voxels (e.g. the FM-Track stacks, "
-         "~1.5 µm on 0.29 µm voxels near the cell) are outside the training distribution: use the classical "
-         "pipeline there, or train on data that covers them (`tfm synth` + `tfm train`).",
-         "- No drift correction: remove stage drift first (e.g. with `tfm displacement --drift`).", "",
+         "imaged with a confocal-like PSF elongated along z, at any voxel size: stacks are anti-aliased and resampled "
+         f"to the model's working grid of {c.get('spacing_um')} µm voxels, and the output has that resolution.",
+         f"- Trained on synthetic data only ({', '.join(map(str, c.get('data_spacing_um', [c.get('spacing_um')])))} µm "
+         "voxels; the data recipe below). Outside that range -- other optics, bead sizes, noise -- fine-tune it on your own "
+         "pairs with `tfm adapt`, and compare with the classical pipeline on a pair first (docs/learned.md shows how on "
+         "the FM-Track stacks).",
+         "- Drift is removed from the predicted field as the DVC removes it (`drift=\"auto\"`).", "",
          "## Training data", "",
          f"- Files: {', '.join(Path(p).name for p in c.get('data', []))} ({c.get('train_samples')} training and "
          f"{c.get('val_samples')} validation samples, seeded split).",
@@ -58,10 +59,10 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          "| epoch | train loss | val loss | val rel. err. u | val rel. err. f |", "|---|---|---|---|---|"]
     for r in rows:
         L.append(f"| {r['epoch']} | {r['train']['loss']:.4f} | {r['val']['loss']:.4f} | {r['val']['rel_u']:.3f} | {r['val']['rel_f']:.3f} |")
-    if bench:
-        s = bench["summary"]
-        L += ["", "## Held-out benchmark (benchmarks/dl_vs_classical.py)", "",
-              f"Test set `{Path(bench['test_set']).name}` ({s['n']} samples, unseen seed). Medians (means):", "",
+    for b in benches:
+        s = b["summary"]
+        L += ["", f"## Held-out benchmark (benchmarks/dl_vs_classical.py, `{b['command'].split('dl_vs_classical', 1)[-1].strip()}`)", "",
+              f"Test set `{Path(b['test_set']).name}` ({s['n']} samples, unseen seed). Medians (means):", "",
               "| method | force rel. L2 (DVC grid) | contractility rel. error | displacement RMS error (µm) |", "|---|---|---|---|"]
         for m in ("dl", "classical"):
             r = s[m]
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("run", help="a tfm train run directory")
     p.add_argument("--command", default="", help="the tfm train command that made the run")
     p.add_argument("--data-command", default="", help="the tfm synth command(s) that made its data")
-    p.add_argument("--bench", help="dl_vs_classical.json to include")
+    p.add_argument("--bench", nargs="*", default=[], help="reports of benchmarks/dl_vs_classical.py (.json) to include")
     p.add_argument("--machine", default="", help="where it was trained")
     p.add_argument("--card-only", action="store_true", help="only rewrite MODEL_CARD.md (weights already shipped)")
     args = p.parse_args(argv)
@@ -85,13 +86,13 @@ def main(argv=None) -> int:
         desc["card"]["machine"] = args.machine
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_cfg = json.loads((run / "config.json").read_text())
-    bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+    benches = [json.loads(Path(b).read_text()) for b in args.bench]
     if not args.card_only:
         desc["card"]["data"] = [Path(d).name for d in desc["card"].get("data", [])]
         with atomic_dir(DEST) as tmp:
             shutil.copytree(run / "model", tmp, dirs_exist_ok=True)
             (tmp / "model.json").write_text(json.dumps(desc, indent=2))
-    write_text(DEST / "MODEL_CARD.md", card(run, desc, rows, train_cfg, args.command, args.data_command, bench))
+    write_text(DEST / "MODEL_CARD.md", card(run, desc, rows, train_cfg, args.command, args.data_command, benches))
     print(f"wrote {DEST}")
     return 0
 

@@ -216,15 +216,17 @@ print(json.dumps({"devices": jax.device_count(), "steps": out["steps"]}))
 
 def test_data_parallel_training_on_two_cpu_devices(tmp_path):
     """The batch is sharded over 2 (virtual) devices; the trained weights equal the 1-device run's."""
-    models = {}
-    for n in (1, 2):
+    procs = {}
+    for n in (1, 2):  # both at once: each spends most of its time compiling, on one core
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-        run = tmp_path / f"run{n}"
-        p = subprocess.run([sys.executable, "-c", SHARDED, str(SAMPLE), str(run)], capture_output=True, text=True, env=env,
-                           timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
-        assert json.loads(p.stdout.strip().splitlines()[-1]) == {"devices": n, "steps": 4}
-        models[n] = infer.load_model(run)
+        procs[n] = subprocess.Popen([sys.executable, "-c", SHARDED, str(SAMPLE), str(tmp_path / f"run{n}")],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    models = {}
+    for n, p in procs.items():
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        assert json.loads(out.strip().splitlines()[-1]) == {"devices": n, "steps": 4}
+        models[n] = infer.load_model(tmp_path / f"run{n}")
     for x, y in zip(jax.tree.leaves(nnx_params(models[1])), jax.tree.leaves(nnx_params(models[2]))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
