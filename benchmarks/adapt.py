@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="base model: saved model or run directory (default: the shipped weights)")
     p.add_argument("--n", type=int, default=8, help="pairs (default 8)")
     p.add_argument("--steps", type=int, default=100, help="adaptation steps per pair (default 100)")
+    p.add_argument("--limit", type=int, help="use only the first N pairs")
     args = p.parse_args(argv)
     import jax
 
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     model = infer.load_model(args.model)
     rows = []
     with SyntheticDataset(test) as ds:
-        for i in range(len(ds)):
+        for i in range(len(ds) if args.limit is None else min(args.limit, len(ds))):
             r = run_pair(ds[i], ds.grid, model, args.model, args.steps,
                          ROOT / ".cache" / "bench" / "adapt_runs" / f"pair{i}")
             rows.append(r)

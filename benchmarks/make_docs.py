@@ -8,7 +8,8 @@ from pathlib import Path
 
 SECTIONS = [("dl_vs_classical.md", "python -m benchmarks.dl_vs_classical"), ("dvc.md", "python -m benchmarks.dvc"), ("fttc.md", "python -m benchmarks.fttc"),
             ("inverse.md", "python -m benchmarks.inverse"), ("dl_acquisition.md", "python -m benchmarks.dl_vs_classical --test acquisition"),
-            ("synth.md", "python -m benchmarks.synth"), ("stiffness.md", "python -m benchmarks.stiffness")]
+            ("synth.md", "python -m benchmarks.synth"), ("stiffness.md", "python -m benchmarks.stiffness"),
+            ("adapt.md", "python -m benchmarks.adapt")]
 
 
 def main(argv=None):
@@ -23,7 +24,7 @@ def main(argv=None):
     for name, script in SECTIONS:
         path = Path(args.results) / name
         if not path.is_file():
-            parts += [f"## {script}", "", f"(no results yet: run `python {script}`)", ""]
+            parts += [f"## {script}", "", f"(no results yet: run `{script}`)", ""]
             continue
         text = path.read_text().splitlines()
         parts.append(f"## {text[0].lstrip('# ')} (`{script}`)")
