@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import box_mean_at, machine, rel_l2, rms, write_report
+from .common import machine, rms, score_at_dvc, truth_at_dvc, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_ARGS = ["synth", "--preset", "acquisition", "--material", "linear", "--size", "60", "160", "160",
@@ -57,16 +57,6 @@ def ensure_test_set(n: int) -> Path:
     return path
 
 
-def _scores(res, s, grid, dvc_grid, truth_c, classical: bool = False) -> dict:
-    """Errors of ``res`` against sample ``s``; ``truth_c``: its (u, box-mean f) at the DVC points."""
-    u_c = res.displacement if classical else res.displacement[np.ix_(*grid.nearest_indices(dvc_grid))]
-    f_c = res.force if classical else box_mean_at(res.force, grid, dvc_grid)
-    out = {"u_rms_error_um": rms(u_c - truth_c[0]), "force_rel_l2": rel_l2(f_c, truth_c[1])}
-    if not classical:
-        out["u_rms_error_voxels_um"] = rms(res.displacement - s["displacement"])
-    return out
-
-
 def run_pair(s, grid, net, model_path, steps: int, work: Path) -> dict:
     """One pair: the classical pipeline, the base network ``net`` (loaded from ``model_path``,
     None: the shipped one), and ``net`` adapted on the pair for ``steps`` steps in ``work``."""
@@ -83,13 +73,15 @@ def run_pair(s, grid, net, model_path, steps: int, work: Path) -> dict:
     summary = adapt.adapt([(ref, dfm)], grid.spacing_um, work, model=model_path, poisson_ratio=nu, cells=[s["cell"] > 0.5],
                           config=adapt.AdaptConfig(steps=steps))
     t_adapt = time.perf_counter() - t0
-    truth_c = (s["displacement"][np.ix_(*grid.nearest_indices(cl.grid))], box_mean_at(s["force"], grid, cl.grid))
+    truth_c = truth_at_dvc(s, grid, cl.grid)
     adapted = tfm.reconstruct(ref, dfm, grid.spacing_um, law, method="dl", model=summary["model_dir"], progress=False)
     row = {"u_max_truth_um": float(np.linalg.norm(s["displacement"], axis=-1).max()), "n_beads": int(s["n_beads"]),
            "photons": float(s["photons"]), "dvc_grid": list(cl.grid.shape), "adapt_seconds": t_adapt, "steps": steps,
            "photometric_before": summary["photometric_before"], "photometric_after": summary["photometric_after"],
-           "base": _scores(base, s, grid, cl.grid, truth_c), "adapted": _scores(adapted, s, grid, cl.grid, truth_c),
-           "classical": _scores(cl, s, grid, cl.grid, truth_c, classical=True)}
+           "base": score_at_dvc(base, grid, cl.grid, truth_c), "adapted": score_at_dvc(adapted, grid, cl.grid, truth_c),
+           "classical": score_at_dvc(cl, grid, cl.grid, truth_c)}
+    for m, res in (("base", base), ("adapted", adapted)):
+        row[m]["u_rms_error_voxels_um"] = rms(res.displacement - s["displacement"])
     for key in ("u_rms_error_um", "force_rel_l2"):
         row[f"{key}_ratio"] = row["adapted"][key] / max(row["base"][key], 1e-30)
     return row

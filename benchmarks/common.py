@@ -62,3 +62,19 @@ def rel_l2(a, b):
 def rms(a):
     """RMS length of the vectors along the last axis."""
     return float(np.sqrt(np.mean(np.sum(a**2, -1))))
+
+
+def truth_at_dvc(sample, grid, dvc_grid):
+    """A synthetic sample's truth where the DVC measures: u at the window centres and the
+    force averaged over a DVC cell (the classical force is a density smoothed over one)."""
+    return sample["displacement"][np.ix_(*grid.nearest_indices(dvc_grid))], box_mean_at(sample["force"], grid, dvc_grid)
+
+
+def score_at_dvc(res, grid, dvc_grid, truth_c) -> dict:
+    """Displacement RMS error (µm) and force relative L2 of result ``res`` against ``truth_c``
+    (from :func:`truth_at_dvc`); a voxel-grid result (on ``grid``) is sampled / box-averaged
+    like the truth, a result already on ``dvc_grid`` is compared as it is."""
+    on_dvc = res.grid == dvc_grid
+    u_c = res.displacement if on_dvc else res.displacement[np.ix_(*grid.nearest_indices(dvc_grid))]
+    f_c = res.force if on_dvc else box_mean_at(res.force, grid, dvc_grid)
+    return {"u_rms_error_um": rms(u_c - truth_c[0]), "force_rel_l2": rel_l2(f_c, truth_c[1])}

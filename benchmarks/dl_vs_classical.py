@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import box_mean_at, machine, peak_rss_mb, rel_l2, rms, run_one_size, write_report
+from .common import machine, peak_rss_mb, rel_l2, rms, run_one_size, score_at_dvc, truth_at_dvc, write_report
 from .peers import saenopy_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,17 +93,13 @@ def accuracy(test: Path, model, limit: int | None = None, ablation: dict | None 
             t0 = time.perf_counter()
             cl = tfm.reconstruct(ref, dfm, grid.spacing_um, tfm.LinearElastic(e, nu), progress=False)
             t_cl = time.perf_counter() - t0
-            idx = np.ix_(*grid.nearest_indices(cl.grid))
-            u_true_c = s["displacement"][idx]
-            f_true_c = box_mean_at(s["force"], grid, cl.grid)
+            truth_c = truth_at_dvc(s, grid, cl.grid)
             c_true = truth.contractility(center_um=centre)
             row = {"sample": i, "youngs_modulus_pa": e, "poisson_ratio": nu, "u_rms_truth_um": rms(s["displacement"]),
                    "contractility_truth_pn": c_true, "dvc_grid": list(cl.grid.shape)}
             for name, (res, t) in {**learned, "classical": (cl, t_cl)}.items():
-                u_c = res.displacement if name == "classical" else res.displacement[idx]
-                f_c = res.force if name == "classical" else box_mean_at(res.force, grid, cl.grid)
                 c = res.contractility(center_um=centre)
-                row[name] = {"time_s": t, "u_rms_error_um": rms(u_c - u_true_c), "force_rel_l2": rel_l2(f_c, f_true_c),
+                row[name] = {"time_s": t, **score_at_dvc(res, grid, cl.grid, truth_c),
                              "contractility_pn": c, "contractility_rel_error": abs(c - c_true) / abs(c_true)}
             row["dl"]["u_rms_error_voxels_um"] = rms(dl.displacement - s["displacement"])
             row["dl"]["force_rel_l2_voxels"] = rel_l2(dl.force, s["force"])
