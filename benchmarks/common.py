@@ -70,11 +70,35 @@ def truth_at_dvc(sample, grid, dvc_grid):
     return sample["displacement"][np.ix_(*grid.nearest_indices(dvc_grid))], box_mean_at(sample["force"], grid, dvc_grid)
 
 
+def on_voxels(res, grid):
+    """(u, f) of result ``res`` on the voxel grid ``grid``: as they are when the result is
+    there, else interpolated (trilinear) from the result's own grid (the learned path's
+    output grid is coarser than the voxels)."""
+    from tfm.fields import resample
+
+    if res.grid == grid:
+        return res.displacement, res.force
+    return resample(res.displacement, res.grid, grid), resample(res.force, res.grid, grid)
+
+
 def score_at_dvc(res, grid, dvc_grid, truth_c) -> dict:
     """Displacement RMS error (µm) and force relative L2 of result ``res`` against ``truth_c``
-    (from :func:`truth_at_dvc`); a voxel-grid result (on ``grid``) is sampled / box-averaged
-    like the truth, a result already on ``dvc_grid`` is compared as it is."""
-    on_dvc = res.grid == dvc_grid
-    u_c = res.displacement if on_dvc else res.displacement[np.ix_(*grid.nearest_indices(dvc_grid))]
-    f_c = res.force if on_dvc else box_mean_at(res.force, grid, dvc_grid)
+    (from :func:`truth_at_dvc`): a result already on ``dvc_grid`` is compared as it is;
+    any other is brought to the voxel grid (:func:`on_voxels`), then sampled / box-averaged
+    like the truth."""
+    if res.grid == dvc_grid:
+        u_c, f_c = res.displacement, res.force
+    else:
+        u, f = on_voxels(res, grid)
+        u_c, f_c = u[np.ix_(*grid.nearest_indices(dvc_grid))], box_mean_at(f, grid, dvc_grid)
     return {"u_rms_error_um": rms(u_c - truth_c[0]), "force_rel_l2": rel_l2(f_c, truth_c[1])}
+
+
+def score_on_own_grid(res, sample, grid) -> dict:
+    """The learned result against the truth on the result's own grid (the truth interpolated
+    there; the force anti-aliased): displacement RMS error (µm) and force relative L2."""
+    from tfm.fields import resample
+
+    u = resample(sample["displacement"], grid, res.grid)
+    f = resample(sample["force"], grid, res.grid, antialias=True)
+    return {"u_rms_error_um": rms(res.displacement - u), "force_rel_l2": rel_l2(res.force, f)}

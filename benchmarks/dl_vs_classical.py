@@ -1,26 +1,36 @@
 """The learned reconstruction against the classical pipeline, side by side in one run.
 
-    python -m benchmarks.dl_vs_classical [--test FILE.h5] [--model DIR] [--sizes 64,128]
+    python -m benchmarks.dl_vs_classical [--model DIR] [--limit N] [--sizes 64,128]
+                                         [--ablation NAME=RUN ...] [--no-fmtrack]
                                          [--saenopy-python /path/to/venv/bin/python]
 
-1. Accuracy on a held-out synthetic test set (default: 24 samples at 48³, seed 777 -- a
-   seed no training set used -- generated on first use into .cache/bench/): each sample's
-   bead pair goes through ``tfm.reconstruct(method="dl")`` (shipped weights unless
-   --model) and ``method="classical"`` (DVC + 3D FTTC, regularisation by GCV), both
-   compared with the FEM truth:
+1. Accuracy on a held-out realistic test set (generated on first use into .cache/bench/,
+   seeded; see REALISTIC): 4 acquisitions of 6 pairs each, voxel sizes 0.25-0.5 µm in-plane
+   and 0.5-1.2 µm axial (three of them unseen in training), FM-Track-like to dense beads,
+   PSFs of NA 0.5-0.8, drift and axial scaling between the stacks, neo-Hookean and linear
+   gels, cells reaching 0.3-3 µm. Each pair goes through ``tfm.reconstruct(method="dl")``
+   (shipped weights unless --model), ``method="classical"`` (DVC, then the force inverse)
+   and each ablation, all compared with the FEM truth:
 
-   * displacement RMS error (µm) at the DVC window centres (both methods there) and, for
-     the network, on every voxel;
+   * displacement RMS error (µm) at the DVC window centres (the learned field interpolated
+     there) and, for the network, on its own grid;
    * force relative L2 error on the DVC grid: the classical force is a density smoothed
-     over a DVC cell, so the truth and the network's voxel field are averaged over the
-     same boxes (edge = DVC grid step) before comparing; the network's voxel-level error is
-     reported too;
+     over a DVC cell, so the truth and the network's field are averaged over the same boxes
+     (edge = DVC grid step);
    * contractility (pN) about the cell's centre, relative error against the truth.
 
-2. Time per volume pair (image pair -> forces) at 64³ and 128³ (a Gaussian-dilatation
-   field rendered into beads): cold (first call, includes JIT compilation) and warm, DL
-   and classical, and saenopy 1.0.8 where --saenopy-python is given: its PIV, then its
-   regularised FEM force solve (its own end-to-end pipeline; --saenopy-solve-iterations).
+   Ablations: ``--ablation NAME=RUN`` scores other trained models; the large-motion ablation
+   (the same network with the motion front end at the working grid only, ``levels=1``)
+   always runs, scored on the pairs whose motion exceeds 1.5 µm.
+
+2. Time per volume pair (image pair -> displacement and forces) at ``--sizes`` (a Gaussian
+   dilatation rendered into beads, 1 µm voxels), cold and warm, both methods, and saenopy
+   1.0.8 where --saenopy-python is given.
+
+3. The FM-Track pair (176 x 512 x 512 voxels of 0.8 x 0.29 x 0.29 µm, CytoD -> Normal), where
+   ../shared/data/fmtrack_avic_3d exists: both methods, warm (a second call in the same
+   fresh process), time and peak memory, and their agreement on the DVC grid outside the
+   cell (examples/fmtrack_dl.py's comparison, the same drift model for both).
 
 Writes benchmarks/results/dl_vs_classical.{json,md}.
 """
@@ -35,90 +45,120 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, peak_rss_mb, rel_l2, rms, run_one_size, score_at_dvc, truth_at_dvc, write_report
+from .common import machine, peak_rss_mb, rel_l2, rms, run_one_size, score_at_dvc, score_on_own_grid, truth_at_dvc, write_report
 from .peers import saenopy_raw
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TEST = ROOT / ".cache" / "bench" / "test48_seed777_n24.h5"
+BENCH = ROOT / ".cache" / "bench"
+# name: (pairs, seed, tfm synth arguments). Voxel sizes other than the acquisition preset's
+# (which the training data has) are unseen in training; every seed is unseen.
+REALISTIC = {
+    "confocal_0.8x0.3": (6, 7001, ["--preset", "acquisition", "--size", "72", "192", "192", "--contraction", "0.1", "0.45"]),
+    "confocal_1.0x0.4": (6, 7002, ["--preset", "acquisition", "--material", "linear", "--spacing-um", "1.0", "0.4", "0.4",
+                                   "--size", "56", "144", "144", "--numerical-aperture", "0.6", "--cell-radius-um", "7", "13",
+                                   "--contraction", "0.1", "0.4"]),
+    "fine_0.5x0.25": (6, 7003, ["--preset", "acquisition", "--spacing-um", "0.5", "0.25", "0.25", "--size", "96", "192", "192",
+                                "--numerical-aperture", "0.8", "--cell-radius-um", "5", "9", "--bead-density", "0.02", "0.2",
+                                "--contraction", "0.1", "0.45"]),
+    "coarse_1.2x0.5": (6, 7004, ["--preset", "acquisition", "--material", "linear", "--spacing-um", "1.2", "0.5", "0.5",
+                                 "--size", "48", "128", "128", "--numerical-aperture", "0.5", "--cell-radius-um", "7", "12",
+                                 "--bead-density", "0.002", "0.02", "--fem-spacing-um", "1.6", "--contraction", "0.1", "0.4"]),
+}
+LARGE_MOTION_UM = 1.5  # the large-motion ablation is scored on the pairs whose truth reaches this far
 
 
-ACQUISITION_TEST = ROOT / ".cache" / "bench" / "acquisition72x192x192_seed778_n24.h5"
-ACQUISITION_COMMAND = ["synth", "--preset", "acquisition", "--n", "24", "--size", "72", "192", "192", "--seed", "778",
-                       "--quiet", "-o"]
-
-
-def ensure_test_set(path: Path, n: int, size: int, seed: int) -> Path:
-    from tfm.synth import dataset
-
-    if not path.exists():
-        print(f"generating the test set {path} ({n} samples, {size}³, seed {seed})", flush=True)
-        dataset.generate(path, n, seed=seed, config=dataset.SynthConfig(size=size))
-    return path
-
-
-def ensure_acquisition_set(path: Path = ACQUISITION_TEST) -> Path:
-    """The realistic held-out set: ``tfm synth --preset acquisition`` (0.8 x 0.3 x 0.3 µm
-    voxels, FEM on a 1.2 µm mesh, sparse to dense beads, drift), 24 pairs, seed 778."""
+def ensure_realistic_set() -> list:
+    """The held-out test files (generated by ``tfm synth`` on first use)."""
     from tfm.cli import main as tfm_main
 
-    if not path.exists():
-        print(f"generating the test set {path}: tfm {' '.join(ACQUISITION_COMMAND)} {path}", flush=True)
-        if tfm_main(ACQUISITION_COMMAND + [str(path)]) != 0:
-            raise RuntimeError("generating the acquisition test set failed")
-    return path
+    paths = []
+    for name, (n, seed, args) in REALISTIC.items():
+        path = BENCH / f"realistic_{name}_seed{seed}_n{n}.h5"
+        if not path.exists():
+            cmd = ["synth", "--n", str(n), "--seed", str(seed), *args, "--quiet", "-o", str(path)]
+            print(f"generating the test set: tfm {' '.join(cmd)}", flush=True)
+            if tfm_main(cmd) != 0:
+                raise RuntimeError(f"generating {path} failed")
+        paths.append(path)
+    return paths
 
 
-def accuracy(test: Path, model, limit: int | None = None, ablation: dict | None = None) -> list:
-    """Per-sample errors of "dl" (``model``), "classical" and each ``ablation`` model."""
+def accuracy(tests, model, limit: int | None = None, ablation: dict | None = None) -> list:
+    """Per-sample errors of "dl" (``model``), "classical" and each ``ablation`` (a model, or
+    (model, dl_options))."""
     import tfm
     from tfm.synth.dataset import SyntheticDataset
 
     rows = []
-    with SyntheticDataset(test) as ds:
-        grid = ds.grid
-        law = tfm.NeoHookean if ds.material == "neo-hookean" else tfm.LinearElastic
-        for i in range(len(ds) if limit is None else min(limit, len(ds))):
-            s = ds[i]
-            e, nu = float(s["youngs_modulus_pa"]), float(s["poisson_ratio"])
-            centre = np.asarray(s["params"]["cell"]["center_um"])
-            ref, dfm = s["reference"].astype(np.float32), s["deformed"].astype(np.float32)
-            truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
-            learned = {}
-            for name, m in {"dl": model, **(ablation or {})}.items():
-                m, opts = m if isinstance(m, tuple) else (m, None)  # a model, or (model, dl_options)
-                t0 = time.perf_counter()
-                learned[name] = (tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=m, progress=False,
-                                                 dl_options=opts), time.perf_counter() - t0)
-            dl = learned["dl"][0]
-            t0 = time.perf_counter()
-            cl = tfm.reconstruct(ref, dfm, grid.spacing_um, tfm.LinearElastic(e, nu), progress=False)
-            t_cl = time.perf_counter() - t0
-            truth_c = truth_at_dvc(s, grid, cl.grid)
-            c_true = truth.contractility(center_um=centre)
-            row = {"sample": i, "youngs_modulus_pa": e, "poisson_ratio": nu, "u_rms_truth_um": rms(s["displacement"]),
-                   "contractility_truth_pn": c_true, "dvc_grid": list(cl.grid.shape)}
-            for name, (res, t) in {**learned, "classical": (cl, t_cl)}.items():
-                c = res.contractility(center_um=centre)
-                row[name] = {"time_s": t, **score_at_dvc(res, grid, cl.grid, truth_c),
-                             "contractility_pn": c, "contractility_rel_error": abs(c - c_true) / abs(c_true)}
-            row["dl"]["u_rms_error_voxels_um"] = rms(dl.displacement - s["displacement"])
-            row["dl"]["force_rel_l2_voxels"] = rel_l2(dl.force, s["force"])
-            rows.append(row)
-            print(f"sample {i}: " + "  ".join(f"{m} f {row[m]['force_rel_l2']:.3f} C {row[m]['contractility_rel_error']:.3f} "
-                                              f"u {row[m]['u_rms_error_um']:.4f}" for m in (*learned, "classical")), flush=True)
+    for test in tests:
+        with SyntheticDataset(test) as ds:
+            grid = ds.grid
+            law = tfm.NeoHookean if ds.material == "neo-hookean" else tfm.LinearElastic
+            for i in range(len(ds) if limit is None else min(limit, len(ds))):
+                s = ds[i]
+                rows.append(_score_pair(s, grid, law, model, ablation or {}, f"{Path(test).name}:{i}"))
     return rows
 
 
+def _score_pair(s, grid, law, model, ablation: dict, label: str) -> dict:
+    import tfm
+
+    e, nu = float(s["youngs_modulus_pa"]), float(s["poisson_ratio"])
+    centre = np.asarray(s["params"]["cell"]["center_um"])
+    ref, dfm = s["reference"].astype(np.float32), s["deformed"].astype(np.float32)
+    truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
+    results = {}
+    for name, m in {"dl": model, **ablation}.items():
+        m, opts = m if isinstance(m, tuple) else (m, None)
+        t0 = time.perf_counter()
+        results[name] = (tfm.reconstruct(ref, dfm, grid.spacing_um, law(e, nu), method="dl", model=m, progress=False,
+                                          dl_options=opts), time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    cl = tfm.reconstruct(ref, dfm, grid.spacing_um, tfm.LinearElastic(e, nu), progress=False)
+    results["classical"] = (cl, time.perf_counter() - t0)
+    truth_c = truth_at_dvc(s, grid, cl.grid)
+    c_true = truth.contractility(center_um=centre)
+    row = {"sample": label, "spacing_um": list(grid.spacing_um), "shape": list(grid.shape), "youngs_modulus_pa": e,
+           "poisson_ratio": nu, "u_rms_truth_um": rms(s["displacement"]),
+           "u_max_truth_um": float(np.linalg.norm(s["displacement"], axis=-1).max()), "n_beads": int(s["n_beads"]),
+           "contractility_truth_pn": c_true, "dvc_grid": list(cl.grid.shape), "dvc_step_um": list(cl.grid.spacing_um)}
+    for name, (res, t) in results.items():
+        c = res.contractility(center_um=centre)
+        row[name] = {"time_s": t, **score_at_dvc(res, grid, cl.grid, truth_c), "contractility_pn": c,
+                     "contractility_rel_error": abs(c - c_true) / abs(c_true)}
+        if name != "classical":
+            own = score_on_own_grid(res, s, grid)
+            row[name].update(u_rms_error_own_grid_um=own["u_rms_error_um"], force_rel_l2_own_grid=own["force_rel_l2"],
+                             grid_um=list(res.grid.spacing_um))
+    print(f"{label}: max|u| {row['u_max_truth_um']:.2f} µm  " + "  ".join(
+        f"{m} u {row[m]['u_rms_error_um']:.4f} f {row[m]['force_rel_l2']:.3f} C {row[m]['contractility_rel_error']:.3f}"
+        for m in results), flush=True)
+    return row
+
+
 def summarise(rows: list) -> dict:
-    out = {}
-    for m in [k for k, v in rows[0].items() if isinstance(v, dict)]:
-        out[m] = {k: float(np.median([r[m][k] for r in rows])) for k in rows[0][m]}
+    methods = [k for k, v in rows[0].items() if isinstance(v, dict)]
+    out = {"n": len(rows), "u_rms_truth_um": float(np.median([r["u_rms_truth_um"] for r in rows])),
+           "u_max_truth_um": [float(min(r["u_max_truth_um"] for r in rows)), float(max(r["u_max_truth_um"] for r in rows))]}
+    for m in methods:
+        out[m] = {k: float(np.median([r[m][k] for r in rows])) for k in rows[0][m] if not isinstance(rows[0][m][k], list)}
         out[m]["mean_force_rel_l2"] = float(np.mean([r[m]["force_rel_l2"] for r in rows]))
         out[m]["mean_contractility_rel_error"] = float(np.mean([r[m]["contractility_rel_error"] for r in rows]))
-    out["u_rms_truth_um"] = float(np.median([r["u_rms_truth_um"] for r in rows]))
-    out["dl_better_force"] = int(sum(r["dl"]["force_rel_l2"] < r["classical"]["force_rel_l2"] for r in rows))
-    out["dl_better_contractility"] = int(sum(r["dl"]["contractility_rel_error"] < r["classical"]["contractility_rel_error"] for r in rows))
-    out["n"] = len(rows)
+    for k in ("u_rms_error_um", "force_rel_l2", "contractility_rel_error"):
+        out[f"ratio_{k}"] = out["dl"][k] / max(out["classical"][k], 1e-30)  # ratio of the medians
+        out[f"dl_better_{k}"] = int(sum(r["dl"][k] < r["classical"][k] for r in rows))
+    large = [r for r in rows if r["u_max_truth_um"] >= LARGE_MOTION_UM and "ablation:levels=1" in r]
+    if large:
+        out["large_motion"] = {"n": len(large), **{m: {k: float(np.median([r[m][k] for r in large]))
+                                                       for k in ("u_rms_error_um", "force_rel_l2", "contractility_rel_error")}
+                                                   for m in ("dl", "ablation:levels=1", "classical")}}
+    by_set = {}
+    for r in rows:
+        by_set.setdefault(r["sample"].split(":")[0], []).append(r)
+    out["by_set"] = {k: {m: {q: float(np.median([r[m][q] for r in v])) for q in ("u_rms_error_um", "force_rel_l2",
+                                                                                  "contractility_rel_error")}
+                         for m in ("dl", "classical")} | {"spacing_um": v[0]["spacing_um"], "n": len(v)}
+                     for k, v in by_set.items()}
     return out
 
 
@@ -144,7 +184,6 @@ def timing(sizes, model, saenopy_python=None, saenopy_solve_iterations: int = 0)
     for n in sizes:
         ref, dfm, mat = timing_pair(n)
         row = {"size": n}
-        whole = None
         for name, kw in (("dl", {"method": "dl", "model": model}), ("classical", {"method": "classical"})):
             times = []
             for _ in range(2):
@@ -152,20 +191,13 @@ def timing(sizes, model, saenopy_python=None, saenopy_solve_iterations: int = 0)
                 res = tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, **kw)
                 times.append(time.perf_counter() - t0)
             row[name] = {"cold_s": times[0], "warm_s": times[1]}
-            whole = res if name == "dl" else whole
-        if n > 64:  # the same volume in 64³ tiles (default overlap): the cost of tiling, and its effect
-            tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, method="dl", model=model, dl_options={"tile": 64})
-            t0 = time.perf_counter()
-            tiled = tfm.reconstruct(ref, dfm, 1.0, mat, progress=False, method="dl", model=model, dl_options={"tile": 64})
-            row["dl"]["warm_tiles64_s"] = time.perf_counter() - t0
-            row["dl"]["tiles64_overlap"] = tiled.info["overlap"]
-            for f in ("displacement", "force"):
-                row["dl"][f"tiles64_vs_whole_rel_{f}"] = rel_l2(getattr(tiled, f), getattr(whole, f))
+            if name == "dl":
+                row[name].update(motion_s=res.info["time_motion_s"], network_s=res.info["time_network_s"],
+                                 output_grid=list(res.grid.shape))
         if saenopy_python:
-
             try:
                 out = saenopy_raw(saenopy_python, ref, dfm, 12.0, 4.0, solve_iterations=saenopy_solve_iterations,
-                                   stiffness_pa=mat.youngs_modulus_pa)
+                                  stiffness_pa=mat.youngs_modulus_pa)
                 row["saenopy_piv_s"] = out["time_s"]
                 for k in ("time_solve_s", "solve_iterations", "solve_converged", "solve_nodes"):
                     if k in out:
@@ -181,143 +213,164 @@ FMTRACK = ROOT.parent / "shared" / "data" / "fmtrack_avic_3d"
 FMTRACK_SPACING = (0.8, 0.29286, 0.29286)
 
 
-def fmtrack_one(model_dir) -> dict:
-    """DL inference on the full FM-Track stacks (176 x 512 x 512), in a fresh process: time, peak memory."""
+def fmtrack_one(model_dir, method: str) -> dict:
+    """One method on the full FM-Track stacks in a fresh process: cold and warm time (a
+    second call), peak memory; the results are written for the comparison."""
     import tfm
     from tfm import io
 
-    ref, _ = io.read_volume(FMTRACK / "CytoD_Beads.tif", spacing_um=FMTRACK_SPACING)
-    dfm, _ = io.read_volume(FMTRACK / "Normal_Beads.tif", spacing_um=FMTRACK_SPACING)
+    sys.path.insert(0, str(ROOT / "examples"))
+    from fmtrack_classical import load_pair
+
+    ref, dfm, mask, grid = load_pair(FMTRACK, None)
+    gel = tfm.LinearElastic(1000.0, 0.45)
     base = peak_rss_mb()
-    t0 = time.perf_counter()
-    res = tfm.reconstruct(ref, dfm, FMTRACK_SPACING, tfm.LinearElastic(1000.0, 0.45), method="dl", model=model_dir or None,
-                          progress=False)
-    return {"shape": list(ref.shape), "time_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
-            "rss_before_mb": base, "resampled_to_um": res.info["resampled_to_um"], "tile": res.info["tile"],
-            "volume_mb": ref.nbytes / 2**20}
+    out = BENCH / f"fmtrack_{method}.h5"
+    opts = {}
+    if method == "dl":
+        cl = io.read_result(BENCH / "fmtrack_classical.h5")
+        opts = {"dl_options": {"drift": cl.info["dvc"]["drift_model"]}, "model": model_dir or None}
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        res = tfm.reconstruct(ref, dfm, grid, gel, method=method, mask=mask, progress=False, **opts)
+        times.append(time.perf_counter() - t0)
+    io.write_result(out, res, {"command": "benchmarks/dl_vs_classical.py"})
+    row = {"shape": list(ref.shape), "cold_s": times[0], "warm_s": times[1], "peak_rss_mb": peak_rss_mb(),
+           "rss_before_mb": base, "volume_mb": ref.nbytes / 2**20, "output_grid": list(res.grid.shape),
+           "output_step_um": list(res.grid.spacing_um)}
+    if method == "dl":
+        row.update(motion_s=res.info["time_motion_s"], network_s=res.info["time_network_s"])
+    return row
+
+
+def fmtrack(model_dir) -> dict:
+    """Both methods on the FM-Track pair (each in its own fresh process), then their agreement."""
+    from tfm import io
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from fmtrack_classical import load_pair
+    from fmtrack_dl import compare
+
+    rep = {m: run_one_size("dl_vs_classical", "fmtrack", "--method", m, *(["--model", model_dir] if model_dir else []))
+           for m in ("classical", "dl")}
+    _, _, mask, grid = load_pair(FMTRACK, None)
+    cmp = compare(io.read_result(BENCH / "fmtrack_classical.h5"), io.read_result(BENCH / "fmtrack_dl.h5"), mask, grid)
+    cmp.pop("_pairs")
+    rep["agreement"] = cmp
+    return rep
 
 
 def markdown(rep: dict) -> str:
     s = rep["summary"]
     L = ["# Learned (DL) vs classical reconstruction", "",
          f"Machine: {rep['machine']}; jax {rep['jax']}; backend {rep['backend']}; command: `{rep['command']}`.",
-         f"Model: `{rep['model']}`. Test set: `{rep['test_set']}` ({s['n']} samples, unseen seed; median RMS |u| "
-         f"{s['u_rms_truth_um']:.4f} µm).", "",
-         "Force errors are on the DVC grid (truth and network averaged over the DVC cell); contractility about the "
-         "cell centre. Medians over the samples (means in brackets).", "",
-         "| method | force rel. L2 | contractility rel. error | displacement RMS error (µm) | time / pair (s) |",
+         f"Model: `{rep['model']}`. Test set: {s['n']} held-out pairs in {len(s['by_set'])} acquisitions "
+         f"({', '.join(f'`{k}`' for k in s['by_set'])}; unseen seeds; max |u| {s['u_max_truth_um'][0]:.2f}-"
+         f"{s['u_max_truth_um'][1]:.2f} µm, median RMS |u| {s['u_rms_truth_um']:.3f} µm).", "",
+         "Displacement at the DVC window centres (the network's field interpolated there); force on the DVC grid "
+         "(truth and network averaged over the DVC cell); contractility about the cell centre. Medians over the "
+         "pairs (means in brackets).", "",
+         "| method | displacement RMS error (µm) | force rel. L2 | contractility rel. error | time / pair (s) |",
          "|---|---|---|---|---|"]
-    for m, label in (("dl", "DL (physics-informed 3D U-Net)"), ("classical", "classical (DVC + force inverse)")):
+    labels = {"dl": "learned (motion front end + physics-informed network)", "classical": "classical (DVC + force inverse)"}
+    for m in ["dl", "classical"] + [k for k in s if k.startswith("ablation:")]:
         r = s[m]
-        L.append(f"| {label} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | {r['contractility_rel_error']:.3f} "
-                 f"({r['mean_contractility_rel_error']:.3f}) | {r['u_rms_error_um']:.4f} | {r['time_s']:.2f} |")
-    L += ["", f"DL better on force error in {s['dl_better_force']} / {s['n']} samples, on contractility in "
-          f"{s['dl_better_contractility']} / {s['n']}. Network on every voxel: force rel. L2 {s['dl']['force_rel_l2_voxels']:.3f}, "
-          f"displacement RMS error {s['dl']['u_rms_error_voxels_um']:.4f} µm (median).", ""]
-    if "ablation:single-level" in s:
-        r, d = s["ablation:single-level"], s["dl"]
-        L += ["## Large-motion ablation: the same network without its coarse-to-fine pyramid", "",
-              "| network | force rel. L2 | contractility rel. error | displacement RMS error (µm) | time / pair (s) |",
-              "|---|---|---|---|---|",
-              f"| pyramid (levels auto, the default) | {d['force_rel_l2']:.3f} | {d['contractility_rel_error']:.3f} | "
-              f"{d['u_rms_error_um']:.4f} | {d['time_s']:.2f} |",
-              f"| one level (levels=1) | {r['force_rel_l2']:.3f} | {r['contractility_rel_error']:.3f} | "
-              f"{r['u_rms_error_um']:.4f} | {r['time_s']:.2f} |", ""]
-    abl = [k for k in s if k.startswith("ablation:") and k != "ablation:single-level"]
-    if abl:
-        L += ["## Loss-term ablation (short runs: same data, 8 epochs)", "",
-              "Each row is a model trained with one setting of the loss weights, on the same data and schedule; "
-              "the shipped model (trained longer, on more data) is not comparable to these rows.", "",
-              "| loss weights | force rel. L2 | contractility rel. error | displacement RMS error (µm) |", "|---|---|---|---|"]
-        for k in abl:
-            r = s[k]
-            L.append(f"| {k.split(':', 1)[1]} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | "
-                     f"{r['contractility_rel_error']:.3f} ({r['mean_contractility_rel_error']:.3f}) | {r['u_rms_error_um']:.4f} |")
-        L.append("")
+        L.append(f"| {labels.get(m, m)} | {r['u_rms_error_um']:.4f} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | "
+                 f"{r['contractility_rel_error']:.3f} ({r['mean_contractility_rel_error']:.3f}) | {r['time_s']:.2f} |")
+    L += ["", f"Learned / classical (ratio of the medians): displacement {s['ratio_u_rms_error_um']:.2f} (target <= 0.7), "
+          f"force {s['ratio_force_rel_l2']:.2f} (target <= 0.6); learned contractility error {s['dl']['contractility_rel_error']:.3f} "
+          f"(target <= 0.15). The learned path is better on displacement in {s['dl_better_u_rms_error_um']} / {s['n']} pairs, "
+          f"on force in {s['dl_better_force_rel_l2']} / {s['n']}, on contractility in {s['dl_better_contractility_rel_error']} / "
+          f"{s['n']}. On its own grid (median): displacement RMS error {s['dl']['u_rms_error_own_grid_um']:.4f} µm, force "
+          f"rel. L2 {s['dl']['force_rel_l2_own_grid']:.3f}.", "", "By acquisition (medians):", "",
+          "| test set | voxel (µm) | pairs | learned u (µm) | classical u (µm) | learned f | classical f | learned C | classical C |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for k, v in s["by_set"].items():
+        L.append(f"| {k} | {' x '.join(f'{h:g}' for h in v['spacing_um'])} | {v['n']} | {v['dl']['u_rms_error_um']:.4f} | "
+                 f"{v['classical']['u_rms_error_um']:.4f} | {v['dl']['force_rel_l2']:.3f} | {v['classical']['force_rel_l2']:.3f} | "
+                 f"{v['dl']['contractility_rel_error']:.3f} | {v['classical']['contractility_rel_error']:.3f} |")
+    if "large_motion" in s:
+        lm = s["large_motion"]
+        L += ["", f"## Large-motion ablation ({lm['n']} pairs reaching {LARGE_MOTION_UM} µm or more)", "",
+              "| method | displacement RMS error (µm) | force rel. L2 | contractility rel. error |", "|---|---|---|---|"]
+        for m, label in (("dl", "learned, coarse-to-fine motion front end (default)"),
+                         ("ablation:levels=1", "learned, motion measured at the working grid only (levels=1)"),
+                         ("classical", "classical")):
+            L.append(f"| {label} | {lm[m]['u_rms_error_um']:.4f} | {lm[m]['force_rel_l2']:.3f} | {lm[m]['contractility_rel_error']:.3f} |")
     if rep.get("timing"):
-        L += ["## Time per volume pair (image pair -> displacement and forces)", "",
-              "| volume | DL cold (s) | DL warm (s) | DL warm, 64³ tiles (s) | classical cold (s) | classical warm (s) | "
-              "warm speed-up | saenopy PIV (s) | saenopy PIV + FEM solve (s) | saenopy / DL warm |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        L += ["", "## Time per volume pair (image pair -> displacement and forces, 1 µm voxels)", "",
+              "| volume | learned cold (s) | learned warm (s) | of which motion / network (s) | classical cold (s) | "
+              "classical warm (s) | classical / learned (warm) | saenopy PIV + FEM solve (s) |", "|---|---|---|---|---|---|---|---|"]
         for r in rep["timing"]:
-            sp = f"{r['saenopy_piv_s']:.1f}" if "saenopy_piv_s" in r else "not run"
             total = r.get("saenopy_piv_s", 0.0) + r.get("saenopy_time_solve_s", 0.0)
-            if "saenopy_time_solve_s" in r:
-                conv = "converged" if r["saenopy_solve_converged"] else "NOT converged"
-                full = f"{total:.1f} ({r['saenopy_solve_iterations']} iterations, {conv}, {r['saenopy_solve_nodes']} nodes)"
-            else:
-                full = "not run"
-            ratio = f"{total / r['dl']['warm_s']:.0f}x" if "saenopy_piv_s" in r else "-"
-            t64 = f"{r['dl']['warm_tiles64_s']:.2f}" if "warm_tiles64_s" in r["dl"] else "(one tile)"
-            L.append(f"| {r['size']}³ | {r['dl']['cold_s']:.2f} | {r['dl']['warm_s']:.2f} | {t64} | {r['classical']['cold_s']:.2f} | "
-                     f"{r['classical']['warm_s']:.2f} | {r['classical']['warm_s'] / r['dl']['warm_s']:.1f}x | {sp} | {full} | {ratio} |")
-        L += ["", "saenopy 1.0.8 runs in its own interpreter: PIV (window 12, element 4 voxels), then its regularised FEM "
-              "solve with its defaults (alpha 1e10, Huber weights, stop when the energy varies < 1 % over 6 "
-              "iterations, at most the given iterations) on a linear material of stiffness k = E. Its times include "
-              "its numba compilation (it has no warm state across calls)."]
-    tiled = [r for r in rep.get("timing", []) if "tiles64_vs_whole_rel_displacement" in r["dl"]]
-    for r in tiled:
-        L.append(f"\nAt {r['size']}³, 64³ tiles (overlap {r['dl'].get('tiles64_overlap', 32)}) differ from one {r['size']}³ pass by a relative L2 of "
-                 f"{r['dl']['tiles64_vs_whole_rel_displacement']:.3f} (displacement) and "
-                 f"{r['dl']['tiles64_vs_whole_rel_force']:.3f} (force).")
+            sae = f"{total:.1f}" if "saenopy_piv_s" in r else "not run"
+            L.append(f"| {r['size']}³ | {r['dl']['cold_s']:.2f} | {r['dl']['warm_s']:.2f} | {r['dl']['motion_s']:.2f} / "
+                     f"{r['dl']['network_s']:.2f} | {r['classical']['cold_s']:.2f} | {r['classical']['warm_s']:.2f} | "
+                     f"{r['classical']['warm_s'] / r['dl']['warm_s']:.1f}x | {sae} |")
     if rep.get("fmtrack"):
-        r = rep["fmtrack"]
-        L += ["", "## Tiled inference on a real stack pair (FM-Track, fresh process)", "",
-              f"{' x '.join(map(str, r['shape']))} voxels of {FMTRACK_SPACING} µm ({r['volume_mb']:.0f} MB per stack), "
-              f"resampled to {r['resampled_to_um']} µm, in tiles of up to {r['tile']}³ voxels: {r['time_s']:.1f} s, peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before the call, stacks loaded). Timing and "
-              "memory only: these motions lie outside the shipped model's training range (see its model card)."]
+        f = rep["fmtrack"]
+        a = f["agreement"]
+        L += ["", "## The FM-Track pair (CytoD -> Normal, 176 x 512 x 512 voxels of 0.8 x 0.29 x 0.29 µm)", "",
+              "Each method in a fresh process (stacks loaded before the clock starts; file output not timed); cold = "
+              "first call, warm = a second call in the same process.", "",
+              "| method | cold (s) | warm (s) | peak RSS (MB) | output grid | output step (µm) |", "|---|---|---|---|---|---|"]
+        for m in ("dl", "classical"):
+            r = f[m]
+            L.append(f"| {labels[m]} | {r['cold_s']:.1f} | {r['warm_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     f"{' x '.join(map(str, r['output_grid']))} | {', '.join(f'{v:.2f}' for v in r['output_step_um'])} |")
+        L += ["", f"Classical / learned, warm: {f['classical']['warm_s'] / f['dl']['warm_s']:.1f}x. Agreement on the DVC's "
+              f"{a['windows_compared']} valid windows outside the cell (the same drift model, "
+              f"{a.get('drift_model', 'the DVC’s')}): Pearson r (z, y, x) = "
+              f"{', '.join(f'{v:.2f}' for v in a['pearson_r_zyx'])}; slope of learned on classical "
+              f"{', '.join(f'{v:.2f}' for v in a['slope_dl_on_classical_zyx'])}; median |u| learned "
+              f"{a['median_abs_u_um']['dl']:.3f} µm, classical {a['median_abs_u_um']['classical']:.3f} µm.", "",
+              "| distance from the cell (µm) | median |u| classical (µm) | median |u| learned (µm) |", "|---|---|---|"]
+        for (lo_hi, c), (_, d) in zip(a["median_u_by_distance_um"]["classical"], a["median_u_by_distance_um"]["dl"]):
+            L.append(f"| {lo_hi[0]:g}-{lo_hi[1]:g} | {c:.3f} | {d:.3f} |")
     return "\n".join(L) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--test", help="synthetic test set (.h5), or 'acquisition' (generated: tfm synth --preset acquisition, "
-                   "24 pairs of 72 x 192 x 192 voxels, seed 778); default: generated, 24 samples at 48³, seed 777")
+    p.add_argument("--test", nargs="+", help="synthetic test sets (.h5) instead of the generated realistic ones")
     p.add_argument("--report", default="dl_vs_classical", help="name of the report files (default dl_vs_classical)")
     p.add_argument("--no-fmtrack", action="store_true", help="skip the real-stack run")
     p.add_argument("--model", help="saved model or run directory (default: the shipped weights)")
-    p.add_argument("--sizes", default="64,128", help="volume edges for the timing, comma-separated")
-    p.add_argument("--limit", type=int, help="use only the first N test samples")
+    p.add_argument("--sizes", default="64,128", help="volume edges for the timing, comma-separated ('' for none)")
+    p.add_argument("--limit", type=int, help="use only the first N pairs of each test set")
     p.add_argument("--saenopy-python", help="python of a virtualenv with saenopy installed (times its PIV and FEM force solve)")
     p.add_argument("--saenopy-solve-iterations", type=int, default=300,
-                   help="with --saenopy-python: also time saenopy's FEM force solve, at most this many iterations "
-                        "(its default 300; 0: PIV only)")
+                   help="with --saenopy-python: also time saenopy's FEM force solve, at most this many iterations")
     p.add_argument("--ablation", nargs="+", default=[], metavar="NAME=RUN",
                    help="also score these models (e.g. trained with other loss weights) on the test set")
-    p.add_argument("--single-level", action="store_true",
-                   help="also run the model without its coarse-to-fine pyramid (levels=1), the large-motion ablation")
     p.add_argument("--one-size", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one_size == "fmtrack":
-        print(json.dumps(fmtrack_one(args.model)))
+        print(json.dumps(fmtrack_one(args.model, args.method)))
         return 0
     import jax
 
     from tfm.nn import infer
 
-    if args.test == "acquisition":
-        test = ensure_acquisition_set()
-    else:
-        test = Path(args.test) if args.test else ensure_test_set(DEFAULT_TEST, 24, 48, 777)
+    tests = [Path(t) for t in args.test] if args.test else ensure_realistic_set()
     model = infer.load_model(args.model)
-    ablation = {}
+    ablation = {"ablation:levels=1": (model, {"levels": 1})}  # the same network, motion at the working grid only
     for spec in args.ablation:
         name, _, run = spec.partition("=")
         ablation["ablation:" + name] = infer.load_model(run)
-    if args.single_level:
-        ablation["ablation:single-level"] = (model, {"levels": 1})  # the same network without the pyramid
-    rows = accuracy(test, model, args.limit, ablation)
+    rows = accuracy(tests, model, args.limit, ablation)
     rep = {"command": "python -m benchmarks.dl_vs_classical " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
-           "model": args.model or "shipped default (tfm/nn/weights/default)", "test_set": str(test), "samples": rows,
-           "summary": summarise(rows)}
+           "model": args.model or "shipped default (tfm/nn/weights/default)", "test_sets": [str(t) for t in tests],
+           "samples": rows, "summary": summarise(rows)}
     sizes = [int(v) for v in args.sizes.split(",") if v]
-    rep["timing"] = timing(sizes, model, args.saenopy_python, args.saenopy_solve_iterations)
+    rep["timing"] = timing(sizes, model, args.saenopy_python, args.saenopy_solve_iterations) if sizes else []
     write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track run below fails
     if FMTRACK.is_dir() and not args.no_fmtrack:
-        rep["fmtrack"] = run_one_size("dl_vs_classical", "fmtrack", *(["--model", args.model] if args.model else []))
+        rep["fmtrack"] = fmtrack(args.model)
         print("fmtrack", rep["fmtrack"], flush=True)
     write_report(args.out, args.report, rep, markdown(rep))
     return 0

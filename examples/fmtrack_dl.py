@@ -11,8 +11,8 @@ grid, at the valid windows outside the cell: Pearson r per component (z, y, x), 
 median |u| of both, and |u| against distance from the cell for both.
 
 Writes into --out: summary.json, compare.png (per component: network against DVC at each
-window, and |u| against distance), learned.h5 (the network's result, with a preview copy
-at every 4th voxel).
+window, and |u| against distance), learned.h5 (the network's result on its own grid, with a
+preview copy at every 2nd point).
 """
 
 from __future__ import annotations
@@ -117,14 +117,16 @@ def main(argv=None) -> int:
                               dl_options={"drift": drift})
     rep["time_dl_s"] = time.perf_counter() - t0
     rep.update(drift_model=drift, dl_confident_fraction=learned.info["confident_fraction"],
-               dl_prealigned_voxels=learned.info["prealigned_voxels"], dl_resampled_to_um=learned.info["resampled_to_um"])
+               dl_rigid_shift_um=learned.info["rigid_shift_um"], dl_working_grid_um=learned.info["working_grid_um"],
+               dl_output_grid_um=list(learned.grid.spacing_um), dl_time_motion_s=learned.info["time_motion_s"],
+               dl_time_network_s=learned.info["time_network_s"])
     cmp = compare(classical, learned, mask, grid)
     pairs = cmp.pop("_pairs")
     rep.update(cmp)
     rep["dl_contractility_pn"] = learned.contractility()
     rep["classical_contractility_pn"] = classical.contractility()
     figure(out / "compare.png", rep, pairs)
-    io.write_result(out / "learned.h5", learned, {"command": "examples/fmtrack_dl.py"}, preview_factor=4)
+    io.write_result(out / "learned.h5", learned, {"command": "examples/fmtrack_dl.py"}, preview_factor=2)
     write_json(out / "summary.json", rep)
     print(f"r (z, y, x) = {', '.join(f'{v:.2f}' for v in rep['pearson_r_zyx'])}; median |u| network "
           f"{rep['median_abs_u_um']['dl']:.3f} µm, DVC {rep['median_abs_u_um']['classical']:.3f} µm; network "

@@ -4,8 +4,9 @@
 
 1. `tfm.synth.dataset.generate`: N random cells in a neo-Hookean matrix, FEM ground truth,
    bead volume pairs (what `tfm synth` writes), into OUT/train.h5 (resumable).
-2. `tfm.nn.train.train`: minibatch AdamW on the supervised displacement and force losses,
-   the constitutive consistency loss and the equilibrium loss (what `tfm train` runs);
+2. `tfm.nn.train.train`: each sample once through the motion front end (cached beside the
+   data), then minibatch AdamW on the supervised displacement and force losses, the
+   constitutive consistency loss and the force-moment loss (what `tfm train` runs);
    checkpoints in OUT/run/checkpoints, the best model in OUT/run/model, one JSON line per
    epoch in OUT/run/metrics.jsonl. Kill it and run it again: it resumes where it stopped.
 3. The trained model and the shipped default model reconstruct a sample of the shipped,
@@ -40,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def score(res, s, grid) -> dict:
+    from tfm.fields import resample
+
     truth = tfm.Result(grid, displacement=s["displacement"], force=s["force"])
     centre = np.asarray(s["params"]["cell"]["center_um"])
-    u_true = s["displacement"][np.ix_(*grid.nearest_indices(res.grid))]  # every voxel (DL) or DVC window centres
+    u_true = resample(s["displacement"], grid, res.grid)  # the network's grid (DL) or the DVC window centres
     u = res.displacement
     return {"displacement_correlation": float(np.sum(u * u_true) / np.sqrt(np.sum(u**2) * np.sum(u_true**2))),
             "displacement_rms_error_um": float(np.sqrt(np.mean(np.sum((u - u_true) ** 2, -1)))),
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="dl_output")
     p.add_argument("--n", type=int, default=24, help="training samples to generate")
-    p.add_argument("--size", type=int, default=32, help="training volume edge, voxels (a multiple of 4 for 3 levels)")
+    p.add_argument("--size", type=int, default=32, help="training volume edge, voxels (1 µm)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--seed", type=int, default=11)
@@ -69,9 +72,11 @@ def main(argv=None) -> int:
         dataset.generate(data, args.n, seed=args.seed, config=dataset.SynthConfig(size=args.size), progress=not args.quiet)
     t_gen = time.perf_counter() - t0
 
+    lk = -(-args.size // 2)  # the network's grid: half the (1 µm) voxels
+    crop = max(8, lk // 8 * 8)
     cfg = train.TrainConfig(data=(str(data),), model=ModelConfig(widths=tuple(args.widths)), epochs=args.epochs,
-                            batch_size=2, optim=OptimConfig(learning_rate=1e-3, warmup_steps=10), val_fraction=0.2,
-                            checkpoint_every=50)
+                            batch_size=2, crop=(crop, crop, crop), optim=OptimConfig(learning_rate=1e-3, warmup_steps=10),
+                            val_fraction=0.2, checkpoint_every=50)
     t0 = time.perf_counter()
     summary = train.train(cfg, out / "run", progress=not args.quiet)
     t_train = time.perf_counter() - t0

@@ -1,5 +1,5 @@
-"""Self-supervised adaptation (tfm.nn.adapt, tfm adapt): the photometric loss, the
-differentiable pyramid, a short adaptation, exact resume, the CLI and bad inputs."""
+"""Self-supervised adaptation (tfm.nn.adapt, tfm adapt): the photometric loss, the field it
+differentiates, a short adaptation, exact resume, the CLI and bad inputs."""
 
 import json
 
@@ -52,30 +52,38 @@ def test_photometric_loss_is_zero_for_the_true_field_and_grows_with_its_error():
     np.testing.assert_allclose(adapt.photometric_loss(ref, 0.6 * w + 0.1), adapt.photometric_loss(ref, w), rtol=1e-2)
 
 
-def test_differentiable_pyramid_equals_inference_pyramid():
-    """pyramid_apply (JAX, what adaptation differentiates) is predict_pyramid on one tile."""
-    r, d, _ = _pair(1.5, seed=1)
-    model = UNet3D(ModelConfig(widths=(8, 16)))
-    for zero_motion in ("baseline", None):
-        u_np, g_np = infer.predict_pyramid(model, r, d, 0.45, 2, tile=32, overlap=0, zero_motion=zero_motion)
-        u_j, g_j = adapt.pyramid_apply(model, jnp.asarray(r)[None], jnp.asarray(d)[None], jnp.asarray([0.45]), 2, zero_motion)
-        np.testing.assert_allclose(np.asarray(u_j[0]), u_np, atol=1e-5 * np.abs(u_np).max())
-        np.testing.assert_allclose(np.asarray(g_j[0]), g_np, atol=1e-5 * np.abs(g_np).max())
-    np.testing.assert_allclose(np.asarray(adapt.warp(jnp.asarray(d)[None], jnp.asarray(_field(SHAPE, 2.0))[None])[0]),
-                               infer.warp(d, _field(SHAPE, 2.0)), atol=1e-6)
+def test_adaptation_differentiates_the_field_predict_returns():
+    """The network on a crop of the LK grid is what predict's network pass gives there (the
+    crop at the volume's corner, where both see the same faces), and the working-grid field
+    it warps with is the LK field interpolated as tfm.fields.resample does."""
+    from tfm.fields import resample
+
+    r, d, _ = _pair(1.0, seed=1)
+    net = UNet3D(ModelConfig(widths=(8, 8)))
+    prep = adapt.prepare_pairs([(r, d)], (1.0, 1.0, 1.0), net, 0.45, crop=16)[0]
+    u_full, _ = infer.run_network(net, prep["motion"], prep["context"], 0.45, prep["rel"])
+    batch = adapt.crop_batch([prep], np.random.default_rng(0), 1, 16, 0.45)
+    u_crop, _ = net(jnp.asarray(batch["motion"]), jnp.asarray(batch["context"]), jnp.asarray(batch["nu"]),
+                    jnp.asarray(batch["rel"]))
+    assert batch["reference"].shape == (1, 32, 32, 32) and batch["context_volume"].shape == (1, 48, 48, 48)
+    np.testing.assert_allclose(np.asarray(u_crop[0]), u_full[:16, :16, :16], atol=1e-5 * np.abs(u_full).max() + 1e-7)
+    lk = tfm.Grid((16, 16, 16), 2.0, (0.5, 0.5, 0.5))
+    f = np.random.default_rng(3).standard_normal((16, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(adapt.upsample2(jnp.asarray(f)[None], (32, 32, 32))[0]),
+                               resample(f, lk, tfm.Grid((32, 32, 32), 1.0)), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
-    model = UNet3D(ModelConfig(widths=(8, 16)))
-    return store.save_model(tmp_path_factory.mktemp("base") / "model", model, "tfm.unet3d",
-                            {"widths": [8, 16], "convs_per_level": 2, "stem": 2, "lk_sigmas": [2.0, 4.0], "impl": "auto",
-                             "spacing_um": [1.0, 1.0, 1.0], "seed": 0}, {"law": "linear"})
+    from tfm.learn import config as configs
+
+    model = UNet3D(ModelConfig(widths=(8, 8)))
+    return store.save_model(tmp_path_factory.mktemp("base") / "model", model, "tfm.unet3d", configs.to_dict(model.config), {})
 
 
 # The physics priors would dominate the tiny untrained network's first steps; the photometric
 # term (with a light anchor) shows in 12 steps that the pair alone teaches motion.
-CFG = adapt.AdaptConfig(steps=12, crop=32, eval_every=6, eval_crops=1, checkpoint_every=3,
+CFG = adapt.AdaptConfig(steps=12, crop=16, eval_every=6, eval_crops=1, checkpoint_every=3,
                         loss=adapt.AdaptWeights(consistency=0.0, equilibrium=0.0, sparsity=0.0, anchor=0.01),
                         optim=OptimConfig(learning_rate=1e-2, warmup_steps=2, weight_decay=0.0))
 
@@ -104,7 +112,7 @@ def test_short_adaptation_lowers_the_photometric_loss_and_records_its_card(adapt
     assert adapt.content_hash(r, d)[:16] in text and "before" in text
     # the adapted model is what predict and reconstruct take
     res = tfm.reconstruct(r, d, 1.0, tfm.LinearElastic(1000.0, 0.45), method="dl", model=str(out))
-    assert res.displacement.shape == SHAPE + (3,) and np.isfinite(res.force).all()
+    assert res.displacement.shape == (16, 16, 16, 3) and np.isfinite(res.force).all()
 
 
 def test_adaptation_resumes_exactly(adapted, base_model, tmp_path):
@@ -146,7 +154,7 @@ def test_adapt_refuses_bad_inputs_by_name(base_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved tfm model"):
         adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=tmp_path, config=CFG)
     with pytest.raises(ValueError, match="crop"):
-        adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=base_model, config=adapt.AdaptConfig(crop=64))
+        adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=base_model, config=adapt.AdaptConfig(crop=32))
     with pytest.raises(ValueError, match="pairs"):
         adapt.adapt([], 1.0, tmp_path / "a", model=base_model, config=CFG)
     with pytest.raises(ValueError, match="poisson_ratio"):

@@ -82,7 +82,9 @@ def test_fmtrack_dl_example_compares_the_network_with_dvc_on_a_crop(tmp_path, mo
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["windows_compared"] > 100 and len(s["pearson_r_zyx"]) == 3 and all(-1 <= r <= 1 for r in s["pearson_r_zyx"])
     assert s["drift_model"] in ("slicewise", "affine", "rigid")
-    assert io.read_result(tmp_path / "learned.h5", preview=True).grid.shape == (24, 64, 64)
+    res = io.read_result(tmp_path / "learned.h5")
+    assert res.grid.spacing_um == pytest.approx((1.6, 1.2, 1.2), rel=0.03)  # the network's grid: 2 working voxels
+    assert io.read_result(tmp_path / "learned.h5", preview=True).grid.shape == tuple(-(-n // 2) for n in res.grid.shape)
     assert (tmp_path / "compare.png").stat().st_size > 1000
 
 

@@ -1,4 +1,4 @@
-"""The learned 3D reconstruction: layers, physics layer, training machinery, inference."""
+"""The learned 3D reconstruction: motion front end, network, physics layer, training, inference."""
 
 import json
 import os
@@ -14,21 +14,32 @@ import pytest
 import tfm
 from tfm.learn import store
 from tfm.learn.optim import OptimConfig
-from tfm.nn import infer, physics, train
-from tfm.nn.unet3d import ModelConfig, UNet3D, conv3d, normalise_pair, optical_flow_features
-from tfm.synth import fem
+from tfm.nn import features, flow, infer, physics, train
+from tfm.nn.unet3d import ModelConfig, UNet3D, conv3d, normalise_pair
+from tfm.synth import beads, fem
 from tfm.synth.dataset import SyntheticDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "synthetic" / "sample48.h5"
-TINY = ModelConfig(widths=(8, 16))
+TINY = ModelConfig(widths=(8, 8))
 
 
 def tiny_config(**kw):
-    base = dict(data=(str(SAMPLE),), model=TINY, epochs=2, batch_size=2, crop=16, checkpoint_every=2,
+    base = dict(data=(str(SAMPLE),), model=TINY, epochs=2, batch_size=2, crop=(8, 16, 16), checkpoint_every=2,
                 optim=OptimConfig(learning_rate=3e-3, warmup_steps=2), val_fraction=0.2)
     base.update(kw)
     return train.TrainConfig(**base)
+
+
+def nnx_params(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+def _sample(i=7):
+    with SyntheticDataset(SAMPLE) as ds:
+        return ds[i], ds.grid
 
 
 def test_conv_implementations_agree():
@@ -41,7 +52,7 @@ def test_conv_implementations_agree():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
-def test_space_to_depth_round_trip_and_full_resolution_stem():
+def test_space_to_depth_round_trip():
     from tfm.nn.unet3d import depth_to_space, space_to_depth
 
     x = jnp.arange(2 * 4 * 6 * 8 * 3, dtype=jnp.float32).reshape(2, 4, 6, 8, 3)
@@ -49,27 +60,32 @@ def test_space_to_depth_round_trip_and_full_resolution_stem():
     assert y.shape == (2, 2, 3, 4, 24)
     np.testing.assert_array_equal(np.asarray(y[0, 0, 0, 0, :3]), np.asarray(x[0, 0, 0, 0]))  # block's first voxel first
     np.testing.assert_array_equal(np.asarray(depth_to_space(y, 2)), np.asarray(x))
-    full = UNet3D(ModelConfig(widths=(4, 8), stem=1))
-    assert full(jnp.zeros((1, 6, 6, 6, 14))).shape == (1, 6, 6, 6, 6)
 
 
-def test_flow_features_recover_a_subvoxel_shift():
-    """The Lucas-Kanade channels see an imposed 0.3-voxel shift of a smooth bead volume."""
-    grid = tfm.Grid((24, 24, 24), 1.0)
-    from tfm.synth import beads
-
-    pos = beads.random_positions(grid, 0.05, np.random.default_rng(1), margin_um=2.0)
-    shift = np.array([0.0, 0.3, -0.2])
-    ref, dfm = beads.render_pair(grid, pos, lambda p: np.broadcast_to(shift, p.shape), (1.2, 1.2, 1.2))
-    r, d = normalise_pair(ref, dfm)
-    f = np.asarray(optical_flow_features(jnp.asarray(r)[None], jnp.asarray(d)[None], jnp.asarray([0.4]))[0])
-    u_lk = np.median(f[6:-6, 6:-6, 6:-6, 8:11], axis=(0, 1, 2)) * 0.1  # sigma 4 window, voxels
-    np.testing.assert_allclose(u_lk, shift, atol=0.05)
+def _beads(shape, shift, density=0.03, psf=(1.2, 1.0, 1.0), seed=1):
+    grid = tfm.Grid(shape, 1.0)
+    pos = beads.random_positions(grid, density, np.random.default_rng(seed), margin_um=3.0 + float(np.abs(shift).max()))
+    ref, dfm = beads.render_pair(grid, pos, lambda p: np.broadcast_to(np.asarray(shift, float), p.shape), psf)
+    return normalise_pair(ref, dfm)
 
 
-def _sample(i=7):
-    with SyntheticDataset(SAMPLE) as ds:
-        return ds[i], ds.grid
+@pytest.mark.parametrize("shift", [(0.0, 0.3, -0.2), (1.0, -5.0, 3.5)])
+def test_motion_front_end_recovers_imposed_shifts(shift):
+    """A sub-voxel and a 5-voxel uniform shift of a bead volume (no pre-alignment: the
+    pyramid starts from the phase-correlation shift and refines it) come back to 0.03 voxel
+    (the half-voxel part of 3.5 is the hardest: 0.021 measured)."""
+    r, d = _beads((32, 48, 48), shift)
+    out = flow.pyramid_flow(r, d, flow.FlowConfig())
+    inner = out["u"][3:-3, 3:-3, 3:-3].reshape(-1, 3)
+    np.testing.assert_allclose(np.median(inner, 0), shift, atol=0.03)
+    assert np.all(np.percentile(np.abs(inner - np.asarray(shift)), 90, axis=0) < 0.05)
+    assert out["levels"] >= 2 and out["pair_correlation"] > 0.5
+
+
+def test_motion_front_end_on_an_identical_pair_is_exactly_zero():
+    r, _ = _beads((32, 32, 32), (0.0, 0.0, 0.0))
+    out = flow.pyramid_flow(r, r.copy(), flow.FlowConfig())
+    assert np.all(out["u"] == 0.0) and np.all(np.isfinite(out["texture"]))
 
 
 def test_physics_layer_reproduces_the_fem_force_neo_hookean():
@@ -86,15 +102,20 @@ def test_physics_layer_reproduces_the_fem_force_neo_hookean():
     assert 0.01 < np.linalg.norm(g_lin[inner] * e / h - s["force"][inner]) / np.linalg.norm(s["force"][inner]) < 0.25
 
 
-def test_physics_layer_linear_against_fem_and_units():
-    grid = tfm.Grid((16, 16, 16), 0.5)
+def test_physics_layer_on_anisotropic_voxels_against_the_fem():
+    """The layer on (0.8, 0.5, 0.4) µm voxels, in units of their geometric mean h, returns
+    the FEM's own force density."""
+    spacing = np.array([0.8, 0.5, 0.4])
+    grid = tfm.Grid((14, 18, 20), tuple(spacing))
     mat = tfm.LinearElastic(2000.0, 0.3)
     eps = np.zeros(grid.shape)
-    eps[6:10, 6:10, 5:11] = -0.05
+    eps[5:9, 6:12, 7:13] = -0.05
     sol = fem.solve(grid, mat, eigenstrain=eps)
-    g = np.asarray(physics.implied_force(jnp.asarray(sol.displacement / 0.5, jnp.float32), 0.3, "linear"))
-    f = g * 2000.0 / 0.5
-    np.testing.assert_allclose(f[1:-1, 1:-1, 1:-1], sol.force_density[1:-1, 1:-1, 1:-1], atol=1e-3 * np.abs(sol.force_density).max())
+    h = float(np.exp(np.mean(np.log(spacing))))
+    g = np.asarray(physics.implied_force(jnp.asarray(sol.displacement / h, jnp.float32), 0.3, "linear", spacing / h))
+    f = g * 2000.0 / h
+    inner = (slice(1, -1),) * 3
+    np.testing.assert_allclose(f[inner], sol.force_density[inner], atol=1e-3 * np.abs(sol.force_density).max())
     with pytest.raises(ValueError, match="law"):
         physics.implied_force(jnp.zeros((4, 4, 4, 3)), 0.3, "hookean")
 
@@ -105,13 +126,15 @@ def test_gradients_flow_through_the_physics_layer():
     u_true = jnp.asarray(s["displacement"][sl])[None]
     g_true = jnp.asarray(s["force"][sl] / float(s["youngs_modulus_pa"]))[None]
     nu = jnp.asarray([float(s["poisson_ratio"])])
-    w = physics.LossWeights(displacement=0.0, force=0.0, consistency=1.0, equilibrium=0.0)
+    rel = jnp.ones((1, 3))
+    w = physics.LossWeights(displacement=0.0, force=0.0, consistency=1.0, moments=0.0)
+    g_lin = physics.implied_force_batch(u_true, nu, rel)
 
     def loss(u):
-        return physics.losses(u, g_true, u_true, g_true, nu, w, "neo-hookean")[0]
+        return physics.losses(u, g_lin, u_true, g_true, nu, rel, w)[0]
 
-    # At the truth the consistency loss vanishes (the layer reproduces the labels)...
-    assert float(loss(u_true)) < 1e-5
+    # At the truth the consistency loss vanishes (the predicted force is what u implies)...
+    assert float(loss(u_true)) < 1e-8
     # ...away from it, its gradient is finite, non-zero and matches a finite difference.
     u0 = u_true + 0.01 * jax.random.normal(jax.random.key(0), u_true.shape)
     grad = jax.grad(loss)(u0)
@@ -122,19 +145,52 @@ def test_gradients_flow_through_the_physics_layer():
     np.testing.assert_allclose(float(jnp.sum(grad * v)), float(fd), rtol=2e-2)
 
 
+def test_force_moments_see_a_contractile_dipole():
+    """The moments term: zero for an error with no net force and no first moment, and it
+    sees a contractility error (a symmetric dipole) that net force and torque do not."""
+    g = np.zeros((1, 9, 9, 9, 3), np.float32)
+    g[0, 4, 4, 2, 2], g[0, 4, 4, 6, 2] = 1.0, -1.0  # a contractile pair along x: no net force, no torque
+    assert float(physics.net_force_and_torque(jnp.asarray(g))[0]) < 1e-10
+    # first moment: x = -2 and +2 voxels from the centre, g_x = +1 and -1 -> sum x g_x = -4;
+    # over R² = 3 (9/2)² the term is 16 / 60.75
+    assert float(physics.force_moments(jnp.asarray(g))[0]) == pytest.approx(16 / 60.75, rel=1e-5)
+    assert float(physics.force_moments(jnp.zeros_like(jnp.asarray(g)))[0]) == 0.0
+
+
 def test_augmentation_preserves_the_physics():
-    """A flipped / y-x swapped sample is still an equilibrium: the physics layer commutes with it."""
+    """A flipped / y-x swapped crop is still an equilibrium: the physics layer commutes with
+    it, on anisotropic voxels too (the voxel sizes swap with the axes)."""
     s, grid = _sample(7)
     sl = (slice(12, 36),) * 3
     u = s["displacement"][sl]
-    g = np.asarray(physics.implied_force(jnp.asarray(u), float(s["poisson_ratio"]), "neo-hookean"))
-    ref = s["reference"][sl].astype(np.float32)
+    rel = np.array([1.3, 1.0, 1 / 1.3], np.float32)  # a geometric mean of 1, as the LK grid's over h
+    g = np.asarray(physics.implied_force(jnp.asarray(u), float(s["poisson_ratio"]), "linear", rel))
+    ctx = np.zeros(u.shape[:3] + (8,), np.float32)
+    ctx[..., 5], ctx[..., 6] = np.log(rel[0]), np.log(rel[1])
     for seed in range(4):
-        r2, d2, u2, g2 = train.augment_sample(np.random.default_rng(seed), ref, ref, u, g)
-        g_of_u2 = np.asarray(physics.implied_force(jnp.asarray(np.ascontiguousarray(u2)), float(s["poisson_ratio"]), "neo-hookean"))
+        f, mask, rel2 = features.augment_sample(np.random.default_rng(seed), {"motion": u, "u": u, "g": g, "context": ctx},
+                                                np.ones(u.shape[:3], np.float32), rel)
+        g_of_u2 = np.asarray(physics.implied_force(jnp.asarray(np.ascontiguousarray(f["u"])), float(s["poisson_ratio"]),
+                                                   "linear", rel2))
         inner = (slice(1, -1),) * 3
-        np.testing.assert_allclose(g_of_u2[inner], g2[inner], atol=1e-5 * np.abs(g).max())
-        assert r2.shape == ref.shape
+        np.testing.assert_allclose(g_of_u2[inner], f["g"][inner], atol=1e-5 * np.abs(g).max())
+        np.testing.assert_allclose(np.exp(f["context"][0, 0, 0, 5:7]), rel2[:2], rtol=1e-5)
+
+
+def test_network_is_linear_in_the_measured_motion():
+    """Zero motion gives exactly zero displacement and force, whatever the images; doubling
+    the measured motion doubles both (linear law)."""
+    model = UNet3D(TINY)
+    rng = np.random.default_rng(0)
+    motion = jnp.asarray(rng.standard_normal((1, 8, 16, 16, 3)), jnp.float32)
+    context = jnp.asarray(rng.standard_normal((1, 8, 16, 16, 8)), jnp.float32)
+    nu, rel = jnp.asarray([0.45]), jnp.asarray([[1.3, 0.9, 0.9]])
+    u0, g0 = model(jnp.zeros_like(motion), context, nu, rel)
+    assert float(jnp.abs(u0).max()) == 0.0 and float(jnp.abs(g0).max()) == 0.0
+    u1, g1 = model(motion, context, nu, rel)
+    u2, g2 = model(2 * motion, context, nu, rel)
+    np.testing.assert_allclose(np.asarray(u2), 2 * np.asarray(u1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g2), 2 * np.asarray(g1), rtol=1e-3, atol=1e-5 * float(jnp.abs(g1).max()))
 
 
 def test_config_errors_name_the_argument():
@@ -144,10 +200,12 @@ def test_config_errors_name_the_argument():
         train.TrainConfig(model=ModelConfig(widths=(8, 16, 32)), crop=18)
     with pytest.raises(ValueError, match="impl"):
         ModelConfig(impl="fast")
+    with pytest.raises(ValueError, match="architecture version 1"):
+        ModelConfig(architecture=1)
     with pytest.raises(ValueError, match="multiple of 4"):
-        UNet3D(TINY)(jnp.zeros((1, 10, 8, 8, 14)))
-    with pytest.raises(ValueError, match="stem"):
-        ModelConfig(stem=3)
+        UNet3D(TINY)(jnp.zeros((1, 10, 8, 8, 3)), jnp.zeros((1, 10, 8, 8, 8)), jnp.ones(1), jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match="FlowConfig.window"):
+        flow.FlowConfig(window=0)
 
 
 def test_store_round_trip(tmp_path, monkeypatch):
@@ -155,37 +213,77 @@ def test_store_round_trip(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths, as users type them (orbax itself needs absolute ones)
     store.save_model(Path("runs") / "m", model, "tfm.unet3d", json.loads(TINY.to_json()), {"note": "test"})
     loaded = infer.load_model(Path("runs") / "m")
+    assert loaded.config == TINY
     for a, b in zip(jax.tree.leaves(nnx_params(model)), jax.tree.leaves(nnx_params(loaded))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(FileNotFoundError, match="not a saved tfm model"):
         infer.load_model(tmp_path)
     with pytest.raises(ValueError, match="not a tfm.stiffness model"):
         store.open_model(Path("runs") / "m", "tfm.stiffness")
+    old = json.loads((Path("runs") / "m" / "model.json").read_text())
+    old["config"] = {"widths": [8, 16], "stem": 2, "lk_sigmas": [2.0, 4.0]}  # a model of the first architecture
+    (Path("runs") / "m" / "model.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="not a model this tfm can run"):
+        infer.load_model(Path("runs") / "m")
 
 
-def nnx_params(model):
-    from flax import nnx
+@pytest.fixture(scope="module")
+def sample_features(tmp_path_factory):
+    """The shipped samples' feature cache (computed once into a copy of the dataset)."""
+    import shutil
 
-    return nnx.state(model, nnx.Param)
+    d = tmp_path_factory.mktemp("features")
+    data = d / "sample48.h5"
+    shutil.copy(SAMPLE, data)
+    return data, features.FeatureSet([features.ensure(data, UNet3D(TINY))])
 
 
-def test_tiny_model_overfits_a_tiny_dataset():
-    """Two fixed 16³ crops of the strongest samples, no augmentation: 150 AdamW steps must
-    cut the loss (all four terms) at least 5x."""
+def test_features_are_what_predict_sees(sample_features):
+    """The cache holds exactly what predict feeds the network for that pair, and the truth
+    on the same LK grid (the FEM's u in units of h; g = f h / E)."""
+    data, fs = sample_features
+    s, grid = _sample(7)
+    model = UNet3D(TINY)
+    prep = infer.prepare(s["reference"], s["deformed"], grid, model)
+    motion, context, rel, h = infer.network_inputs(prep, float(s["poisson_ratio"]), "neo-hookean")
+    it = fs.items[7]
+    np.testing.assert_array_equal(it["motion"], motion)
+    np.testing.assert_array_equal(it["context"], context)
+    np.testing.assert_allclose(it["rel"], rel)
+    assert it["h"] == pytest.approx(h) and it["law"] == 1.0 and tuple(it["shape"]) == (24, 24, 24)
+    lk = prep["lk"]
+    # LK voxel (5, 6, 7) lies at (10.5, 12.5, 14.5) µm: midway between 2³ voxels (trilinear: their mean)
+    np.testing.assert_allclose(it["u"][5, 6, 7], s["displacement"][10:12, 12:14, 14:16].mean((0, 1, 2)) / h, rtol=1e-4,
+                               atol=1e-7)
+    # the measured motion follows the truth where the beads are (0.76 measured: a weak field,
+    # max |u| 0.1 voxel, in camera noise)
+    conf = it["context"][..., 0] > 0.5
+    a, b = it["motion"][conf], it["u"][conf]
+    assert np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)) > 0.6
+    assert lk.spacing_um == (2.0, 2.0, 2.0)
+    cache = features.cache_path(data, model)
+    before = cache.stat().st_mtime_ns
+    assert features.ensure(data, model) == cache and cache.stat().st_mtime_ns == before  # found, not recomputed
+
+
+def test_tiny_model_overfits_a_tiny_dataset(sample_features):
+    """Two fixed crops of the strongest samples, no augmentation: 150 AdamW steps must cut
+    the loss (all four terms) at least 3x."""
     import optax
     from flax import nnx
 
-    data = train.Samples([str(SAMPLE)])
-    batch = data.load([7, 8], None, 16, False)
+    _, fs = sample_features
+    batch = fs.load([7, 8], (8, 16, 16), None, False)
     model = UNet3D(TINY)
     optimizer = nnx.Optimizer(model, optax.adam(5e-3), wrt=nnx.Param)
     weights = physics.LossWeights()
-    losses = [float(train.train_step(model, optimizer, batch, weights, "neo-hookean")[0]) for _ in range(150)]
-    assert min(losses[-10:]) < losses[0] / 5, (losses[0], min(losses[-10:]))
+    losses = [float(train.train_step(model, optimizer, batch, weights)[0]) for _ in range(150)]
+    assert min(losses[-10:]) < losses[0] / 3, (losses[0], min(losses[-10:]))
 
 
-def test_resume_continues_exactly(tmp_path):
-    cfg = tiny_config(epochs=2)
+def test_resume_continues_exactly(tmp_path, sample_features):
+    data, _ = sample_features
+    cfg = tiny_config(data=(str(data),), epochs=2)
     a = train.train(cfg, tmp_path / "a", progress=False)
     train.train(cfg, tmp_path / "b", progress=False, max_steps=3)  # "killed" after step 3
     b = train.train(cfg, tmp_path / "b", progress=False)  # resumed
@@ -197,7 +295,8 @@ def test_resume_continues_exactly(tmp_path):
     lb = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["train"] for r in la] == [json.loads(r)["train"] for r in lb]
     with pytest.raises(ValueError, match="another configuration"):
-        train.train(tiny_config(optim=OptimConfig(learning_rate=1e-2, warmup_steps=2)), tmp_path / "b", progress=False)
+        train.train(tiny_config(data=(str(data),), optim=OptimConfig(learning_rate=1e-2, warmup_steps=2)), tmp_path / "b",
+                    progress=False)
 
 
 SHARDED = """
@@ -206,7 +305,7 @@ import jax
 from tfm.learn.optim import OptimConfig
 from tfm.nn import train
 from tfm.nn.unet3d import ModelConfig
-cfg = train.TrainConfig(data=(sys.argv[1],), model=ModelConfig(widths=(8, 16)), epochs=1, batch_size=2, crop=16,
+cfg = train.TrainConfig(data=(sys.argv[1],), model=ModelConfig(widths=(8, 8)), epochs=1, batch_size=2, crop=(8, 16, 16),
                         optim=OptimConfig(learning_rate=2e-3, warmup_steps=2), checkpoint_every=100, val_fraction=0.2,
                         augment=False)
 out = train.train(cfg, sys.argv[2], progress=False)
@@ -214,12 +313,13 @@ print(json.dumps({"devices": jax.device_count(), "steps": out["steps"]}))
 """
 
 
-def test_data_parallel_training_on_two_cpu_devices(tmp_path):
+def test_data_parallel_training_on_two_cpu_devices(tmp_path, sample_features):
     """The batch is sharded over 2 (virtual) devices; the trained weights equal the 1-device run's."""
+    data, _ = sample_features
     procs = {}
     for n in (1, 2):  # both at once: each spends most of its time compiling, on one core
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-        procs[n] = subprocess.Popen([sys.executable, "-c", SHARDED, str(SAMPLE), str(tmp_path / f"run{n}")],
+        procs[n] = subprocess.Popen([sys.executable, "-c", SHARDED, str(data), str(tmp_path / f"run{n}")],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     models = {}
     for n, p in procs.items():
@@ -231,75 +331,80 @@ def test_data_parallel_training_on_two_cpu_devices(tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
-def test_predict_units_and_errors():
+def test_predict_units_grids_and_errors():
     s, grid = _sample(7)
     model = UNet3D(TINY)
-    sl = (slice(0, 24),) * 3
+    sl = (slice(0, 32),) * 3
     ref, dfm = s["reference"][sl], s["deformed"][sl]
-    a = infer.predict(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), model=model, tile=24, progress=False)
-    b = infer.predict(ref, dfm, 1.0, tfm.LinearElastic(3000.0, 0.45), model=model, tile=24, progress=False)
-    assert a.displacement.shape == a.force.shape == (24, 24, 24, 3)
+    a = infer.predict(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), model=model, progress=False)
+    b = infer.predict(ref, dfm, 1.0, tfm.LinearElastic(3000.0, 0.45), model=model, progress=False)
+    assert a.grid.shape == (16, 16, 16) and a.grid.spacing_um == (2.0, 2.0, 2.0) and a.grid.origin_um == (0.5, 0.5, 0.5)
+    assert a.displacement.shape == a.force.shape == (16, 16, 16, 3)
     np.testing.assert_allclose(b.force, 3 * a.force, rtol=1e-5)  # f scales with E at fixed images
     np.testing.assert_array_equal(a.displacement, b.displacement)
-    c = infer.predict(ref, dfm, (1.0, 0.5, 0.5), tfm.LinearElastic(1000.0, 0.45), model=model, tile=24, progress=False)
-    assert c.displacement.shape == (24, 24, 24, 3) and c.info["resampled_to_um"] == [1.0, 1.0, 1.0]
+    full = infer.predict(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), model=model, output_grid="input", progress=False)
+    assert full.grid.shape == (32, 32, 32) and full.info["confidence"].shape == (32, 32, 32)
+    # 0.4 µm in-plane voxels are brought to the model's 0.6 µm; z keeps its own 1 µm
+    c = infer.predict(ref, dfm, (1.0, 0.4, 0.4), tfm.LinearElastic(1000.0, 0.45), model=model, progress=False)
+    assert c.info["working_grid_um"][0] == 1.0 and abs(c.info["working_grid_um"][1] - 0.6) < 0.02
     with pytest.raises(ValueError, match="deformed must have"):
         infer.predict(ref, dfm[:-1], 1.0, tfm.LinearElastic(1000.0, 0.45), model=model)
     with pytest.raises(ValueError, match="tile must be"):
         infer.predict(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), model=model, tile=9)
+    with pytest.raises(ValueError, match="output_grid"):
+        infer.predict(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), model=model, output_grid="native")
+    with pytest.raises(ValueError, match="too coarse"):
+        infer.predict(ref, dfm, 5.0, tfm.LinearElastic(1000.0, 0.45), model=model)
     with pytest.raises(ValueError, match="method must be"):
         tfm.reconstruct(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), method="cnn")
 
 
 def test_shipped_model_finds_the_cell():
     """The default weights on a held-out shipped sample (not in its training data): the
-    displacement correlates with the FEM truth."""
+    displacement correlates with the FEM truth on the network's grid."""
+    from tfm.fields import resample
+
     s, grid = _sample(7)
     mat = tfm.NeoHookean(float(s["youngs_modulus_pa"]), float(s["poisson_ratio"]))
-    whole = tfm.reconstruct(s["reference"], s["deformed"], grid.spacing_um, mat, method="dl", progress=False)
-    u = s["displacement"]
-    corr = np.sum(whole.displacement * u) / np.sqrt(np.sum(whole.displacement**2) * np.sum(u**2))
+    res = tfm.reconstruct(s["reference"], s["deformed"], grid.spacing_um, mat, method="dl", progress=False)
+    u = resample(s["displacement"], grid, res.grid)
+    corr = np.sum(res.displacement * u) / np.sqrt(np.sum(res.displacement**2) * np.sum(u**2))
     assert corr > SHIPPED_MIN_CORRELATION
-    one_tile = max(-(-n // 8) * 8 for n in grid.shape)  # the volume, rounded up to the shipped network's multiple
-    assert whole.info["method"] == "dl" and whole.info["tile"] == one_tile
+    assert res.info["method"] == "dl"
 
 
 def test_shipped_model_tiled_equals_untiled():
-    """A 96³ pair (contracting Gaussian inclusion at the centre, so the cell straddles every
-    seam): 64³ tiles with 32 overlap, blended, reproduce one whole-volume pass; tiles below
-    the network's context size warn."""
+    """A 128³ pair (contracting Gaussian inclusion at the centre, so the cell straddles every
+    seam): the network's grid in 32³ tiles with 16 overlap, blended, reproduces one
+    whole-volume pass; tiles below the network's context size warn."""
     from tfm.analytic import GaussianDilatation
-    from tfm.synth import beads
 
-    grid = tfm.Grid((96, 96, 96), 1.0)
+    grid = tfm.Grid((128, 128, 128), 1.0)
     mat = tfm.LinearElastic(1000.0, 0.45)
-    sol = GaussianDilatation(4.0, -0.1, grid.center_um(), mat)
+    sol = GaussianDilatation(5.0, -0.1, grid.center_um(), mat)
     pos = beads.random_positions(grid, 0.025, np.random.default_rng(96), margin_um=3.0)
     ref, dfm = beads.render_pair(grid, pos, lambda p: np.asarray(sol.displacement(p)), (1.0, 0.45, 0.45))
     model = infer.load_model()
-    whole = infer.predict(ref, dfm, 1.0, mat, model=model, tile=96, progress=False)
-    tiled = infer.predict(ref, dfm, 1.0, mat, model=model, tile=64, overlap=32, progress=False)
+    whole = infer.predict(ref, dfm, 1.0, mat, model=model, progress=False)
+    tiled = infer.predict(ref, dfm, 1.0, mat, model=model, tile=32, overlap=16, progress=False)
     for name in ("displacement", "force"):
         x, y = getattr(whole, name), getattr(tiled, name)
         assert np.linalg.norm(x - y) / np.linalg.norm(x) < TILE_TOLERANCE[name], name
-    with pytest.warns(UserWarning, match="smaller than 64"):
-        infer.predict_network_units(model, np.zeros((40, 40, 40), np.float32), np.zeros((40, 40, 40), np.float32), 0.45,
-                                    tile=32, overlap=8, progress=False)
+    with pytest.warns(UserWarning, match="smaller than 32"):
+        infer.predict(ref, dfm, 1.0, mat, model=model, tile=16, overlap=8, progress=False)
 
 
-# Measured with the shipped weights: tiled vs whole 0.023 (u) and 0.026 (f); sample 7
-# correlation 0.981.
-TILE_TOLERANCE = {"displacement": 0.05, "force": 0.05}
+TILE_TOLERANCE = {"displacement": 0.05, "force": 0.1}
 SHIPPED_MIN_CORRELATION = 0.9
 
 
-@pytest.mark.filterwarnings("ignore:tile 32 is smaller")
-def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys):
+def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys, sample_features):
     from tfm import cli, io
 
+    data, _ = sample_features
     run = tmp_path / "run"
-    rc = cli.main(["train", "--data", str(SAMPLE), "--out", str(run), "--widths", "8", "16", "--crop", "16", "--epochs", "1",
-                   "--warmup-steps", "2", "--val-fraction", "0.2", "--quiet"])
+    rc = cli.main(["train", "--data", str(data), "--out", str(run), "--widths", "8", "8", "--crop", "8", "16", "16",
+                   "--epochs", "1", "--batch-size", "2", "--warmup-steps", "2", "--val-fraction", "0.2", "--quiet"])
     assert rc == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "model" / "model.json").is_file()
     s, grid = _sample(7)
@@ -307,10 +412,10 @@ def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys):
     io.write_volume(tmp_path / "def.tif", s["deformed"], grid.spacing_um)
     e = f"{float(s['youngs_modulus_pa']):.1f}"
     rc = cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "--method", "dl", "--model", str(run),
-                   "--material", "neo-hookean", "--youngs-modulus-pa", e, "--tile", "32", "-o", str(tmp_path / "r.h5"), "--quiet"])
+                   "--material", "neo-hookean", "--youngs-modulus-pa", e, "-o", str(tmp_path / "r.h5"), "--quiet"])
     assert rc == 0
     res = io.read_result(tmp_path / "r.h5")
-    assert res.force.shape == (48, 48, 48, 3) and res.info["method"] == "dl"
+    assert res.force.shape == (24, 24, 24, 3) and res.info["method"] == "dl" and res.grid.spacing_um == (2.0, 2.0, 2.0)
     rc = cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "--material", "neo-hookean",
                    "--youngs-modulus-pa", e, "-o", str(tmp_path / "x.h5")])
     assert rc == 2 and "needs --method dl" in capsys.readouterr().err
@@ -318,30 +423,28 @@ def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys):
     assert rc == 2 and "dataset not found" in capsys.readouterr().err
 
 
-def test_training_on_anisotropic_voxels_sees_what_predict_sees(tmp_path):
-    """A dataset on a microscope's anisotropic voxels is brought to the model's 1 µm voxels
-    sample by sample exactly as predict brings a user's stacks (normalised, anti-aliased),
-    with the labels resampled beside it (u in working voxels, g = f h / E)."""
-    from tfm.fields import resample
+def test_features_on_anisotropic_voxels_and_the_drift_the_stack_shows(tmp_path):
+    """A dataset on a microscope's anisotropic voxels, with drift and axial scaling between
+    the stacks: the network's target is the motion the stack shows (the cell's field plus
+    the acquisition's), on the LK grid of the (0.8, 0.6, 0.6) µm working grid."""
     from tfm.synth import cells, dataset
 
     cfg = dataset.SynthConfig(
-        size=(20, 40, 40), spacing_um=(0.8, 0.4, 0.4), material="linear", fem_spacing_um=1.0,
-        cell=cells.CellConfig(radius_um=(2.0, 2.5), protrusions=(0, 0), contraction=(0.05, 0.06)),
-        beads=dataset.BeadConfig(numerical_aperture=0.7, bead_radius_um=0.3, density_per_um3=(0.2, 0.2)))
-    path = dataset.generate(tmp_path / "aniso.h5", 2, seed=5, config=cfg, progress=False)
-    data = train.Samples([str(path)])
-    assert data.spacing_um == (1.0, 1.0, 1.0) and data.shapes == {(16, 16, 16)}
-    batch = data.load([0, 1], None, None, False)
-    ds = SyntheticDataset(path)
-    s = ds[1]
-    ref, dfm, work = infer.working_pair(s["reference"], s["deformed"], ds.grid, (1.0, 1.0, 1.0))
-    np.testing.assert_array_equal(batch["reference"][1], ref)
-    np.testing.assert_array_equal(batch["deformed"][1], dfm)
-    np.testing.assert_allclose(batch["u"][1], resample(s["displacement"], ds.grid, work), rtol=1e-6)
-    g = resample(s["force"], ds.grid, work) / s["youngs_modulus_pa"]
-    np.testing.assert_allclose(batch["g"][1], g, rtol=1e-5, atol=1e-5 * np.abs(g).max())
-    assert np.abs(batch["u"]).max() > 0.05  # the cell's motion survived the resampling
-    assert len(data.cache) == 2  # resampled once, then served from memory
-    with pytest.raises(ValueError, match="isotropic"):
-        train.Samples([str(path)], spacing_um=(1.0, 0.5, 0.5))
+        size=(24, 48, 48), spacing_um=(0.8, 0.3, 0.3), material="linear", fem_spacing_um=1.0, drift_um=(0.5, 0.5),
+        axial_scale=(1.02, 1.02), cell=cells.CellConfig(radius_um=(2.0, 2.5), protrusions=(0, 0), contraction=(0.1, 0.1)),
+        beads=dataset.BeadConfig(numerical_aperture=0.7, bead_radius_um=0.3, density_per_um3=(0.3, 0.3)))
+    path = dataset.generate(tmp_path / "aniso.h5", 1, seed=5, config=cfg, progress=False)
+    model = UNet3D(TINY)
+    fs = features.FeatureSet([features.ensure(path, model)])
+    it = fs.items[0]
+    with SyntheticDataset(path) as ds:
+        s = ds[0]
+        drift = np.asarray(s["params"]["acquisition"]["drift_um"])
+    assert tuple(it["shape"]) == (12, 12, 12)  # 24 x 24 x 24 working voxels of (0.8, 0.6, 0.6) µm
+    h = it["h"]
+    np.testing.assert_allclose(it["rel"] * h, (1.6, 1.2, 1.2), rtol=0.03)  # the extent kept: 24 x 0.5875 µm in-plane
+    inner = (slice(2, 10),) * 3
+    # the target carries the drift (and the axial scaling along z), the measurement follows it
+    far = it["cell"][inner] < 0.01
+    np.testing.assert_allclose(np.median(it["u"][inner][far], 0)[1:] * h, drift[1:], atol=0.05)
+    np.testing.assert_allclose(np.median(it["motion"][inner][far], 0) * h, np.median(it["u"][inner][far], 0) * h, atol=0.05)

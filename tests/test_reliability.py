@@ -210,7 +210,7 @@ def test_late_options_are_checked_first(stacks, capsys, tmp_path):
     assert rc == 2 and "--windows" in _one_line_error(err, "reconstruct")
     coarse = np.zeros((8, 16, 16), np.float32)
     coarse[4, 8, 8] = 1
-    with pytest.raises(ValueError, match="coarser than the model"):
+    with pytest.raises(ValueError, match="too coarse for the learned path"):
         tfm.reconstruct(coarse, coarse, 5.0, tfm.LinearElastic(1000.0), method="dl")
 
 

@@ -131,10 +131,13 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     (``info["dvc"]``, the force step's keys at top level) and the timings
     (``time_dvc_s``, ``time_forces_s``).
 
-    ``method="dl"``: the physics-informed 3D network (:func:`tfm.nn.infer.predict`) in
-    one pass, on the input voxel grid. ``model`` is a saved-model or ``tfm train`` run
-    directory, or None for the shipped default weights; ``dl_options`` go to ``predict``
-    (``tile``, ``overlap``, ``drift``, ``zero_motion``, ``levels``). ``material`` may be
+    ``method="dl"``: the learned path (:func:`tfm.nn.infer.predict`): a parameter-free,
+    coarse-to-fine motion measurement, then the physics-informed 3D network, in one call.
+    ``model`` is a saved-model or ``tfm train`` / ``tfm adapt`` run directory, or None for the
+    shipped default weights; ``dl_options`` go to ``predict`` (``tile``, ``overlap``,
+    ``drift``, ``levels``, ``output_grid``). The fields are on the network's grid (block
+    centres of 2³ working voxels: the resolution they have; ``result.grid`` says where), or
+    on the input voxels with ``dl_options={"output_grid": "input"}``. ``material`` may be
     :class:`~tfm.material.NeoHookean` too. ``mask`` is where the drift fit measures "far"
     from (the network itself sees the cell as the bead-free region).
 

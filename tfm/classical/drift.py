@@ -78,7 +78,7 @@ def dipole_basis(x_um, poisson: float = POISSON) -> np.ndarray:
     constant): ``[-(2 - 4 nu)(d_ij x_k + d_ik x_j) + 2 d_jk x_i] / r³ - 6 x_i x_j x_k / r^5``.
     It is how a cell's own displacement decays (1/r²), and it has no uniform part."""
     x = np.asarray(x_um, float)
-    r = np.maximum(np.linalg.norm(x, axis=-1), 1e-6)[:, None]
+    r = np.maximum(np.linalg.norm(x, axis=-1), 1.0)[:, None]  # µm: a point on the centre carries no dipole information
     out = np.zeros((len(x), 3, 6))
     eye = np.eye(3)
     for m, (j, k) in enumerate(_PAIRS):
@@ -108,7 +108,10 @@ def _fit(y, a):
         coef, *_ = np.linalg.lstsq(a[keep].reshape(-1, a.shape[-1]), y[keep].ravel(), rcond=None)
         r = np.linalg.norm(y - (a @ coef), axis=-1)
         sigma = 1.4826 * np.median(r[keep]) + 1e-12
-        keep = r < 3 * sigma + 1e-9
+        trimmed = r < 3 * sigma + 1e-9
+        if trimmed.sum() < max(a.shape[-1], len(y) // 2):  # a fit this exact leaves nothing to trim by
+            break
+        keep = trimmed
     return coef, keep
 
 

@@ -55,12 +55,22 @@ def bspline_weights(t):
     return jnp.stack([(1 - t) ** 3 / 6, (3 * t3 - 6 * t2 + 4) / 6, (-3 * t3 + 3 * t2 + 3 * t + 1) / 6, t3 / 6], -1)
 
 
-def _sample_cubic(coeffs, p):
-    """Cubic B-spline interpolation at points ``p`` (..., 3) (voxel indices of the unpadded volume)."""
+def keys_weights(t):
+    """Keys' cubic convolution (a = -1/2) at offsets ``t`` in [0, 1): an interpolating
+    4-tap kernel, third-order accurate, applied to the voxel values themselves (no
+    prefilter, unlike the B-spline's coefficients)."""
+    t2, t3 = t * t, t * t * t
+    return jnp.stack([(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2], -1)
+
+
+def _sample_cubic(coeffs, p, weights=bspline_weights):
+    """Cubic interpolation at points ``p`` (..., 3) (voxel indices of the unpadded volume):
+    B-spline from its coefficients (the default), or ``weights=keys_weights`` from the
+    voxel values, both padded by :data:`SPLINE_PAD`."""
     f = jnp.floor(p)
     t = p - f
     base = jnp.clip(f.astype(jnp.int32) - 1 + SPLINE_PAD, 0, jnp.asarray(coeffs.shape) - 4)
-    w = [bspline_weights(t[..., a]) for a in range(3)]
+    w = [weights(t[..., a]) for a in range(3)]
     flat = coeffs.ravel()
     sy, sx = coeffs.shape[1] * coeffs.shape[2], coeffs.shape[2]
     b = base[..., 0] * sy + base[..., 1] * sx + base[..., 2]

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     a.add_argument("--model", help="base model: a saved model or run directory (default: the shipped weights)")
     a.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
     a.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
-    a.add_argument("--crop", type=int, default=48, help="cubic crops, voxels of the model's grid (default 48)")
+    a.add_argument("--crop", type=int, default=16,
+                   help="cubic crops of the network's grid (LK voxels: 2 working voxels each; a multiple of 8; default 16)")
     a.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     a.add_argument("--eval-every", type=int, default=25, help="steps between scores on fixed crops (default 25)")
     a.add_argument("--seed", type=int, default=0, help="crops and flips (default 0)")

@@ -20,22 +20,18 @@ def add_parser(sub) -> None:
                    help="classical: DVC + force inverse; dl: the physics-informed 3D network in one pass (default classical)")
     r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
-    r.add_argument("--tile", type=int, help="dl: tile edge, voxels (default: the whole volume where it holds at most 160³ voxels of the "
-                   "model's grid, else 128)")
-    r.add_argument("--tile-overlap", type=int, help="dl: voxels shared by neighbouring tiles (default min(32, tile/2))")
-    r.add_argument("--zero-motion", choices=("baseline", "odd", "none"),
-                   help="dl: how no motion reads as zero: baseline (default: subtract the network's answer for the "
-                   "reference paired with itself), odd (half the difference of both orders of the pair), none (one pass, "
-                   "half the cost; an identical pair no longer gives zero)")
-    r.add_argument("--levels", choices=("auto", "1", "2", "3", "4"),
-                   help="dl: coarse-to-fine pyramid levels (factor 2 each; the deformed volume warped by the coarser "
-                   "levels' field, so large motion reaches each level as about a voxel); 1: the network once at full "
-                   "resolution (default auto: 2 where the coarse level keeps 24 voxels on its smallest axis)")
+    r.add_argument("--tile", type=int, help="dl: the network's tile edge on its grid (LK voxels, a multiple of 8; default: the "
+                   "whole volume where it holds at most 128³ of them, else 96)")
+    r.add_argument("--tile-overlap", type=int, help="dl: LK voxels shared by neighbouring tiles (default min(24, tile/2))")
+    r.add_argument("--levels", choices=("auto", "1", "2", "3", "4", "5"),
+                   help="dl: levels of the motion front end's coarse-to-fine pyramid (factor 2 each, the deformed volume "
+                   "warped by the coarser levels' field, so large motion reaches each level as about a voxel); 1: the "
+                   "working grid only (default auto: as many as keep 12 voxels on the coarsest level's smallest axis)")
+    r.add_argument("--output-grid", choices=("working", "input"), default="working",
+                   help="dl: the fields on the network's grid, the resolution they have (default; 'working'), or "
+                   "interpolated to every input voxel ('input': large for full stacks)")
     common.add_force_args(r, "--force-method")
     r.set_defaults(run=run)
-
-
-ZERO_MOTION_ARGS = {None: "baseline", "none": None}  # --zero-motion: not given -> the default; "none" -> one pass
 
 
 def _check_method_options(args) -> None:
@@ -50,8 +46,8 @@ def _check_method_options(args) -> None:
                   if v]
         if unused:
             raise common.UsageError(f"{', '.join(unused)}: options of the classical pipeline, not used by --method dl")
-    elif args.model or args.tile or args.tile_overlap or args.zero_motion or args.levels:
-        raise common.UsageError("--model, --tile, --tile-overlap, --zero-motion and --levels need --method dl")
+    elif args.model or args.tile or args.tile_overlap or args.levels or args.output_grid != "working":
+        raise common.UsageError("--model, --tile, --tile-overlap, --levels and --output-grid need --method dl")
 
 
 def run(args) -> int:
@@ -69,8 +65,8 @@ def run(args) -> int:
     result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
                          progress=common.progress(args), dvc_options=options, model=args.model,
                          dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
-                                     "zero_motion": ZERO_MOTION_ARGS.get(args.zero_motion, args.zero_motion),
-                                     "levels": "auto" if args.levels in (None, "auto") else int(args.levels)},
+                                     "levels": "auto" if args.levels in (None, "auto") else int(args.levels),
+                                     "output_grid": args.output_grid},
                          force_method=args.force_method,
                          force_options=force_options)
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)

@@ -11,10 +11,12 @@ from . import common
 
 def add_parser(sub) -> None:
     n = sub.add_parser("train", help="train the 3D network (bead pair -> displacement and force) on synthetic datasets",
-                       description="Minibatch training of the physics-informed 3D U-Net on datasets written by "
-                       "tfm synth: supervised displacement and force, constitutive consistency and equilibrium losses. "
-                       "Checkpoints go to OUT/checkpoints, the best model (validation loss) to OUT/model, one JSON "
-                       "line per epoch to OUT/metrics.jsonl. Run the same command again to resume a killed run.",
+                       description="Minibatch training of the physics-informed 3D network on datasets written by "
+                       "tfm synth (any voxel sizes and matrix laws): each sample goes once through the motion front end "
+                       "(cached beside the dataset), then supervised displacement and force, constitutive consistency and "
+                       "force-moment losses. Checkpoints go to OUT/checkpoints, the best model (validation loss) to "
+                       "OUT/model, one JSON line per epoch to OUT/metrics.jsonl. Run the same command again to resume a "
+                       "killed run.",
                        epilog="example:\n  tfm synth --n 800 --size 40 --seed 1 -o train.h5\n"
                        "  tfm train --data train.h5 --out runs/mine --epochs 20\n"
                        "  tfm reconstruct ref.tif def.tif --method dl --model runs/mine --youngs-modulus-pa 1000 -o r.h5",
@@ -22,21 +24,22 @@ def add_parser(sub) -> None:
     n.add_argument("--data", nargs="+", required=True, help="synthetic dataset files (.h5)")
     n.add_argument("--out", required=True, help="run directory (created; resumed if it holds this run)")
     n.add_argument("--epochs", type=int, default=20, help="passes over the training split (default 20)")
-    n.add_argument("--batch-size", type=int, default=2, help="global minibatch, split over devices (default 2)")
+    n.add_argument("--batch-size", type=int, default=4, help="global minibatch, split over devices (default 4)")
     n.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="adamw, or sgd with Nesterov momentum (default adamw)")
     n.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     n.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
-    n.add_argument("--widths", type=int, nargs="+", default=[24, 48, 64], help="channels per U-Net level (default 24 48 64)")
-    n.add_argument("--stem", type=int, choices=(1, 2), default=2,
-                   help="1: U-Net at full resolution; 2: at half resolution with a pixel-shuffle output (default 2)")
-    n.add_argument("--lk-sigmas", type=float, nargs="+", default=[2.0, 4.0],
-                   help="Gaussian windows (voxels) of the Lucas-Kanade input channels (default 2 4)")
-    n.add_argument("--crop", type=int, help="train on random cubic crops of this size (default: whole samples)")
-    n.add_argument("--law", choices=("auto", "linear", "neo-hookean"), default="auto", help="constitutive layer (default: the data's law)")
+    n.add_argument("--widths", type=int, nargs="+", default=[24, 32, 48], help="channels per U-Net level (default 24 32 48)")
+    n.add_argument("--no-physics-forward", action="store_true",
+                   help="force from the network alone, without the constitutive layer in the forward pass (an ablation)")
+    n.add_argument("--spacing-um", type=float, nargs=3, metavar=("HZ", "HY", "HX"), default=[0.8, 0.6, 0.6],
+                   help="finest working voxel, µm: finer stacks are brought to it (default 0.8 0.6 0.6)")
+    n.add_argument("--crop", type=int, nargs="+", default=[24, 32, 32],
+                   help="crops of the LK grid (half the working grid): N or NZ NY NX, multiples of 8 (default 24 32 32)")
     n.add_argument("--w-displacement", type=float, default=1.0, help="weight of the supervised displacement loss (default 1)")
     n.add_argument("--w-force", type=float, default=1.0, help="weight of the supervised force loss (default 1)")
-    n.add_argument("--w-consistency", type=float, default=0.1, help="weight of the constitutive consistency loss (default 0.1)")
-    n.add_argument("--w-equilibrium", type=float, default=0.01, help="weight of the net force/torque loss (default 0.01)")
+    n.add_argument("--w-consistency", type=float, default=0.01, help="weight of the constitutive consistency loss (default 0.01)")
+    n.add_argument("--w-moments", type=float, default=0.1,
+                   help="weight of the force error's net force and first moments (default 0.1)")
     n.add_argument("--val-fraction", type=float, default=0.1, help="samples held out for validation (default 0.1)")
     n.add_argument("--seed", type=int, default=0, help="initialisation, split, batch order and augmentation (default 0)")
     n.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint interval, steps (default 200)")
@@ -52,13 +55,15 @@ def run(args) -> int:
     from ..nn.unet3d import ModelConfig
 
     cfg = train.TrainConfig(
-        data=tuple(args.data), model=ModelConfig(widths=tuple(args.widths), stem=args.stem, lk_sigmas=tuple(args.lk_sigmas),
-                                                 seed=args.seed),
+        data=tuple(args.data),
+        model=ModelConfig(widths=tuple(args.widths), physics_forward=not args.no_physics_forward,
+                          spacing_um=tuple(args.spacing_um), seed=args.seed),
         loss=physics.LossWeights(displacement=args.w_displacement, force=args.w_force, consistency=args.w_consistency,
-                                 equilibrium=args.w_equilibrium),
-        law=args.law, epochs=args.epochs, batch_size=args.batch_size,
+                                 moments=args.w_moments),
+        epochs=args.epochs, batch_size=args.batch_size,
         optim=OptimConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps),
-        val_fraction=args.val_fraction, crop=args.crop, seed=args.seed, checkpoint_every=args.checkpoint_every)
+        val_fraction=args.val_fraction, crop=common.one_or_three(args.crop, "--crop", int), seed=args.seed,
+        checkpoint_every=args.checkpoint_every)
     if args.max_steps is not None and args.max_steps < 1:
         raise common.UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     summary = train.train(cfg, args.out, progress=common.progress(args), max_steps=args.max_steps,

@@ -72,10 +72,9 @@ def open_model(path, kind: str) -> tuple[Path, dict]:
     return path, desc
 
 
-def claim_run(run: Path, config: dict) -> None:
-    """Create ``run`` and write ``run/config.json`` (atomically), refusing a directory that
-    holds a run with another configuration; a different ``epochs`` is allowed (it extends
-    the run). Call it once the settings and data have been checked."""
+def check_run(run: Path, config: dict) -> str:
+    """Refuse a ``run`` directory that holds a run with another configuration (a different
+    ``epochs`` is allowed: it extends the run); returns the configuration's JSON text."""
     run = Path(run)
     if run.exists() and not run.is_dir():
         raise ValueError(f"run directory {run} exists and is not a directory")
@@ -91,9 +90,17 @@ def claim_run(run: Path, config: dict) -> None:
         new.pop("epochs", None)
         if old != new:
             raise ValueError(f"{run} holds a run with another configuration; choose another --out or delete it")
+    return text
+
+
+def claim_run(run: Path, config: dict) -> None:
+    """Create ``run`` and write ``run/config.json`` (atomically) after :func:`check_run`.
+    Call it once the settings and data have been checked."""
+    run = Path(run)
+    text = check_run(run, config)
     if jax.process_index() == 0:
         run.mkdir(parents=True, exist_ok=True)
-        write_text(f, text)
+        write_text(run / "config.json", text)
 
 
 def resume(ckpt: "Checkpoints", tree: dict, model: nnx.Module, optimizer, metrics_file: Path):

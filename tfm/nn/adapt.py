@@ -14,8 +14,10 @@ on a batch of crops of the user's pairs (on the model's working grid, prepared e
 
 * ``photometric``: ``1 - NCC`` of the reference against the deformed volume warped back by
   the predicted ``u`` (:func:`photometric_loss`; local normalised cross-correlation in
-  Gaussian windows of ``ncc_sigma`` voxels, weighted by the reference's local texture, so
-  background, gain and photobleaching drop out and bead-free regions do not count);
+  Gaussian windows of ``ncc_sigma`` working voxels, weighted by the reference's local
+  texture, so background, gain and photobleaching drop out and bead-free regions do not
+  count), on the working grid: the network's displacement (on the LK grid) is interpolated
+  to the working voxels and pulls the deformed volume back;
 * ``consistency``: the predicted force against the force the constitutive layer implies
   from the predicted displacement (:func:`tfm.nn.physics.implied_force`), relative;
 * ``equilibrium``: net force and torque of the predicted force, relative to its L1 norm;
@@ -25,10 +27,10 @@ on a batch of crops of the user's pairs (on the model's working grid, prepared e
   weights, so adaptation refines the model instead of drifting into a trivial solution
   (the photometric term alone is blind where there are no beads).
 
-The field differentiated is the one ``predict`` returns: the coarse-to-fine pyramid with
-the zero-motion baseline (:func:`pyramid_apply`, the JAX twin of
-:func:`tfm.nn.infer.predict_pyramid`, equal to it on a single tile). The deformed crop is
-read with a margin, so warping never samples outside the data the crop sees.
+The field differentiated is the network's, exactly as ``predict`` runs it: the motion front
+end (:mod:`tfm.nn.flow`, no parameters) measures each pair once, and the network maps crops
+of its LK grid to displacement and force. The deformed crop is read with a margin, so
+warping never samples outside the data the crop sees.
 
 No labelled synthetic batches are mixed in: the anchor keeps what they taught, at none of
 their cost (a labelled batch at the training size costs as much as an adaptation step), and
@@ -61,12 +63,11 @@ from ..learn import config as configs
 from ..learn import loop, store
 from ..learn.optim import OptimConfig, make_optimizer, schedule
 from ..classical.dvc import check_pair
-from ..fields import resample
+from ..fields import gaussian_matrix, resample
 from . import infer, physics
-from .unet3d import blur
 
 MODEL_KIND = "tfm.unet3d"
-MARGIN = 8  # working voxels of deformed-volume context around each crop (a multiple of 2^(levels-1))
+MARGIN = 8  # working voxels of deformed-volume context around each crop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +92,12 @@ class AdaptConfig:
     """Everything that defines an adaptation run besides the pairs and the base model."""
 
     steps: int = 200
-    crop: int = 48  # cubic crops, working voxels (a multiple of the network's factor x 2^(levels-1))
-    batch_size: int = 1
+    crop: int = 16  # cubic crops of the LK grid (a multiple of the network's factor); 2x that in working voxels
+    batch_size: int = 2
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10, weight_decay=0.0)
     loss: AdaptWeights = AdaptWeights()
     ncc_sigma: float = 2.0  # photometric window, working voxels
-    levels: object = "auto"  # pyramid levels, as predict's
-    zero_motion: object = "baseline"  # as predict's
+    levels: object = "auto"  # the motion front end's pyramid, as predict's
     cell_dilate_um: float = 3.0  # sparsity: forces allowed this far from the cell mask
     eval_every: int = 25  # steps between scores on the fixed crops
     eval_crops: int = 4  # fixed crops per pair for the scores
@@ -107,29 +107,19 @@ class AdaptConfig:
     def __post_init__(self):
         configs.check_counts(self, ("steps", "crop", "batch_size", "eval_every", "eval_crops", "checkpoint_every"))
         infer.check_levels(self.levels)
-        if self.zero_motion not in infer.ZERO_MOTION:
-            raise ValueError(f"zero_motion must be one of {infer.ZERO_MOTION}, got {self.zero_motion!r}")
         if not float(self.ncc_sigma) > 0:
             raise ValueError(f"ncc_sigma must be > 0 (voxels), got {self.ncc_sigma}")
         if not float(self.cell_dilate_um) >= 0:
             raise ValueError(f"cell_dilate_um must be >= 0, got {self.cell_dilate_um}")
 
 
-# -- the differentiable pyramid ------------------------------------------------------------
+# -- the differentiable field on the working grid -----------------------------------------------
 
 
-def _down(v, factor: int):
-    """Block mean over ``factor``³ voxels of (N, Z, Y, X, ...) (sizes divisible by it)."""
-    if factor == 1:
-        return v
-    n, z, y, x = v.shape[:4]
-    return v.reshape(n, z // factor, factor, y // factor, factor, x // factor, factor, *v.shape[4:]).mean((2, 4, 6))
-
-
-def _up(field, shape, factor: int):
-    """(N, z, y, x, C) of a level ``factor`` coarser -> (N, *shape, C), trilinear at the fine
-    voxel centres, edge values held (as :func:`tfm.nn.infer.predict_pyramid`)."""
-    coords = jnp.stack(jnp.meshgrid(*[(jnp.arange(n) + 0.5) / factor - 0.5 for n in shape], indexing="ij"), 0)
+def upsample2(field, shape):
+    """(N, z, y, x, C) on the LK grid -> (N, *shape, C) on the working grid (2x finer),
+    trilinear at the working voxel centres, edge values held; differentiable."""
+    coords = jnp.stack(jnp.meshgrid(*[(jnp.arange(n) + 0.5) / 2 - 0.5 for n in shape], indexing="ij"), 0)
 
     def one(f):  # (z, y, x) -> shape
         return jax.scipy.ndimage.map_coordinates(f, list(coords), order=1, mode="nearest")
@@ -139,8 +129,8 @@ def _up(field, shape, factor: int):
 
 def warp(volume, u_vox, margin: int = 0):
     """``volume(x + margin + u(x))`` for (N, Z+2m, Y+2m, X+2m) volumes and (N, Z, Y, X, 3)
-    fields (trilinear, 0 -- the normalised background -- outside): the deformed volume
-    pulled back by ``u``; with ``margin=0`` the JAX twin of :func:`tfm.nn.infer.warp`."""
+    fields in voxels (trilinear, 0 -- the normalised background -- outside): the deformed
+    volume pulled back by ``u``."""
     base = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=u_vox.dtype) + margin for n in u_vox.shape[1:4]], indexing="ij"), -1)
 
     def one(v, u):
@@ -150,40 +140,16 @@ def warp(volume, u_vox, margin: int = 0):
     return jax.vmap(one)(volume, u_vox)
 
 
-def _net(model, r, d, nu, zero_motion):
-    out = model(model.features(r, d, nu))
-    if zero_motion == "baseline":
-        out = out - model(model.features(r, r, nu))
-    elif zero_motion == "odd":
-        out = 0.5 * (out - model(model.features(d, r, nu)))
-    return out
-
-
-def pyramid_apply(model, reference, deformed, poisson_ratio, levels: int, zero_motion="baseline", context=None,
-                  margin: int = 0):
-    """(u_voxels, g) of the coarse-to-fine pyramid for a batch of crops (N, Z, Y, X),
-    differentiable: :func:`tfm.nn.infer.predict_pyramid` on one tile, in JAX. ``context``:
-    the deformed crops with ``margin`` voxels more on every side, used where the finer levels
-    warp (``margin`` divisible by ``2^(levels-1)``)."""
-    shape = reference.shape[1:4]
-    if context is None:
-        context, margin = deformed, 0
-    u = g = None
-    for level in range(levels - 1, -1, -1):
-        f = 2**level
-        r, d = _down(reference, f), _down(deformed, f)
-        if u is not None:
-            d = warp(_down(context, f), _down(u, f) / f if f > 1 else u, margin // f)
-        out = _net(model, r, d, poisson_ratio, zero_motion)
-        du, dg = out[..., :3], out[..., 3:]
-        if f > 1:
-            both = _up(jnp.concatenate([du * f, dg / f], -1), shape, f)
-            du, dg = both[..., :3], both[..., 3:]
-        u, g = (du, dg) if u is None else (u + du, g + dg)
-    return u, g
-
-
 # -- the loss ----------------------------------------------------------------------------------
+
+
+def blur(x, sigma: float):
+    """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded matrix
+    product per axis (normalised convolution at the faces)."""
+    for ax in (1, 2, 3):
+        a = jnp.asarray(gaussian_matrix(x.shape[ax], sigma), x.dtype)
+        x = jnp.moveaxis(jnp.tensordot(a, x, axes=([1], [ax])), 0, ax)
+    return x
 
 
 def photometric_loss(reference, warped, sigma: float = 2.0, eps: float = 1e-4):
@@ -207,23 +173,25 @@ def _param_distance(params, anchor):
     return num / sum(jnp.sum(a**2) for a in jax.tree.leaves(anchor))
 
 
-def adapt_losses(model, batch, anchor, cfg: AdaptConfig, levels: int, law: str):
+def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
     """``(total, terms)`` of the self-supervised objective on a batch (module docstring)."""
     w = cfg.loss
-    u, g = pyramid_apply(model, batch["reference"], batch["deformed"], batch["nu"], levels, cfg.zero_motion,
-                         batch["context"], MARGIN)
-    terms = {"photometric": jnp.mean(photometric_loss(batch["reference"], warp(batch["context"], u, MARGIN), cfg.ncc_sigma))}
+    u, g, g_phys = model.forward(batch["motion"], batch["context"], batch["nu"], batch["rel"],
+                                 need_physics=w.consistency > 0)
+    shape = batch["reference"].shape[1:4]
+    u_w = upsample2(u * batch["to_working"][:, None, None, None, :], shape)  # units of h -> working voxels
+    terms = {"photometric": jnp.mean(photometric_loss(batch["reference"], warp(batch["context_volume"], u_w, MARGIN),
+                                                      cfg.ncc_sigma))}
     n_vox = u.shape[1] * u.shape[2] * u.shape[3]
     sq = lambda x: jnp.sum(x * x, (1, 2, 3, 4))  # noqa: E731
     if w.consistency > 0:
-        g_phys = jax.vmap(lambda uu, nu: physics.implied_force(uu, nu, law))(u, batch["nu"])
         mask = physics.interior_mask(u.shape[1:4], 1, u.dtype)
         den = jax.lax.stop_gradient(sq(mask * g) + sq(mask * g_phys)) + n_vox * w.eps_g**2
         terms["consistency"] = jnp.mean(sq(mask * (g - g_phys)) / den)
     mag = jnp.linalg.norm(g, axis=-1)
     if w.equilibrium > 0:
         scale = jax.lax.stop_gradient(jnp.sum(mag, (1, 2, 3))) ** 2 + (n_vox * w.eps_g) ** 2
-        terms["equilibrium"] = jnp.mean(physics.net_force_and_torque(g) / scale)
+        terms["equilibrium"] = jnp.mean(physics.net_force_and_torque(g, batch["rel"]) / scale)
     if w.sparsity > 0:
         outside = batch["outside"]
         masked = jnp.sum(outside, (1, 2, 3)) < outside[0].size  # a cell mask was given
@@ -235,16 +203,16 @@ def adapt_losses(model, batch, anchor, cfg: AdaptConfig, levels: int, law: str):
     return sum(getattr(w, k) * v for k, v in terms.items()), terms
 
 
-@nnx.jit(static_argnames=("cfg", "levels", "law"))
-def adapt_step(model, optimizer, batch, anchor, cfg, levels, law):
-    (loss, terms), grads = nnx.value_and_grad(lambda m: adapt_losses(m, batch, anchor, cfg, levels, law), has_aux=True)(model)
+@nnx.jit(static_argnames=("cfg",))
+def adapt_step(model, optimizer, batch, anchor, cfg):
+    (loss, terms), grads = nnx.value_and_grad(lambda m: adapt_losses(m, batch, anchor, cfg), has_aux=True)(model)
     optimizer.update(model, grads)
     return loss, terms
 
 
-@nnx.jit(static_argnames=("cfg", "levels", "law"))
-def score_step(model, batch, anchor, cfg, levels, law):
-    return adapt_losses(model, batch, anchor, cfg, levels, law)
+@nnx.jit(static_argnames=("cfg",))
+def score_step(model, batch, anchor, cfg):
+    return adapt_losses(model, batch, anchor, cfg)
 
 
 # -- the pairs ---------------------------------------------------------------------------------
@@ -271,9 +239,10 @@ def _grids(spacing_um, pairs) -> list:
     return [s.spacing_um if isinstance(s, Grid) else s for s in spacing_um]
 
 
-def prepare_pairs(pairs, spacing_um, h_model, cells=None, dilate_um: float = 3.0, crop: int = 48) -> list:
-    """Each pair as the network sees it (:func:`tfm.nn.infer.prepare_pair`) plus the
-    "outside the cell" weight of the sparsity term on the working grid."""
+def prepare_pairs(pairs, spacing_um, net, poisson_ratio: float, cells=None, dilate_um: float = 3.0, crop: int = 16,
+                  levels="auto") -> list:
+    """Each pair as the network sees it (:func:`tfm.nn.infer.prepare`: the working volumes and
+    the measured motion) plus the "outside the cell" weight of the sparsity term on the LK grid."""
     if not pairs:
         raise ValueError("pairs: give at least one (reference, deformed) pair")
     cells = [None] * len(pairs) if cells is None else list(cells)
@@ -285,44 +254,53 @@ def prepare_pairs(pairs, spacing_um, h_model, cells=None, dilate_um: float = 3.0
             ref, dfm, grid, mask = check_pair(ref, dfm, h, cell)
         except ValueError as exc:
             raise ValueError(f"pair {k}: {exc}") from None
-        prep = infer.prepare_pair(ref, dfm, grid, h_model)
-        work = prep["grid"]
-        if min(work.shape) < crop:
-            raise ValueError(f"pair {k}: {work.shape} working voxels ({tuple(h_model)} µm) is smaller than the crop "
-                             f"{crop}; give a smaller crop (a multiple of the network's factor)")
-        outside = np.ones(work.shape, np.float32)
+        prep = infer.prepare(ref, dfm, grid, net, levels)
+        motion, context, rel, h_lk = infer.network_inputs(prep, poisson_ratio, "linear")
+        lk_shape = tuple(max(1, n // 2) for n in prep["work"].shape)
+        if min(lk_shape) < crop:
+            raise ValueError(f"pair {k}: its LK grid {lk_shape} ({tuple(prep['lk'].spacing_um)} µm) is smaller than the "
+                             f"crop {crop}; give a smaller crop (a multiple of the network's factor)")
+        outside = np.ones(motion.shape[:3], np.float32)
         if mask is not None:
-            m = mask if work == grid else resample(mask.astype(np.float32), grid, work) > 0.5
+            inner = Grid(lk_shape, prep["lk"].spacing_um, prep["lk"].origin_um)
+            m = np.zeros(motion.shape[:3], bool)
+            m[tuple(slice(0, n) for n in lk_shape)] = resample(mask.astype(np.float32), grid, inner) > 0.5
             if dilate_um > 0:
-                m = ndimage.binary_dilation(m, iterations=max(1, int(round(dilate_um / float(h_model[0])))))
+                m = ndimage.binary_dilation(m, iterations=max(1, int(round(dilate_um / min(prep["lk"].spacing_um)))))
             outside = (~m).astype(np.float32)
-        out.append({"reference": prep["reference"], "deformed": prep["deformed"], "outside": outside,
+        to_working = (h_lk / (np.asarray(prep["lk"].spacing_um) / 2)).astype(np.float32)
+        out.append({"reference": prep["reference"], "deformed": prep["deformed"], "motion": motion, "context": context,
+                    "rel": rel, "to_working": to_working, "lk_shape": lk_shape, "outside": outside,
                     "hash": content_hash(ref, dfm), "shape": list(ref.shape), "spacing_um": list(grid.spacing_um),
                     "cell": mask is not None})
     return out
 
 
-def crop_batch(prepared, rng: np.random.Generator, n: int, crop: int, augment: bool = True) -> dict:
-    """``n`` random crops (pair, origin, flips drawn from ``rng``): reference, deformed,
-    deformed with ``MARGIN`` voxels of context (0 beyond the volume), outside weight."""
-    out = {"reference": [], "deformed": [], "context": [], "outside": []}
+def crop_batch(prepared, rng: np.random.Generator, n: int, crop: int, nu: float) -> dict:
+    """``n`` random crops of ``crop``³ LK voxels (pair and origin drawn from ``rng``): the
+    network's inputs there, the working-grid reference, the deformed volume with ``MARGIN``
+    working voxels of context (0 beyond the volume), the outside weight. (No flips: the
+    measured motion is tied to the volumes' orientation and to the model's.)"""
+    out = {k: [] for k in ("motion", "context", "outside", "reference", "context_volume", "rel", "to_working")}
+    c2 = 2 * crop
     for _ in range(n):
         p = prepared[int(rng.integers(len(prepared)))]
-        shape = p["reference"].shape
-        o = [int(rng.integers(0, s - crop + 1)) for s in shape]
+        o = [int(rng.integers(0, s - crop + 1)) for s in p["lk_shape"]]
         sl = tuple(slice(a, a + crop) for a in o)
-        ctx = np.zeros((crop + 2 * MARGIN,) * 3, np.float32)
-        src = tuple(slice(max(a - MARGIN, 0), min(a + crop + MARGIN, s)) for a, s in zip(o, shape))
-        dst = tuple(slice(sr.start - (a - MARGIN), sr.stop - (a - MARGIN)) for sr, a in zip(src, o))
+        ow = [2 * a for a in o]
+        slw = tuple(slice(a, a + c2) for a in ow)
+        shape = p["deformed"].shape
+        ctx = np.zeros((c2 + 2 * MARGIN,) * 3, np.float32)
+        src = tuple(slice(max(a - MARGIN, 0), min(a + c2 + MARGIN, s)) for a, s in zip(ow, shape))
+        dst = tuple(slice(sr.start - (a - MARGIN), sr.stop - (a - MARGIN)) for sr, a in zip(src, ow))
         ctx[dst] = p["deformed"][src]
-        arrays = [p["reference"][sl], p["deformed"][sl], ctx, p["outside"][sl]]
-        if augment:
-            for ax in range(3):
-                if rng.random() < 0.5:
-                    arrays = [np.flip(a, ax) for a in arrays]
-        for key, a in zip(out, arrays):
-            out[key].append(np.ascontiguousarray(a, np.float32))
-    return {k: np.stack(v) for k, v in out.items()}
+        for key, v in (("motion", p["motion"][sl]), ("context", p["context"][sl]), ("outside", p["outside"][sl]),
+                       ("reference", p["reference"][slw]), ("context_volume", ctx), ("rel", p["rel"]),
+                       ("to_working", p["to_working"])):
+            out[key].append(np.ascontiguousarray(v, np.float32))
+    batch = {k: np.stack(v) for k, v in out.items()}
+    batch["nu"] = np.full((n,), nu, np.float32)
+    return batch
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -332,16 +310,15 @@ def _to_device(batch: dict) -> dict:
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
-def _scorer(net, prepared, anchor, cfg: AdaptConfig, levels: int, law: str, poisson_ratio: float):
+def _scorer(net, prepared, anchor, cfg: AdaptConfig, poisson_ratio: float):
     """() -> the mean terms over fixed crops of every pair (the same crops at every call)."""
     rng = np.random.default_rng([cfg.seed, 10**6])
-    crops = [crop_batch([p], rng, 1, cfg.crop, augment=False) for p in prepared for _ in range(cfg.eval_crops)]
-    nu = np.full((1,), poisson_ratio, np.float32)
+    crops = [crop_batch([p], rng, 1, cfg.crop, poisson_ratio) for p in prepared for _ in range(cfg.eval_crops)]
 
     def score() -> dict:
         sums = {}
         for c in crops:
-            loss, terms = score_step(net, _to_device({**c, "nu": nu}), anchor, cfg, levels, law)
+            loss, terms = score_step(net, _to_device(c), anchor, cfg)
             for k, v in {"loss": loss, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return {k: v / len(crops) for k, v in sums.items()}
@@ -357,7 +334,7 @@ def _card_markdown(card: dict) -> str:
             f"`tfm adapt` (docs/learned.md, \"Self-supervised adaptation\"), from the base model `{a['base_model']}`.\n\n"
             f"| pair (SHA-256, first 16) | voxels | voxel size (µm) | cell mask |\n|---|---|---|---|\n{rows}\n\n"
             f"- Steps: {a['step']} of {a['total_steps']} (selected: lowest score on the fixed crops), batch "
-            f"{a['config']['batch_size']}, crops of {a['config']['crop']}³ working voxels, peak learning rate "
+            f"{a['config']['batch_size']}, crops of {a['config']['crop']}³ LK voxels, peak learning rate "
             f"{a['config']['optim']['learning_rate']:g}.\n"
             f"- Photometric loss (1 - NCC, fixed crops): {a['photometric_before']:.4f} before, "
             f"{a['photometric_after']:.4f} after.\n"
@@ -366,17 +343,14 @@ def _card_markdown(card: dict) -> str:
 
 
 def _open_base(model, poisson_ratio, cfg: AdaptConfig):
-    """The base model and what the run needs of it: (path, model.json, net, levels, law)."""
+    """The base model: (path, model.json, net)."""
     base_path, desc = store.open_model(infer.DEFAULT_MODEL if model is None else model, MODEL_KIND)
     net = infer.load_model(base_path)
     if not 0 < float(poisson_ratio) < 0.5:
         raise ValueError(f"poisson_ratio must lie in (0, 0.5), got {poisson_ratio}")
-    levels = infer.pyramid_levels((cfg.crop,) * 3, cfg.levels)
-    need = net.config.multiple * 2 ** (levels - 1)
-    if cfg.crop % need:
-        raise ValueError(f"crop must be a multiple of {need} for this model at {levels} pyramid level(s), got {cfg.crop}")
-    law = desc.get("card", {}).get("law", "linear")
-    return base_path, desc, net, levels, law if law in physics.LAWS else "linear"
+    if cfg.crop % net.config.multiple:
+        raise ValueError(f"crop must be a multiple of {net.config.multiple} for this model (LK voxels), got {cfg.crop}")
+    return base_path, desc, net
 
 
 def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, cells=None,
@@ -401,8 +375,8 @@ def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, c
 
     t0 = time.perf_counter()
     cfg = config
-    base_path, desc, net, levels, law = _open_base(model, poisson_ratio, cfg)
-    prepared = prepare_pairs(pairs, spacing_um, np.asarray(net.config.spacing_um), cells, cfg.cell_dilate_um, cfg.crop)
+    base_path, desc, net = _open_base(model, poisson_ratio, cfg)
+    prepared = prepare_pairs(pairs, spacing_um, net, float(poisson_ratio), cells, cfg.cell_dilate_um, cfg.crop, cfg.levels)
     run = Path(out_dir)
     store.claim_run(run, {"adapt": configs.to_dict(cfg), "base_model": str(Path(base_path).resolve()),
                           "pairs": [p["hash"] for p in prepared], "poisson_ratio": float(poisson_ratio),
@@ -411,23 +385,22 @@ def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, c
     spe = min(cfg.eval_every, cfg.steps)
     epochs = -(-cfg.steps // spe)
     optimizer = nnx.Optimizer(net, make_optimizer(cfg.optim, epochs * spe), wrt=nnx.Param)
-    score = _scorer(net, prepared, anchor, cfg, levels, law, float(poisson_ratio))
+    score = _scorer(net, prepared, anchor, cfg, float(poisson_ratio))
     before_file = run / "before.json"
     if before_file.is_file():
         before = json.loads(before_file.read_text())
     else:
         before = score()
         write_text(before_file, json.dumps(before))
-    nu = np.full((cfg.batch_size,), poisson_ratio, np.float32)
     base_card = {k: v for k, v in desc.get("card", {}).items() if k != "adapted"}
 
     def batch_at(s):
-        return {**crop_batch(prepared, np.random.default_rng([cfg.seed, s]), cfg.batch_size, cfg.crop), "nu": nu}
+        return crop_batch(prepared, np.random.default_rng([cfg.seed, s]), cfg.batch_size, cfg.crop, float(poisson_ratio))
 
     def save_best(row, base: bool = False):
         if not base and not row["val"]["loss"] < before["loss"]:
             return  # never worse than the base model on the fixed crops
-        card = {**base_card, "law": law, "spacing_um": list(net.config.spacing_um),
+        card = {**base_card, "spacing_um": list(net.config.spacing_um),
                 "adapted": {"base_model": str(base_path), "base_card": base_card,
                             "pairs": [{k: p[k] for k in ("hash", "shape", "spacing_um", "cell")} for p in prepared],
                             "step": row["step"], "total_steps": epochs * spe, "photometric_before": before["photometric"],
@@ -439,7 +412,7 @@ def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, c
     names = ["loss", "photometric"] + [k for k in ("consistency", "equilibrium", "sparsity", "anchor") if getattr(cfg.loss, k) > 0]
     out = loop.fit(run, net, optimizer, epochs=epochs, steps_per_epoch=spe, checkpoint_every=cfg.checkpoint_every,
                    names=names, batch_at=batch_at,
-                   step=lambda batch, s: adapt_step(net, optimizer, _to_device(batch), anchor, cfg, levels, law),
+                   step=lambda batch, s: adapt_step(net, optimizer, _to_device(batch), anchor, cfg),
                    evaluate=score, learning_rate=schedule(cfg.optim, epochs * spe), save_best=save_best, progress=progress,
                    max_steps=max_steps,
                    epoch_message=lambda r: f"photometric {r['val']['photometric']:.4f} (before {before['photometric']:.4f})")
@@ -451,5 +424,5 @@ def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, c
     if (model_dir / "model.json").is_file():
         after = store.read_description(model_dir)["card"]["adapted"]["photometric_after"]
     return {**out, "photometric_before": before["photometric"], "photometric_after": after,
-            "model_dir": str(model_dir) if after is not None else None, "levels": levels,
+            "model_dir": str(model_dir) if after is not None else None,
             "seconds_total": time.perf_counter() - t0}

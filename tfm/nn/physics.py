@@ -14,14 +14,21 @@ force as ``g = f h / E``, so one compilation serves every stiffness and voxel si
 
 Losses (per sample, then averaged over the batch; ``n`` voxels, floors ``eps``)
 ---------------------------------------------------------------------------------
-* ``displacement``: ``sum |u - u*|^2 / (sum |u*|^2 + n eps_u^2)``
-* ``force``: ``sum |g - g*|^2 / (sum |g*|^2 + n eps_g^2)``
+* ``displacement``: ``sum |u - u*|^2 / (sum |u* - mean u*|^2 + n eps_u^2)`` (relative to the
+  field's variation: a drift of the whole stack, which the network reports and
+  :func:`tfm.nn.infer.predict` removes afterwards, would otherwise dwarf the cell's field)
+* ``force``: ``sum |B_k (g - g*)|^2 / (sum |B_k g*|^2 + n_k eps_g^2)`` averaged over box means
+  ``B_k`` of k³ voxels, k = 1, 2, 4: the force right voxel by voxel and on the coarser scales
+  a force map is read at (and where a cell's force, spread over its surface, is robust)
 * ``consistency``: ``sum_interior |g - G(u)|^2 / (same denominator)``, where ``G`` is the
   constitutive layer: the predicted force must be the one the predicted displacement
   implies. Away from the cell it demands ``G(u) = 0`` -- the Navier equations of a
   force-free matrix -- which is what smooths u where there are no beads to follow.
-* ``equilibrium``: ``(|sum g|^2 + |sum (x - c) x g|^2 / R^2) / (sum |g*|)^2``: a cell
-  exerts no net force and no net torque on its matrix.
+* ``moments``: ``(|sum dg|^2 + |sum (x - c) dg^T|^2 / R^2) / (sum |g*|)^2`` of the force
+  error ``dg = g - g*``: its net force and its first moment (the force dipole -- whose trace
+  is the contractility and whose antisymmetric part the torque) must vanish. On a crop that
+  holds the whole cell this is the equilibrium of the predicted force (``g*`` has none);
+  unlike a plain equilibrium term it is also right on crops that cut through a cell.
 
 Relative normalisation keeps weak and strong cells equally weighted; the floors
 (``eps_u = 0.01`` voxel, ``eps_g = 1e-3``) stop samples with no measurable motion from
@@ -47,8 +54,8 @@ class LossWeights:
 
     displacement: float = 1.0  # supervised u
     force: float = 1.0  # supervised f
-    consistency: float = 0.1  # f vs the force the constitutive layer implies from u
-    equilibrium: float = 0.01  # net force and torque of f
+    consistency: float = 0.01  # f vs the force the constitutive layer implies from u
+    moments: float = 0.1  # net force and first moments (force dipole: contractility, torque) of the force error
     eps_u: float = 0.01  # floor of the displacement normalisation, voxels
     eps_g: float = 1e-3  # floor of the force normalisation, f h / E
 
@@ -58,21 +65,30 @@ class LossWeights:
                 raise ValueError(f"LossWeights.{f.name} must be >= 0, got {getattr(self, f.name)}")
 
 
-def implied_force(u_voxels, poisson_ratio, law: str = "linear"):
-    """Constitutive layer: ``g = f h / E`` implied by ``u`` (voxels) on a unit-spaced grid.
+def implied_force(u, poisson_ratio, law: str = "linear", spacing=(1.0, 1.0, 1.0)):
+    """Constitutive layer: ``g = f h / E`` implied by ``u`` (in units of ``h``) on a grid of
+    voxel size ``spacing`` (in units of ``h``, e.g. the anisotropic LK grid; may be traced).
 
     Args:
-      u_voxels: (Z, Y, X, 3) displacement in voxels (isotropic voxels).
+      u: (Z, Y, X, 3) displacement in units of ``h``.
       poisson_ratio: scalar (may be traced).
       law: "linear" or "neo-hookean".
+      spacing: (3,) voxel size over ``h``.
 
     Returns (Z, Y, X, 3); only interior voxels (not on a face) are meaningful.
     """
     if law not in LAWS:
         raise ValueError(f"law must be one of {LAWS}, got {law!r}")
-    moduli = jnp.stack(lame_parameters(1.0, jnp.asarray(poisson_ratio, u_voxels.dtype))).astype(u_voxels.dtype)  # / E
-    scale = jnp.ones(tuple(n - 1 for n in u_voxels.shape[:3]), u_voxels.dtype)
-    return jax.grad(energy)(u_voxels, scale, None, None, moduli, law, (1.0, 1.0, 1.0))
+    moduli = jnp.stack(lame_parameters(1.0, jnp.asarray(poisson_ratio, u.dtype))).astype(u.dtype)  # / E
+    scale = jnp.ones(tuple(n - 1 for n in u.shape[:3]), u.dtype)
+    spacing = jnp.asarray(spacing, u.dtype)
+    return jax.grad(energy)(u, scale, None, None, moduli, law, spacing) / (spacing[0] * spacing[1] * spacing[2])
+
+
+def implied_force_batch(u, poisson_ratio, spacing, law: str = "linear"):
+    """:func:`implied_force` over a batch (N, Z, Y, X, 3), per sample its Poisson ratio (N,)
+    and voxel size (N, 3), one ``law`` for all."""
+    return jax.vmap(lambda uu, nu, h: implied_force(uu, nu, law, h))(u, poisson_ratio, spacing)
 
 
 def interior_mask(shape, margin: int = 1, dtype=jnp.float32):
@@ -82,36 +98,80 @@ def interior_mask(shape, margin: int = 1, dtype=jnp.float32):
     return m.at[sl].set(1)[..., None]
 
 
+FORCE_SCALES = (1, 2, 4)  # the force loss compares box means over k³ voxels for each k here
+
+
+def _pool(x, k: int):
+    """Box means over k³ voxels of (N, Z, Y, X, C) (the sizes cropped to a multiple of k)."""
+    if k == 1:
+        return x
+    n, z, y, xx, c = x.shape
+    z, y, xx = z // k, y // k, xx // k
+    return x[:, : z * k, : y * k, : xx * k].reshape(n, z, k, y, k, xx, k, c).mean((2, 4, 6))
+
+
 def _sq(x, axes=(1, 2, 3, 4)):
     return jnp.sum(x * x, axis=axes)
 
 
-def net_force_and_torque(g):
-    """``|sum g|^2 + |sum (x - c) x g|^2 / R^2`` per sample of (N, Z, Y, X, 3) forces (voxel
-    units, ``c`` the box centre, ``R`` its half-diagonal): zero for a cell in equilibrium."""
+def net_force_and_torque(g, spacing=None):
+    """``|sum g|^2 + |sum (x - c) x g|^2 / R^2`` per sample of (N, Z, Y, X, 3) forces (``c``
+    the box centre, ``R`` its half-diagonal; positions in units of ``h`` with ``spacing``
+    (N, 3) the voxel size, or voxels): zero for a cell in equilibrium."""
     shape = g.shape[1:4]
     x = jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=g.dtype) for s in shape], indexing="ij"), -1)
     x = x - jnp.asarray([(s - 1) / 2 for s in shape], g.dtype)
-    radius2 = sum((s / 2) ** 2 for s in shape)
+    h = jnp.ones((g.shape[0], 3), g.dtype) if spacing is None else jnp.asarray(spacing, g.dtype)
+    x = x[None] * h[:, None, None, None, :]
+    radius2 = jnp.sum((h * jnp.asarray(shape, g.dtype) / 2) ** 2, -1)
     net = jnp.sum(g, axis=(1, 2, 3))
     torque = jnp.sum(jnp.cross(jnp.broadcast_to(x, g.shape), g), axis=(1, 2, 3))
     return jnp.sum(net**2, -1) + jnp.sum(torque**2, -1) / radius2
 
 
-def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, weights: LossWeights, law: str = "linear"):
-    """All loss terms for a batch (N, Z, Y, X, 3) in voxel / dimensionless units.
+def force_moments(g, spacing=None):
+    """``|sum g|^2 + |sum (x - c) g^T|^2 / R^2`` per sample of (N, Z, Y, X, 3) forces: the net
+    force and the full first moment (the force dipole, of which the contractility is the
+    trace and the torque the antisymmetric part); ``c``, ``R``, ``spacing`` as in
+    :func:`net_force_and_torque`."""
+    shape = g.shape[1:4]
+    x = jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=g.dtype) for s in shape], indexing="ij"), -1)
+    x = x - jnp.asarray([(s - 1) / 2 for s in shape], g.dtype)
+    h = jnp.ones((g.shape[0], 3), g.dtype) if spacing is None else jnp.asarray(spacing, g.dtype)
+    x = x[None] * h[:, None, None, None, :]
+    radius2 = jnp.sum((h * jnp.asarray(shape, g.dtype) / 2) ** 2, -1)
+    net = jnp.sum(g, axis=(1, 2, 3))
+    dipole = jnp.einsum("nzyxi,nzyxj->nij", jnp.broadcast_to(x, g.shape), g)
+    return jnp.sum(net**2, -1) + jnp.sum(dipole**2, (-2, -1)) / radius2
+
+
+def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, spacing, weights: LossWeights, mask=None, g_phys=None):
+    """All loss terms for a batch (N, Z, Y, X, 3) in units of ``h`` and ``E / h``; per
+    sample its Poisson ratio (N,) and voxel size over ``h`` (N, 3); ``mask`` (N, Z, Y, X): 1
+    where the sample is (0 in padding); ``g_phys``: the constitutive layer's force for
+    ``u_pred`` when already computed (linear law).
 
     Returns ``(total, terms)``; ``terms`` maps each name to its batch mean."""
-    n_vox = u_true.shape[1] * u_true.shape[2] * u_true.shape[3]
-    den_u = _sq(u_true) + n_vox * weights.eps_u**2
-    den_g = _sq(g_true) + n_vox * weights.eps_g**2
-    terms = {"displacement": jnp.mean(_sq(u_pred - u_true) / den_u), "force": jnp.mean(_sq(g_pred - g_true) / den_g)}
+    m = jnp.ones(u_true.shape[:4], u_true.dtype) if mask is None else mask
+    m = m[..., None]
+    n_vox = jnp.sum(m, axis=(1, 2, 3, 4))
+    # relative to the field's variation over the crop, not its mean (a drift of the stack,
+    # which the images show and the network reports, would otherwise dwarf the cell's field)
+    mean_u = jnp.sum(m * u_true, axis=(1, 2, 3), keepdims=True) / n_vox[:, None, None, None, None]
+    den_u = _sq(m * (u_true - mean_u)) + n_vox * weights.eps_u**2
+    den_g = _sq(m * g_true) + n_vox * weights.eps_g**2
+    terms = {"displacement": jnp.mean(_sq(m * (u_pred - u_true)) / den_u),
+             "force": jnp.mean(sum(_sq(_pool(m * (g_pred - g_true), k)) / (_sq(_pool(m * g_true, k)) + n_vox / k**3 * weights.eps_g**2)
+                                   for k in FORCE_SCALES) / len(FORCE_SCALES))}
     if weights.consistency > 0:
-        g_phys = jax.vmap(lambda u, nu: implied_force(u, nu, law))(u_pred, poisson_ratio)
-        mask = interior_mask(u_true.shape[1:4], 1, u_true.dtype)
-        terms["consistency"] = jnp.mean(_sq(mask * (g_pred - g_phys)) / den_g)
-    if weights.equilibrium > 0:
-        scale = jnp.sum(jnp.linalg.norm(g_true, axis=-1), axis=(1, 2, 3)) ** 2 + (n_vox * weights.eps_g) ** 2
-        terms["equilibrium"] = jnp.mean(net_force_and_torque(g_pred) / scale)
+        if g_phys is None:
+            g_phys = implied_force_batch(u_pred, poisson_ratio, spacing)
+        inner = m * interior_mask(u_true.shape[1:4], 1, u_true.dtype)
+        for ax in (1, 2, 3):  # not next to padding either
+            inner = inner * jnp.roll(m, 1, ax) * jnp.roll(m, -1, ax)
+        terms["consistency"] = jnp.mean(_sq(inner * (g_pred - g_phys)) / den_g)
+    if weights.moments > 0:
+        scale = jnp.sum(m[..., 0] * jnp.linalg.norm(g_true, axis=-1), axis=(1, 2, 3)) ** 2 + (n_vox * weights.eps_g) ** 2
+        terms["moments"] = jnp.mean(force_moments(m * (g_pred - g_true), spacing) / scale)
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return total, terms

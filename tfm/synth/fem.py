@@ -81,11 +81,15 @@ class FEMConfig:
     # give up beyond this many Newton iterations in all (a failing solve otherwise retries up
     # to 64 load steps x 25 iterations; measured: one such sample held `tfm synth` > 10 min)
     newton_budget: int = 300
+    # and beyond this many conjugate-gradient iterations in all (Newton steps near a failing
+    # load each ran up to `maxiter` CG iterations: one acquisition-preset sample held
+    # `tfm synth` over 20 min within the Newton budget; the slowest of 205 that converged took 2,055)
+    cg_budget: int = 4000
 
     def __post_init__(self):
         if not 0 < self.rtol < 1:
             raise ValueError(f"rtol must lie in (0, 1), got {self.rtol}")
-        for name in ("maxiter", "newton_maxiter", "load_steps", "max_load_steps", "newton_budget"):
+        for name in ("maxiter", "newton_maxiter", "load_steps", "max_load_steps", "newton_budget", "cg_budget"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -173,7 +177,7 @@ def energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
         else:
             he = jnp.einsum("...ij,...jk->...ik", h - eps_e, fstar_inv)  # F_e - I, no cancellation
             w = w + fstar_det * density(he, lam, mu)
-    e = float(np.prod(spacing)) / 8.0 * jnp.sum(scale_e * w)
+    e = spacing[0] * spacing[1] * spacing[2] / 8.0 * jnp.sum(scale_e * w)  # spacing may be traced
     if f_ext is not None:
         e = e - jnp.sum(f_ext * u)
     return e
@@ -478,6 +482,9 @@ def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
             if info["newton_iterations"] > config.newton_budget:
                 raise ConvergenceError(f"neo-Hookean solve failed: more than {config.newton_budget} Newton iterations "
                                        f"(newton_budget) at load factor {t:.3f}; the load is too large for the matrix")
+            if info["cg_iterations"] > config.cg_budget:
+                raise ConvergenceError(f"neo-Hookean solve failed: more than {config.cg_budget} conjugate-gradient "
+                                       f"iterations (cg_budget) at load factor {t:.3f}; the load is too large for the matrix")
             e0 = float(_total_energy(u_try, t, *args, mp, law, spacing))
             slope = -float(jnp.vdot(r, du))  # directional derivative of the energy along du
             # Energy differences near convergence fall below float32 resolution: there a
