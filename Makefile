@@ -43,7 +43,6 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.dvc --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.synth --out benchmarks/results
 	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
-	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results --test acquisition --report dl_acquisition --sizes 64,128 --no-fmtrack
 	$(PY) -m benchmarks.stiffness --out benchmarks/results --search-trials 10
 	$(PY) -m benchmarks.adapt --out benchmarks/results
 	$(PY) -m benchmarks.make_docs

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: machine description, report writing and
 one-measurement-per-process runs, and the error measures the accuracy benchmarks share."""
 
+import importlib.util
 import json
 import os
 import platform
@@ -26,6 +27,15 @@ def write_report(out, name: str, report: dict, markdown: str) -> None:
     write_text(out / f"{name}.json", json.dumps(jsonable(report), indent=2, allow_nan=False))
     write_text(out / f"{name}.md", markdown)
     print(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+def example(name: str):
+    """The module examples/NAME.py, imported by file (the examples are scripts, not a
+    package); benchmarks reuse their loaders and comparisons instead of copying them."""
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def peak_rss_mb() -> float:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, peak_rss_mb, rel_l2, rms, run_one_size, score_at_dvc, score_on_own_grid, truth_at_dvc, write_report
+from .common import example, machine, peak_rss_mb, rel_l2, rms, run_one_size, score_at_dvc, score_on_own_grid, truth_at_dvc, write_report
 from .peers import saenopy_raw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,8 +219,7 @@ def fmtrack_one(model_dir, method: str) -> dict:
     import tfm
     from tfm import io
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    from fmtrack_classical import load_pair
+    load_pair = example("fmtrack_classical").load_pair
 
     ref, dfm, mask, grid = load_pair(FMTRACK, None)
     gel = tfm.LinearElastic(1000.0, 0.45)
@@ -248,9 +247,8 @@ def fmtrack(model_dir) -> dict:
     """Both methods on the FM-Track pair (each in its own fresh process), then their agreement."""
     from tfm import io
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    from fmtrack_classical import load_pair
-    from fmtrack_dl import compare
+    load_pair = example("fmtrack_classical").load_pair
+    compare = example("fmtrack_dl").compare
 
     rep = {m: run_one_size("dl_vs_classical", "fmtrack", "--method", m, *(["--model", model_dir] if model_dir else []))
            for m in ("classical", "dl")}

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 SECTIONS = [("dl_vs_classical.md", "python -m benchmarks.dl_vs_classical"), ("dvc.md", "python -m benchmarks.dvc"), ("fttc.md", "python -m benchmarks.fttc"),
-            ("inverse.md", "python -m benchmarks.inverse"), ("dl_acquisition.md", "python -m benchmarks.dl_vs_classical --test acquisition"),
+            ("inverse.md", "python -m benchmarks.inverse"),
             ("synth.md", "python -m benchmarks.synth"), ("stiffness.md", "python -m benchmarks.stiffness"),
             ("adapt.md", "python -m benchmarks.adapt")]
 

@@ -26,48 +26,54 @@ DEST = ROOT / "tfm" / "nn" / "weights" / "default"
 
 def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_command: str, benches: list) -> str:
     best = min(rows, key=lambda r: r["val"]["loss"])
-    optim = train_cfg.get("optim", train_cfg)  # runs before the house move kept these at top level
-    c = desc["card"]
+    optim = train_cfg.get("optim", train_cfg)
+    c, cfg = desc["card"], desc["config"]
+    flow = cfg.get("flow", {})
     L = ["# Model card: tfm default 3D force network", "",
-         "Physics-informed 3D U-Net: bead volume pair -> displacement (µm) and body-force density (pN/µm³). "
-         "See docs/learned.md for the method.", "",
+         "Bead volume pair -> displacement (µm) and body-force density (pN/µm³): a parameter-free coarse-to-fine "
+         "Lucas-Kanade front end measures the motion, a physics-informed network (linear in that motion, the "
+         "constitutive law in its forward pass) turns it into displacement and force. See docs/learned.md.", "",
          "## Intended use and limits", "",
-         "- Bead volume pairs of a cell in a soft, homogeneous, isotropic gel (E 100 Pa - 10 kPa, ν 0.3-0.48), "
-         "imaged with a confocal-like PSF elongated along z, at any voxel size: stacks are anti-aliased and resampled "
-         f"to the model's working grid of {c.get('spacing_um')} µm voxels, and the output has that resolution.",
-         f"- Trained on synthetic data only ({', '.join(map(str, c.get('data_spacing_um', [c.get('spacing_um')])))} µm "
-         "voxels; the data recipe below). Outside that range -- other optics, bead sizes, noise -- fine-tune it on your own "
-         "pairs with `tfm adapt`, and compare with the classical pipeline on a pair first (docs/learned.md shows how on "
-         "the FM-Track stacks).",
-         "- Drift is removed from the predicted field as the DVC removes it (`drift=\"auto\"`).", "",
+         "- Bead volume pairs of a cell in a soft, homogeneous, isotropic gel (E 100 Pa - 10 kPa, ν 0.3-0.48), imaged "
+         "with a PSF elongated along z. The stacks keep their own voxels, coarsened along an axis only where finer than "
+         f"{cfg.get('spacing_um')} µm (the working grid); the fields come out on the network's grid, 2 working voxels "
+         "per step (e.g. 1.6 x 1.2 x 1.2 µm for a confocal stack of 0.8 x 0.3 x 0.3 µm voxels).",
+         f"- Trained on synthetic data only ({'; '.join(' x '.join(f'{h:g}' for h in sp) for sp in c.get('data_spacing_um', []))} "
+         "µm voxels; the data recipe below). Outside that range -- other optics, bead sizes, noise -- fine-tune it on "
+         "your own pairs with `tfm adapt`, and compare with the classical pipeline on a pair first (docs/learned.md shows "
+         "how on the FM-Track stacks).",
+         "- An identical pair gives exactly zero displacement and force; the stacks' drift is taken out of the measured motion before the network, as "
+         "the DVC removes it (`drift=\"auto\"`).", "",
          "## Training data", "",
          f"- Files: {', '.join(Path(p).name for p in c.get('data', []))} ({c.get('train_samples')} training and "
-         f"{c.get('val_samples')} validation samples, seeded split).",
-         f"- Generated with: `{data_command}`" if data_command else "- Generated with `tfm synth` (defaults).",
-         f"- Matrix law: {c.get('law')}; voxel size {c.get('spacing_um')} µm.", "",
+         f"{c.get('val_samples')} validation samples, seeded split); matrix laws: {', '.join(c.get('laws', []))}.",
+         f"- Generated with: `{data_command}`" if data_command else "- Generated with `tfm synth`.", "",
          "## Training", "",
-         f"- Command: `{command}`" if command else "",
-         f"- Architecture: widths {desc['config']['widths']}, {desc['config']['convs_per_level']} convolutions per level, "
-         f"stem {desc['config'].get('stem', 1)} (2 = U-Net at half resolution, pixel-shuffle output), Lucas-Kanade windows "
-         f"{desc['config'].get('lk_sigmas', [2.0, 4.0])} voxels.",
-         f"- Optimiser {optim['optimizer']}, peak learning rate {optim['learning_rate']}, warm-up "
-         f"{optim['warmup_steps']} steps, cosine decay, batch {train_cfg['batch_size']}, {train_cfg['epochs']} epochs; "
-         f"loss weights {train_cfg['loss']}.",
+         f"- Command: `{command}`" if command else None,
+         f"- Architecture: gated two-stream U-Net, widths {cfg['widths']}, {cfg['convs_per_level']} convolutions per "
+         f"level, at half the LK grid's resolution (space-to-depth in, pixel shuffle out); constitutive layer in the "
+         f"forward pass: {'yes' if cfg.get('physics_forward', True) else 'no'}; motion front end {flow or 'defaults'}.",
+         f"- Optimiser {optim['optimizer']}, peak learning rate {optim['learning_rate']}, warm-up {optim['warmup_steps']} "
+         f"steps, cosine decay, batch {train_cfg['batch_size']}, crops {train_cfg.get('crop')} LK voxels, "
+         f"{train_cfg['epochs']} epochs; loss weights {train_cfg['loss']}.",
          f"- Selected: epoch {best['epoch']} (step {best['step']}) of {len(rows)}, lowest validation loss "
-         f"{best['val']['loss']:.4f}; validation relative L2 error (voxel level, mean over samples) u {best['val']['rel_u']:.3f}, f {best['val']['rel_f']:.3f}.",
-         f"- Machine: {c.get('machine', 'the project CPU machine (2 cores)')}; {sum(r['seconds'] for r in rows) / 60:.0f} min of training.", "",
+         f"{best['val']['loss']:.4f}; validation relative L2 error on the LK grid (mean over samples) u "
+         f"{best['val']['rel_u']:.3f} (of the field's variation), f {best['val']['rel_f']:.3f} (mean over box sizes 1, 2, 4).",
+         f"- Machine: {c.get('machine', 'the project CPU machine (2 cores)')}; "
+         f"{sum(r['seconds'] for r in rows) / 60:.0f} min of training.", "",
          "| epoch | train loss | val loss | val rel. err. u | val rel. err. f |", "|---|---|---|---|---|"]
     for r in rows:
         L.append(f"| {r['epoch']} | {r['train']['loss']:.4f} | {r['val']['loss']:.4f} | {r['val']['rel_u']:.3f} | {r['val']['rel_f']:.3f} |")
     for b in benches:
         s = b["summary"]
-        L += ["", f"## Held-out benchmark (benchmarks/dl_vs_classical.py, `{b['command'].split('dl_vs_classical', 1)[-1].strip()}`)", "",
-              f"Test set `{Path(b['test_set']).name}` ({s['n']} samples, unseen seed). Medians (means):", "",
-              "| method | force rel. L2 (DVC grid) | contractility rel. error | displacement RMS error (µm) |", "|---|---|---|---|"]
+        L += ["", f"## Held-out benchmark (`{b['command']}`)", "",
+              f"{s['n']} held-out pairs (unseen seeds; {', '.join(s['by_set'])}). Medians (means):", "",
+              "| method | displacement RMS error at the DVC points (µm) | force rel. L2 (DVC grid) | contractility rel. error |",
+              "|---|---|---|---|"]
         for m in ("dl", "classical"):
             r = s[m]
-            L.append(f"| {m} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | {r['contractility_rel_error']:.3f} "
-                     f"({r['mean_contractility_rel_error']:.3f}) | {r['u_rms_error_um']:.4f} |")
+            L.append(f"| {m} | {r['u_rms_error_um']:.4f} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | "
+                     f"{r['contractility_rel_error']:.3f} ({r['mean_contractility_rel_error']:.3f}) |")
     return "\n".join(line for line in L if line is not None) + "\n"
 
 

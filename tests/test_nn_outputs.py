@@ -60,36 +60,41 @@ def test_uniform_five_voxel_shift_is_recovered_and_removed_as_drift(model, posit
 SHIFT_TOLERANCE = 0.03  # µm (= voxels here)
 
 
-def _sphere(positions, reach):
-    """An Eshelby sphere (a = 6 voxels) whose surface moves ``reach`` voxels inward."""
-    c = np.asarray(GRID.center_um())
-    s0 = tfm.analytic.EshelbySphere(6.0, -0.05, tuple(c), MAT)
-    peak = np.linalg.norm(np.asarray(s0.sample(GRID)), axis=-1).max()
-    sph = tfm.analytic.EshelbySphere(6.0, -0.05 * reach / peak, tuple(c), MAT)
-    ref, dfm = beads.render_pair(GRID, positions, sph.displacement, PSF)
+def _sphere(positions, reach, grid=GRID, radius=6.0):
+    """An Eshelby sphere (radius in voxels) whose surface moves ``reach`` voxels inward."""
+    c = np.asarray(grid.center_um())
+    s0 = tfm.analytic.EshelbySphere(radius, -0.05, tuple(c), MAT)
+    peak = np.linalg.norm(np.asarray(s0.sample(grid)), axis=-1).max()
+    sph = tfm.analytic.EshelbySphere(radius, -0.05 * reach / peak, tuple(c), MAT)
+    ref, dfm = beads.render_pair(grid, positions, sph.displacement, PSF)
     return ref, dfm, sph
 
 
-def test_eshelby_sphere_reaching_three_voxels(model, positions):
-    """The Eshelby sphere's surface moves 3 voxels inward: 1 to 3 radii from the centre the
-    RMS displacement error is below ESHELBY_TOLERANCE of the RMS |u| there with the motion
-    front end's pyramid, and worse with the working grid alone (levels=1, the ablation)."""
-    ref, dfm, sph = _sphere(positions, 3.0)
+def test_eshelby_sphere_reaching_three_voxels(model):
+    """An Eshelby sphere (a = 10 voxels, 64³ voxels of 1 µm) whose surface moves 3 voxels
+    inward: 1 to 3 radii from the centre the RMS displacement error is below
+    ESHELBY_TOLERANCE of the RMS |u| there with the motion front end's pyramid, and clearly
+    worse with the working grid alone (levels=1, the ablation). (A sphere of 6 voxels
+    reaching 3 -- a strain of 100 % at its surface -- is not resolved by the 2 µm LK grid of
+    1 µm input voxels: 0.61 with the pyramid.)"""
+    grid = tfm.Grid((64, 64, 64), 1.0)
+    positions = beads.random_positions(grid, 0.025, np.random.default_rng(64), margin_um=6.0)
+    ref, dfm, sph = _sphere(positions, 3.0, grid, 10.0)
     err = {}
     for levels in ("auto", 1):
-        res = infer.predict(ref, dfm, GRID, MAT, model=model, progress=False, drift=None, levels=levels)
+        res = infer.predict(ref, dfm, grid, MAT, model=model, progress=False, drift=None, levels=levels)
         truth = np.asarray(sph.sample(res.grid))
-        r = np.linalg.norm(res.grid.coordinates_um() - np.asarray(GRID.center_um()), axis=-1)
-        near = (r > 6.0) & (r < 18.0)
+        r = np.linalg.norm(res.grid.coordinates_um() - np.asarray(grid.center_um()), axis=-1)
+        near = (r > 10.0) & (r < 30.0)
         scale = np.sqrt(np.mean(np.sum(truth**2, -1)[near]))
         err[levels] = np.sqrt(np.mean(np.sum((res.displacement - truth) ** 2, -1)[near])) / scale
     assert res.info["levels"] == 1
-    assert err["auto"] < ESHELBY_TOLERANCE and err["auto"] < 0.9 * err[1], err
+    assert err["auto"] < ESHELBY_TOLERANCE and err["auto"] < 0.7 * err[1], err
     with pytest.raises(ValueError, match="levels must be one of"):
-        infer.predict(ref, dfm, GRID, MAT, model=model, progress=False, levels=0)
+        infer.predict(ref, dfm, grid, MAT, model=model, progress=False, levels=0)
 
 
-ESHELBY_TOLERANCE = 0.3
+ESHELBY_TOLERANCE = 0.25  # measured 0.18 with the shipped model (0.37 at levels=1)
 
 
 def test_blank_and_constant_volumes_are_refused(model, positions):

@@ -85,7 +85,9 @@ class Result:
 
     def contractility(self, mask=None, center_um=None) -> float:
         """Force projected on the direction to ``center_um`` (default: the force
-        centroid), summed, pN. Positive for a contractile cell."""
+        centroid), summed, pN. Positive for a contractile cell; 0 for a zero force field."""
+        if center_um is None and not np.any(self._need_force() * self._weights(mask)[..., None]):
+            return 0.0
         c = self.force_centroid_um(mask) if center_um is None else np.asarray(center_um, float)
         d = c - self.grid.coordinates_um()
         n = np.linalg.norm(d, axis=-1, keepdims=True)

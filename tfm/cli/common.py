@@ -55,7 +55,8 @@ def add_force_args(p: argparse.ArgumentParser, method_option: str = "--method") 
                    help="auto (inverse: discrepancy principle; fttc: GCV), gcv or lcurve (fttc), or a fixed alpha >= 0 "
                    "(default auto)")
     p.add_argument("--noise-um", type=float, help="inverse: displacement noise, µm per component (default: estimated from the data)")
-    p.add_argument("--support-um", type=float, help="inverse: forces only within this distance of the cell, µm (needs the cell)")
+    p.add_argument("--support-um", type=float, help="inverse and dl: forces only within this distance of the cell, µm "
+                   "(needs the cell; dl default 4)")
     p.add_argument("--penalty", choices=("l1", "l2", "elastic-net"), help="inverse: penalty of the force (default l1)")
 
 

@@ -41,7 +41,7 @@ def _check_method_options(args) -> None:
         unused = [o for o, v in (("--windows", args.windows), ("--overlap", args.overlap != 0.5),
                                  ("--regularization", args.regularization != "auto"),
                                  ("--force-method", args.force_method != "inverse"), ("--noise-um", args.noise_um),
-                                 ("--support-um", args.support_um), ("--penalty", args.penalty),
+                                 ("--penalty", args.penalty),
                                  ("--target-beads", args.target_beads != 8.0), ("--output-spacing-um", args.output_spacing_um))
                   if v]
         if unused:
@@ -56,7 +56,7 @@ def run(args) -> int:
 
     _check_method_options(args)
     force_options = common.force_options(args) if args.method == "classical" else None
-    if force_options and force_options.get("support_um") is not None and not args.cell:
+    if args.support_um is not None and not args.cell:
         raise common.UsageError("--support-um needs --cell (forces are kept within that distance of the cell)")
     law = NeoHookean if args.material == "neo-hookean" else LinearElastic
     material = law(args.youngs_modulus_pa, args.poisson_ratio)
@@ -66,7 +66,8 @@ def run(args) -> int:
                          progress=common.progress(args), dvc_options=options, model=args.model,
                          dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
                                      "levels": "auto" if args.levels in (None, "auto") else int(args.levels),
-                                     "output_grid": args.output_grid},
+                                     "output_grid": args.output_grid,
+                                     **({"support_um": args.support_um} if args.support_um is not None else {})},
                          force_method=args.force_method,
                          force_options=force_options)
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)

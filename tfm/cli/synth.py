@@ -39,6 +39,15 @@ def add_parser(sub) -> None:
     y.add_argument("--bead-density", type=float, nargs=2, metavar=("LO", "HI"), help="beads per µm³ (default 0.015 0.04)")
     y.add_argument("--cell-radius-um", type=float, nargs=2, metavar=("LO", "HI"), help="cell body radius range, µm (default 3 6)")
     y.add_argument("--contraction", type=float, nargs=2, metavar=("LO", "HI"), help="eigenstrain range (default 0.02 0.15)")
+    y.add_argument("--photons", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="camera counts at a bead's peak, log-uniform (photon noise; default 60 600)")
+    y.add_argument("--read-noise", type=float, help="camera read noise relative to a bead's peak (default 0.02)")
+    y.add_argument("--bleaching", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="mean fractional brightness loss of the deformed stack (default 0 0.15)")
+    y.add_argument("--youngs-modulus-pa", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="matrix Young's modulus range, Pa, log-uniform (default 100 10000)")
+    y.add_argument("--protrusions", type=int, nargs=2, metavar=("LO", "HI"),
+                   help="number of protrusions (branches) per cell, inclusive range (default 0 4)")
     y.add_argument("--drift-um", type=float, nargs=2, metavar=("LO", "HI"),
                    help="rigid shift of the deformed stack, µm, random direction (default 0 0)")
     y.add_argument("--axial-scale", type=float, nargs=2, metavar=("LO", "HI"),
@@ -68,7 +77,16 @@ def config_from_args(args):
             bead_kw[key] = opts[key]
     if opts.get("bead_density"):
         bead_kw["density_per_um3"] = tuple(opts["bead_density"])
+    for key, field in (("photons", "photons"), ("bleaching", "bleaching")):
+        if opts.get(key):
+            bead_kw[field] = tuple(opts[key])
+    if opts.get("read_noise") is not None:
+        bead_kw["read_noise"] = opts["read_noise"]
     cell_kw = {}
+    if opts.get("youngs_modulus_pa"):
+        cell_kw["youngs_modulus_pa"] = tuple(opts["youngs_modulus_pa"])
+    if opts.get("protrusions"):
+        cell_kw["protrusions"] = tuple(opts["protrusions"])
     if opts.get("cell_radius_um"):
         cell_kw["radius_um"] = tuple(opts["cell_radius_um"])
     if opts.get("contraction"):

@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     n.add_argument("--w-consistency", type=float, default=0.01, help="weight of the constitutive consistency loss (default 0.01)")
     n.add_argument("--w-moments", type=float, default=0.1,
                    help="weight of the force error's net force and first moments (default 0.1)")
+    n.add_argument("--w-support", type=float, default=0.1,
+                   help="weight of the support map's cross-entropy against the cell (default 0.1)")
     n.add_argument("--val-fraction", type=float, default=0.1, help="samples held out for validation (default 0.1)")
     n.add_argument("--seed", type=int, default=0, help="initialisation, split, batch order and augmentation (default 0)")
     n.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint interval, steps (default 200)")
@@ -59,7 +61,7 @@ def run(args) -> int:
         model=ModelConfig(widths=tuple(args.widths), physics_forward=not args.no_physics_forward,
                           spacing_um=tuple(args.spacing_um), seed=args.seed),
         loss=physics.LossWeights(displacement=args.w_displacement, force=args.w_force, consistency=args.w_consistency,
-                                 moments=args.w_moments),
+                                 moments=args.w_moments, support=args.w_support),
         epochs=args.epochs, batch_size=args.batch_size,
         optim=OptimConfig(optimizer=args.optimizer, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps),
         val_fraction=args.val_fraction, crop=common.one_or_three(args.crop, "--crop", int), seed=args.seed,

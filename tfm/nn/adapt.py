@@ -176,10 +176,11 @@ def _param_distance(params, anchor):
 def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
     """``(total, terms)`` of the self-supervised objective on a batch (module docstring)."""
     w = cfg.loss
-    u, g, g_phys = model.forward(batch["motion"], batch["context"], batch["nu"], batch["rel"],
-                                 need_physics=w.consistency > 0)
+    u, g, g_phys, _ = model.forward(batch["motion"], batch["context"], batch["nu"], batch["rel"],
+                                    need_physics=w.consistency > 0)
     shape = batch["reference"].shape[1:4]
-    u_w = upsample2(u * batch["to_working"][:, None, None, None, :], shape)  # units of h -> working voxels
+    # units of h -> working voxels, with the stacks' drift (removed before the network) put back: the images show it
+    u_w = upsample2(u * batch["to_working"][:, None, None, None, :] + batch["drift"], shape)
     terms = {"photometric": jnp.mean(photometric_loss(batch["reference"], warp(batch["context_volume"], u_w, MARGIN),
                                                       cfg.ncc_sigma))}
     n_vox = u.shape[1] * u.shape[2] * u.shape[3]
@@ -254,7 +255,7 @@ def prepare_pairs(pairs, spacing_um, net, poisson_ratio: float, cells=None, dila
             ref, dfm, grid, mask = check_pair(ref, dfm, h, cell)
         except ValueError as exc:
             raise ValueError(f"pair {k}: {exc}") from None
-        prep = infer.prepare(ref, dfm, grid, net, levels)
+        prep = infer.prepare(ref, dfm, grid, net, levels, mask=mask)
         motion, context, rel, h_lk = infer.network_inputs(prep, poisson_ratio, "linear")
         lk_shape = tuple(max(1, n // 2) for n in prep["work"].shape)
         if min(lk_shape) < crop:
@@ -270,6 +271,7 @@ def prepare_pairs(pairs, spacing_um, net, poisson_ratio: float, cells=None, dila
             outside = (~m).astype(np.float32)
         to_working = (h_lk / (np.asarray(prep["lk"].spacing_um) / 2)).astype(np.float32)
         out.append({"reference": prep["reference"], "deformed": prep["deformed"], "motion": motion, "context": context,
+                    "drift": prep["drift_voxels"] + prep["translation"],  # what the network's u lacks
                     "rel": rel, "to_working": to_working, "lk_shape": lk_shape, "outside": outside,
                     "hash": content_hash(ref, dfm), "shape": list(ref.shape), "spacing_um": list(grid.spacing_um),
                     "cell": mask is not None})
@@ -278,10 +280,11 @@ def prepare_pairs(pairs, spacing_um, net, poisson_ratio: float, cells=None, dila
 
 def crop_batch(prepared, rng: np.random.Generator, n: int, crop: int, nu: float) -> dict:
     """``n`` random crops of ``crop``³ LK voxels (pair and origin drawn from ``rng``): the
-    network's inputs there, the working-grid reference, the deformed volume with ``MARGIN``
-    working voxels of context (0 beyond the volume), the outside weight. (No flips: the
-    measured motion is tied to the volumes' orientation and to the model's.)"""
-    out = {k: [] for k in ("motion", "context", "outside", "reference", "context_volume", "rel", "to_working")}
+    network's inputs there, the drift removed before them (working voxels), the working-grid
+    reference, the deformed volume with ``MARGIN`` working voxels of context (0 beyond the
+    volume), the outside weight. (No flips: the measured motion is tied to the volumes'
+    orientation and to the model's.)"""
+    out = {k: [] for k in ("motion", "context", "drift", "outside", "reference", "context_volume", "rel", "to_working")}
     c2 = 2 * crop
     for _ in range(n):
         p = prepared[int(rng.integers(len(prepared)))]
@@ -294,7 +297,8 @@ def crop_batch(prepared, rng: np.random.Generator, n: int, crop: int, nu: float)
         src = tuple(slice(max(a - MARGIN, 0), min(a + c2 + MARGIN, s)) for a, s in zip(ow, shape))
         dst = tuple(slice(sr.start - (a - MARGIN), sr.stop - (a - MARGIN)) for sr, a in zip(src, ow))
         ctx[dst] = p["deformed"][src]
-        for key, v in (("motion", p["motion"][sl]), ("context", p["context"][sl]), ("outside", p["outside"][sl]),
+        for key, v in (("motion", p["motion"][sl]), ("context", p["context"][sl]), ("drift", p["drift"][sl]),
+                       ("outside", p["outside"][sl]),
                        ("reference", p["reference"][slw]), ("context_volume", ctx), ("rel", p["rel"]),
                        ("to_working", p["to_working"])):
             out[key].append(np.ascontiguousarray(v, np.float32))

@@ -22,9 +22,10 @@ done               (N,)              written completely
 exactly as :func:`tfm.nn.infer.predict` prepares a user's stacks (the grid is padded to the
 network's multiple; ``shape`` says how much of it is the sample). It is written sample by
 sample with ``done`` set last, so a killed run resumes; the file is renamed into place when
-complete. The truth is the motion the stack shows (the FEM's displacement with the
-acquisition's drift and axial scaling, :func:`apparent_displacement`) sampled at the LK
-grid's points, and the FEM's force density anti-aliased to the LK grid's voxels.
+complete. The measured motion has the stacks' drift removed as ``predict`` removes it
+(``drift="auto"``: rigid, affine or slicewise by BIC, no cell mask), so the truth is the
+FEM's own displacement, sampled at the LK grid's points, and its force density
+anti-aliased to the LK grid's voxels.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ..progress import resolve
 from . import infer
 from .unet3d import UNet3D
 
-FEATURES_VERSION = 3
+FEATURES_VERSION = 5
 # LK voxels at the volume's faces left out of the loss: there the beads move in and out of
 # the field of view and half of every window is missing, so the measurement says little (on
 # acquisition-like data the outermost LK voxel held 30 % of the measured motion's squared
@@ -76,30 +77,15 @@ def sample_features(s: dict, grid, model: UNet3D, law: str) -> dict:
     shape = tuple(max(1, n // 2) for n in prep["work"].shape)
     inner = Grid(shape, lk.spacing_um, lk.origin_um)
     e = float(s["youngs_modulus_pa"])
-    u = resample(apparent_displacement(s, grid), grid, inner) / np.float32(h)
+    # the network gives the displacement less the measured translation (infer.translation), added back after it
+    t = prep["translation"] * (np.asarray(lk.spacing_um, np.float32) / 2) / np.float32(h)
+    u = resample(np.asarray(s["displacement"], np.float32), grid, inner) / np.float32(h) - t
     g = resample(np.asarray(s["force"], np.float32), grid, inner, antialias=True) * np.float32(h / e)
     cell = resample(np.asarray(s["cell"], np.float32), grid, inner, antialias=True)
     pad = [(0, a - b) for a, b in zip(lk.shape, shape)]
     return {"motion": motion, "context": context, "u": np.pad(u, pad + [(0, 0)]), "g": np.pad(g, pad + [(0, 0)]),
             "cell": np.pad(cell, pad), "nu": nu, "law": 1.0 if law == "neo-hookean" else 0.0, "h": h, "rel": rel,
             "shape": np.asarray(shape)}
-
-
-def apparent_displacement(s: dict, grid) -> np.ndarray:
-    """The motion the sample's deformed stack shows (µm): the cell's displacement plus what
-    the acquisition added (a rigid drift and an axial scaling about the box centre; see
-    :func:`tfm.synth.dataset.generate_sample`). The network learns to report what the images
-    show; the drift is removed after it (:func:`tfm.nn.infer.predict`), as for the DVC.
-    Neither carries a force, so the force target is the FEM's."""
-    u = np.array(s["displacement"], np.float32)
-    acq = s["params"].get("acquisition", {})
-    drift = np.asarray(acq.get("drift_um", (0.0, 0.0, 0.0)), np.float32)
-    axial = float(acq.get("axial_scale", 1.0))
-    u += drift
-    if axial != 1.0:
-        z = grid.axes_um()[0].astype(np.float32)[:, None, None]
-        u[..., 0] += (axial - 1.0) * (z + u[..., 0] - np.float32(grid.center_um()[0]))
-    return u
 
 
 def ensure(data_path, model: UNet3D, progress=None) -> Path:
@@ -168,11 +154,12 @@ class FeatureSet:
         ``rng``, else centred; samples smaller than the crop are padded with zeros and masked
         out of the loss, as is ``FACE_MARGIN`` at the volume's faces), flipped and
         y/x-swapped by ``rng`` when ``augment``."""
-        out = {k: [] for k in ("motion", "context", "u", "g", "mask", "nu", "law", "rel")}
+        out = {k: [] for k in ("motion", "context", "u", "g", "cell", "mask", "nu", "law", "rel")}
         for i in indices:
             it = self.items[int(i)]
             shape = tuple(int(v) for v in it["shape"])
             fields = {k: it[k] for k in ("motion", "context", "u", "g")}
+            fields["cell"] = it["cell"][..., None]
             mask = np.zeros(it["motion"].shape[:3], np.float32)
             mask[tuple(slice(FACE_MARGIN, n - FACE_MARGIN) for n in shape)] = 1.0
             sl, pad = [], []
@@ -192,6 +179,7 @@ class FeatureSet:
                 fields, mask, rel = augment_sample(rng, fields, mask, rel)
             for k in ("motion", "context", "u", "g"):
                 out[k].append(np.ascontiguousarray(fields[k], np.float32))
+            out["cell"].append(np.ascontiguousarray(fields["cell"][..., 0], np.float32))
             out["mask"].append(mask)
             out["nu"].append(np.float32(it["nu"]))
             out["law"].append(np.float32(it["law"]))

@@ -218,7 +218,6 @@ class _Level:
         # the deformed volume is sampled by Keys' cubic convolution (interpolating, from the
         # voxel values themselves) or by the cubic B-spline (its coefficients cost 0.8 s per
         # 10M voxels)
-        self.ref = np.pad(ref, ((1, 1), (0, 0), (0, 0)), mode="edge")  # a plane of halo each side
         self.bspline = interpolation == "bspline"
         self.coeffs = (warps.spline_coefficients(dfm) if self.bspline
                        else jnp.asarray(np.pad(dfm, warps.SPLINE_PAD, mode="reflect")))
@@ -227,13 +226,15 @@ class _Level:
         self.mx = jnp.asarray(warps.interpolation_matrix(self.shape[2], 0.5, 2.0, lk[2]))
         nz = max(2, min(self.shape[0], SLAB_VOXELS // (self.shape[1] * self.shape[2])) // 2 * 2)
         self.nz = nz
+        # a plane of halo each side, and room for the last slab to reach beyond the volume
+        self.ref = np.pad(ref, ((1, 1 + nz), (0, 0), (0, 0)), mode="edge")
 
     def products(self, u_lk):
         """Block sums of the LK products (:func:`_slab_products`) over the whole level."""
         nz, n = self.nz, self.shape[0]
         u_lk = jnp.asarray(u_lk)
         out = []
-        ref = np.pad(self.ref, ((0, nz), (0, 0), (0, 0)))  # the last slab may reach beyond the volume
+        ref = self.ref
         for z0 in range(0, n, nz):
             mz = jnp.asarray(warps.interpolation_matrix(nz + 2, 0.5, 2.0, u_lk.shape[0], start=z0 - 1))
             dw, inside = _slab_warp(self.coeffs, u_lk, jnp.float32(z0), mz, self.my, self.mx, self.bspline)

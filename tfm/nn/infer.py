@@ -19,9 +19,11 @@ from ``tfm train`` / ``tfm adapt``) and returns a :class:`~tfm.result.Result`:
    it is large (one compiled shape for every tile, linear blending ramps): measured motion
    and image context -> displacement and force, the force through the constitutive layer.
    Linear in the measured motion, so an identical pair gives exactly zero.
-5. Physical units (``u = h u'``, ``f = E g / h``), drift removed as the DVC removes it, a
-   per-voxel confidence, and the fields on the LK grid (``output_grid="working"``, the
-   resolution they truly have) or interpolated to every input voxel (``"input"``).
+   Before it, the stacks' drift (rigid, affine or slicewise, as the DVC removes it) is
+   taken out of the measurement: the network sees, as in training, only the cell's motion.
+5. Physical units (``u = h u'``, ``f = E g / h``), a per-voxel confidence, and the fields on
+   the LK grid (``output_grid="working"``, the resolution they truly have) or interpolated
+   to every input voxel (``"input"``).
 
 Constant or structureless volumes, and pairs that do not show the same beads, are refused.
 """
@@ -58,11 +60,13 @@ LEVELS = ("auto", 1, 2, 3, 4, 5)
 OUTPUT_GRIDS = ("working", "input")
 MAX_WORKING_UM = 4.0  # coarser voxels than this cannot show beads of a micrometre moving
 # Tiling of the network on the LK grid: one tile up to this many LK voxels, else tiles of
-# DEFAULT_TILE³ overlapping by DEFAULT_OVERLAP (its context reaches ~12 LK voxels).
+# DEFAULT_TILE³ overlapping by DEFAULT_OVERLAP. The U-Net's receptive field reaches ~20 LK
+# voxels: 48³ tiles overlapping by 24 reproduce a whole pass within 3 % (u) and 7 % (force),
+# 32³ by 16 only within 14 % and 20 % (tests/test_nn.py, a 64³ LK grid).
 WHOLE_TILE_VOXELS = 128**3
 DEFAULT_TILE = 96
 DEFAULT_OVERLAP = 24
-MIN_TILE = 32
+MIN_TILE = 48
 DRIFT_STEP = 4  # LK voxels between the points the drift model is fitted to
 FACE_MARGIN = 1  # LK voxels at the faces the drift lattice keeps clear of (half of every window there is missing)
 BLANK_FRACTION = 0.01  # a volume pair whose confident LK voxels are fewer than this fraction shows no beads
@@ -130,13 +134,19 @@ def lk_multiple(model: UNet3D, levels: int) -> int:
     return max(2 * model.config.multiple, 2**levels)
 
 
-def prepare(reference, deformed, grid: Grid, model: UNet3D, levels="auto") -> dict:
+def prepare(reference, deformed, grid: Grid, model: UNet3D, levels="auto", drift: str | None = "auto", mask=None) -> dict:
     """What the network is given, from a checked pair on ``grid``: the working volumes
     (padded by mirroring), the motion front end's output, and the refusals of :func:`predict`.
 
+    The drift of the stacks (``drift``: :mod:`tfm.classical.drift`'s models, fitted to the
+    measured motion at the confident points of the far field, outside ``mask``; None: kept)
+    is taken out of the measurement here, before the network, which is trained on
+    drift-free measurements and never has to tell a stage's drift from a cell's field.
+
     Returns a dict: ``reference``, ``deformed`` (working, padded), ``work`` (the working grid,
-    unpadded), ``lk`` (the LK grid of the padded volumes), ``flow`` (its output),
-    ``pair_correlation``."""
+    unpadded), ``lk`` (the LK grid of the padded volumes), ``flow`` (its output, ``u`` with
+    the drift removed), ``pair_correlation``, ``drift_info`` and ``drift_voxels`` (the field
+    removed, working voxels, on the LK grid)."""
     fc = model.config.flow_config
     ref_w, dfm_w, work = working_pair(reference, deformed, grid, model.config.spacing_um, fc.prefilter)
     n_lev = flow.n_levels(work.shape, fc) if levels == "auto" else int(levels)
@@ -152,22 +162,45 @@ def prepare(reference, deformed, grid: Grid, model: UNet3D, levels="auto") -> di
     if not r >= MIN_PAIR_CORRELATION:
         raise ValueError(f"the volumes do not show the same beads: correlation {r:.3f} after the rigid shift (need "
                          f"{MIN_PAIR_CORRELATION}); one may be blank, another channel or another field of view")
-    keep = tuple(slice(0, max(1, n // 2)) for n in work.shape)
+    keep = tuple(slice(0, max(1, n // 2)) for n in work.shape)  # the LK voxels of the data (not the padding)
     frac = float(np.mean(out["confidence"][keep] > 0.5))
     if frac < BLANK_FRACTION:
         raise ValueError(f"the volumes show no bead structure: {100 * frac:.2f} % of the windows have texture above "
                          f"the image noise (need {100 * BLANK_FRACTION:.0f} %); check the channel and the stacks "
                          "(blank, or noise only)")
-    return {"reference": ref_w, "deformed": dfm_w, "work": work, "lk": lk, "flow": out, "pair_correlation": r}
+    drift_info = {"drift_model": None, "drift_removed_um": [0.0, 0.0, 0.0]}
+    drift_field = np.zeros_like(out["u"])
+    if drift is not None:
+        h = np.asarray(work.spacing_um, np.float32)
+        mask_lk = None if mask is None else resample(np.asarray(mask, np.float32), grid, lk) > 0.5
+        u_um, drift_info = _remove_drift(out["u"] * h, out["confidence"], drift, mask_lk, lk, keep)
+        drift_field = out["u"] - u_um / h
+        out = {**out, "u": (u_um / h).astype(np.float32)}
+    return {"reference": ref_w, "deformed": dfm_w, "work": work, "lk": lk, "flow": out, "pair_correlation": r,
+            "drift_info": drift_info, "drift_voxels": drift_field.astype(np.float32),
+            "translation": translation(out["u"], out["confidence"], keep)}
+
+
+def translation(u, confidence, keep) -> np.ndarray:
+    """The uniform part of a measured motion (working voxels): the median of each component
+    over the confident LK voxels of the data (zero where none are). A translation strains
+    nothing, so :func:`predict` hands the network the motion without it and adds it back to
+    the displacement: the force cannot depend on it and the displacement follows it exactly,
+    whatever the drift model (with drift removed it is about zero; without, a stage shift of
+    many voxels stays out of the network, which never saw one)."""
+    sel = confidence[keep] > 0.5
+    if not sel.any():
+        return np.zeros(3, np.float32)
+    return np.median(u[keep][sel], axis=0).astype(np.float32)
 
 
 def network_inputs(prep: dict, nu: float, law: str):
-    """(motion, context, spacing_rel, h) of a prepared pair: the measured motion in units
-    of ``h`` (the geometric mean of the LK grid's voxel size, µm) and the context channels."""
+    """(motion, context, spacing_rel, h) of a prepared pair: the measured motion less its
+    translation (:func:`translation`), in units of ``h`` (the geometric mean of the LK grid's voxel size, µm) and the context channels."""
     h_lk = np.asarray(prep["lk"].spacing_um)
     h = float(np.exp(np.mean(np.log(h_lk))))
     rel = (h_lk / h).astype(np.float32)
-    motion = (prep["flow"]["u"] * (h_lk / 2 / h)).astype(np.float32)  # working voxels -> h
+    motion = ((prep["flow"]["u"] - prep["translation"]) * (h_lk / 2 / h)).astype(np.float32)  # working voxels -> h
     context = context_channels(prep["flow"], nu, rel, 1.0 if law == "neo-hookean" else 0.0)
     return motion, context, rel, h
 
@@ -217,7 +250,7 @@ def run_network(model: UNet3D, motion, context, nu: float, rel, tile: int | None
     if not 0 <= overlap <= tile // 2:
         raise ValueError(f"overlap must lie in [0, tile/2], got {overlap}")
     if tile < MIN_TILE and any(n > tile for n in shape):
-        warnings.warn(f"tile {tile} is smaller than {MIN_TILE} LK voxels: the network's context reaches ~12 voxels "
+        warnings.warn(f"tile {tile} is smaller than {MIN_TILE} LK voxels: the network's context reaches ~20 voxels "
                       "from a tile's face, so tiled results deviate from a whole-volume pass", stacklevel=3)
     sizes = [min(tile, n) for n in shape]
     starts = [_starts(n, s, overlap) for n, s in zip(shape, sizes)]
@@ -245,42 +278,47 @@ def run_network(model: UNet3D, motion, context, nu: float, rel, tile: int | None
     return out[..., :3], out[..., 3:]
 
 
-def _remove_drift(u_um, confidence, mode, rigid_um, mask, lk: Grid):
-    """Drift (:mod:`tfm.classical.drift`, as the DVC removes it) fitted to the predicted
-    field (µm, on the LK grid) at a lattice of points ``DRIFT_STEP`` voxels apart (the
-    confident ones, outside the cell), evaluated at every voxel and subtracted: ``(u, info)``."""
-    shape = u_um.shape[:3]
+def _remove_drift(u_um, confidence, mode, mask, lk: Grid, data=None):
+    """Drift (:mod:`tfm.classical.drift`, as the DVC removes it) fitted to a measured field
+    (µm, on the LK grid) at a lattice of points ``DRIFT_STEP`` voxels apart -- the confident
+    ones of the region ``data`` (slices; default all), clear of its faces, outside the
+    cell -- evaluated at every voxel and subtracted: ``(u, info)``. The "rigid" model is the
+    median of those points (an identical pair's zero field stays exactly zero)."""
+    full = u_um.shape[:3]
+    data = data or tuple(slice(0, n) for n in full)
+    shape = tuple(sl.stop - sl.start for sl in data)
     h = np.asarray(lk.spacing_um)
-    u_vox = u_um / h.astype(np.float32)
+    u_vox = u_um[data] / h.astype(np.float32)
     lo = [FACE_MARGIN if n > 2 * FACE_MARGIN + 1 else 0 for n in shape]  # not at the faces, where beads leave the field of view
     counts = [1 if n == 1 else int(math.ceil((n - 1 - 2 * m) / DRIFT_STEP)) + 1 for n, m in zip(shape, lo)]
     axes = [np.linspace(m, n - 1 - m, k) for n, k, m in zip(shape, counts, lo)]
     centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
     coords = np.moveaxis(centres, -1, 0)
     lat = np.stack([ndimage.map_coordinates(u_vox[..., c], coords, order=1) for c in range(3)], -1)
-    valid = ndimage.map_coordinates(confidence, coords, order=1) > 0.5
-    idx = tuple(np.round(coords).astype(int))
+    valid = ndimage.map_coordinates(confidence[data], coords, order=1) > 0.5
     if mask is not None:
-        valid &= ~mask[idx]
+        valid &= ~mask[data][tuple(np.round(coords).astype(int))]
+        mask = mask[data]
     dist = drift_models.window_distances(centres, mask, h)
     info = {}
-    rigid = np.asarray(rigid_um, float) / h
     if mode == "auto":
         centre = None if mask is None or not mask.any() else np.argwhere(mask).mean(0) * h
         mode, info["drift_evidence"] = drift_models.choose(lat, valid, centres, dist, shape, h, centre)
+    rigid = np.median(lat[drift_models.far_windows(valid, dist)], axis=0) if mode == "rigid" else np.zeros(3)
     corr, removed, extra = drift_models.correction(mode, lat, rigid, valid, centres, dist, shape)
     info.update(extra, drift_model=mode, drift_removed_um=(np.asarray(removed, float) * h).tolist())
     corr = np.asarray(corr, np.float32)
-    if corr.ndim > 1:  # a field: from the lattice (spanning the volume) to every voxel
+    if corr.ndim > 1:  # a field: from the lattice (spanning the data) to every voxel of the grid
         corr = np.broadcast_to(corr, lat.shape)
         step = [(n - 1 - 2 * m) / (k - 1) * hh if k > 1 else hh for n, k, hh, m in zip(shape, counts, h, lo)]
-        origin = tuple(o + m * hh for o, m, hh in zip(lk.origin_um, lo, h))
-        corr = resample(corr, Grid(tuple(counts), tuple(step), origin), lk)  # extended linearly? no: edge values held
-    return ((u_vox - corr) * h.astype(np.float32)).astype(np.float32), info
+        origin = tuple(o + (sl.start + m) * hh for o, sl, m, hh in zip(lk.origin_um, data, lo, h))
+        corr = resample(corr, Grid(tuple(counts), tuple(step), origin), lk)  # edge values held beyond the lattice
+    return (u_um - corr * h.astype(np.float32)).astype(np.float32), info
 
 
 def predict(reference, deformed, grid, material, model=None, tile: int | None = None, overlap: int | None = None,
-            progress=None, drift: str | None = "auto", mask=None, levels="auto", output_grid: str = "working") -> Result:
+            progress=None, drift: str | None = "auto", mask=None, levels="auto", output_grid: str = "working",
+            support_um: float | None = 4.0) -> Result:
     """Bead volume pair -> displacement (µm) and force density (pN/µm³) with the network.
 
     Args:
@@ -290,11 +328,14 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
       model: a :class:`UNet3D`, a saved-model or run directory, or None for the shipped model.
       tile, overlap: the network's tiles on the LK grid, LK voxels (default: one tile up to
         ``WHOLE_TILE_VOXELS``, else ``DEFAULT_TILE`` overlapping by ``DEFAULT_OVERLAP``).
-      drift: removed from the predicted field as the DVC removes it (``"auto"``, ``"rigid"``,
-        ``"median"``, ``"affine"``, ``"slicewise"`` or None; :mod:`tfm.classical.drift`),
-        fitted at the confident points of the far field.
-      mask: optional bool (Z, Y, X), True in the cell: where "far" is measured from, and left
-        out of the drift fit (the network itself sees the cell as the bead-free region).
+      drift: removed from the measured motion before the network, as the DVC removes it
+        (``"auto"``, ``"rigid"``, ``"median"``, ``"affine"``, ``"slicewise"`` or None;
+        :mod:`tfm.classical.drift`), fitted at the confident points of the far field.
+      mask: optional bool (Z, Y, X), True in the cell: where "far" is measured from, left
+        out of the drift fit, and where forces may be (within ``support_um``: the matrix
+        itself carries no body force). Without it the network's own support map decides.
+      support_um: with a ``mask``, forces farther than this from it are set to zero (µm;
+        None: kept; default 4, about three steps of the output grid of a confocal stack).
       levels: the motion front end's pyramid (:func:`tfm.nn.flow.pyramid_flow`): ``"auto"``
         (as many as keep 12 voxels on the coarsest level's smallest axis, at most the model's)
         or a number; 1 measures the motion at the working grid only (the ablation of the
@@ -309,13 +350,13 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
     windows confident) is refused.
     """
     t0 = time.perf_counter()
-    ref, dfm, grid, mask = _check_inputs(reference, deformed, grid, material, mask, drift, levels, output_grid)
+    ref, dfm, grid, mask = _check_inputs(reference, deformed, grid, material, mask, drift, levels, output_grid, support_um)
     source = "in-memory model"
     if not isinstance(model, UNet3D):
         source = str(DEFAULT_MODEL if model is None else model)
         model = load_model(model)
     law = "neo-hookean" if isinstance(material, NeoHookean) else "linear"
-    prep = prepare(ref, dfm, grid, model, levels)
+    prep = prepare(ref, dfm, grid, model, levels, drift, mask)
     t_flow = time.perf_counter()
     motion, context, rel, h = network_inputs(prep, material.poisson_ratio, law)
     u, g = run_network(model, motion, context, material.poisson_ratio, rel, tile, overlap, progress)
@@ -323,14 +364,15 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
     work, lk_pad = prep["work"], prep["lk"]
     keep = tuple(slice(0, max(1, n // 2)) for n in work.shape)
     lk = Grid(tuple(max(1, n // 2) for n in work.shape), lk_pad.spacing_um, lk_pad.origin_um)
-    u_um = u[keep] * np.float32(h)
+    u_um = u[keep] * np.float32(h) + prep["translation"] * np.asarray(work.spacing_um, np.float32)
     f = g[keep] * np.float32(material.youngs_modulus_pa / h)
     confidence = prep["flow"]["confidence"][keep]
     rigid_um = prep["flow"]["rigid_voxels"] * np.asarray(work.spacing_um)
-    drift_info = {"drift_model": None, "drift_removed_um": [0.0, 0.0, 0.0]}
-    if drift is not None:
-        mask_lk = None if mask is None else resample(mask.astype(np.float32), grid, lk) > 0.5
-        u_um, drift_info = _remove_drift(u_um, confidence, drift, rigid_um, mask_lk, lk)
+    if mask is not None and support_um is not None:
+        near = resample(mask.astype(np.float32), grid, lk) > 0.5
+        near = ndimage.distance_transform_edt(~near, sampling=lk.spacing_um) <= support_um if near.any() else near
+        f = f * near[..., None].astype(np.float32)
+    drift_info = prep["drift_info"]
     out_grid = lk
     if output_grid == "input":
         u_um, f = resample(u_um, lk, grid), resample(f, lk, grid)
@@ -340,13 +382,14 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
             "working_grid_um": list(work.spacing_um), "levels": int(prep["flow"]["levels"]),
             "youngs_modulus_pa": material.youngs_modulus_pa, "poisson_ratio": material.poisson_ratio,
             "law": law, "rigid_shift_um": np.asarray(rigid_um, float).tolist(), "drift": drift, **drift_info,
+            "force_support_um": support_um if mask is not None else None,
             "pair_correlation": prep["pair_correlation"], "confident_fraction": float(np.mean(confidence > 0.5)),
             "confidence": confidence.astype(np.float32), "time_motion_s": t_flow - t0, "time_network_s": t_net - t_flow,
             "time_s": time.perf_counter() - t0}
     return Result(grid=out_grid, displacement=u_um.astype(np.float32), force=f.astype(np.float32), info=info)
 
 
-def _check_inputs(reference, deformed, grid, material, mask, drift, levels="auto", output_grid="working"):
+def _check_inputs(reference, deformed, grid, material, mask, drift, levels="auto", output_grid="working", support_um=4.0):
     ref, dfm, grid, mask = check_pair(reference, deformed, grid, mask)
     for name, v in (("reference", ref), ("deformed", dfm)):
         if v.size == 0 or float(v.max()) == float(v.min()):
@@ -358,6 +401,8 @@ def _check_inputs(reference, deformed, grid, material, mask, drift, levels="auto
     if output_grid not in OUTPUT_GRIDS:
         raise ValueError(f"output_grid must be one of {OUTPUT_GRIDS}, got {output_grid!r}")
     check_levels(levels)
+    if support_um is not None and (isinstance(support_um, bool) or not np.isfinite(support_um) or support_um <= 0):
+        raise ValueError(f"support_um must be a distance > 0 (µm) or None, got {support_um!r}")
     if min(grid.shape) < 4:
         raise ValueError(f"volumes must have at least 4 voxels along every axis for the learned path, got {grid.shape}")
     return ref, dfm, grid, mask

@@ -9,8 +9,10 @@ linear or neo-Hookean law). This is the very operator that defines the ground-tr
 of the synthetic data, so the layer applied to the true displacement returns the true
 force exactly (to float rounding, on interior voxels); a finite-difference Navier operator
 (:func:`tfm.fields.force_density`) agrees with it only to O(h^2). It is differentiable
-(reverse-mode autodiff of the energy) and works in dimensionless units: ``u`` in voxels,
-force as ``g = f h / E``, so one compilation serves every stiffness and voxel size.
+(reverse-mode autodiff of the energy) and works in dimensionless units: lengths in a unit
+``h`` (the geometric mean voxel size of the grid it runs on, whose anisotropic voxels are
+``spacing`` in that unit), force as ``g = f h / E``, so one compilation serves every
+stiffness, and one per grid shape every voxel size.
 
 Losses (per sample, then averaged over the batch; ``n`` voxels, floors ``eps``)
 ---------------------------------------------------------------------------------
@@ -24,6 +26,8 @@ Losses (per sample, then averaged over the batch; ``n`` voxels, floors ``eps``)
   constitutive layer: the predicted force must be the one the predicted displacement
   implies. Away from the cell it demands ``G(u) = 0`` -- the Navier equations of a
   force-free matrix -- which is what smooths u where there are no beads to follow.
+* ``support``: binary cross-entropy of the network's support map ``s`` (where a force may
+  be, :mod:`tfm.nn.unet3d`) against the cell and the voxels next to it.
 * ``moments``: ``(|sum dg|^2 + |sum (x - c) dg^T|^2 / R^2) / (sum |g*|)^2`` of the force
   error ``dg = g - g*``: its net force and its first moment (the force dipole -- whose trace
   is the contractility and whose antisymmetric part the torque) must vanish. On a crop that
@@ -31,8 +35,9 @@ Losses (per sample, then averaged over the batch; ``n`` voxels, floors ``eps``)
   unlike a plain equilibrium term it is also right on crops that cut through a cell.
 
 Relative normalisation keeps weak and strong cells equally weighted; the floors
-(``eps_u = 0.01`` voxel, ``eps_g = 1e-3``) stop samples with no measurable motion from
-dominating with their noise.
+(``eps_u = 0.01 h``, ``eps_g = 1e-3``) stop samples with no measurable motion from
+dominating with their noise. A mask leaves padding (and the volume's outermost voxels, see
+:mod:`tfm.nn.features`) out of every term.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class LossWeights:
     force: float = 1.0  # supervised f
     consistency: float = 0.01  # f vs the force the constitutive layer implies from u
     moments: float = 0.1  # net force and first moments (force dipole: contractility, torque) of the force error
+    support: float = 0.1  # the support map against the cell (dilated by a voxel): binary cross-entropy
     eps_u: float = 0.01  # floor of the displacement normalisation, voxels
     eps_g: float = 1e-3  # floor of the force normalisation, f h / E
 
@@ -114,18 +120,24 @@ def _sq(x, axes=(1, 2, 3, 4)):
     return jnp.sum(x * x, axis=axes)
 
 
-def net_force_and_torque(g, spacing=None):
-    """``|sum g|^2 + |sum (x - c) x g|^2 / R^2`` per sample of (N, Z, Y, X, 3) forces (``c``
-    the box centre, ``R`` its half-diagonal; positions in units of ``h`` with ``spacing``
-    (N, 3) the voxel size, or voxels): zero for a cell in equilibrium."""
+def _positions(g, spacing):
+    """Positions (N, Z, Y, X, 3) of the voxels of (N, Z, Y, X, 3) forces about the box centre,
+    in units of ``h`` (``spacing`` (N, 3) the voxel size; None: voxels), and ``R²`` (N,), the
+    box's half-diagonal squared."""
     shape = g.shape[1:4]
     x = jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=g.dtype) for s in shape], indexing="ij"), -1)
     x = x - jnp.asarray([(s - 1) / 2 for s in shape], g.dtype)
     h = jnp.ones((g.shape[0], 3), g.dtype) if spacing is None else jnp.asarray(spacing, g.dtype)
-    x = x[None] * h[:, None, None, None, :]
-    radius2 = jnp.sum((h * jnp.asarray(shape, g.dtype) / 2) ** 2, -1)
+    return jnp.broadcast_to(x[None] * h[:, None, None, None, :], g.shape), jnp.sum((h * jnp.asarray(shape, g.dtype) / 2) ** 2, -1)
+
+
+def net_force_and_torque(g, spacing=None):
+    """``|sum g|^2 + |sum (x - c) x g|^2 / R^2`` per sample of (N, Z, Y, X, 3) forces (``c``
+    the box centre, ``R`` its half-diagonal; positions in units of ``h`` with ``spacing``
+    (N, 3) the voxel size, or voxels): zero for a cell in equilibrium."""
+    x, radius2 = _positions(g, spacing)
     net = jnp.sum(g, axis=(1, 2, 3))
-    torque = jnp.sum(jnp.cross(jnp.broadcast_to(x, g.shape), g), axis=(1, 2, 3))
+    torque = jnp.sum(jnp.cross(x, g), axis=(1, 2, 3))
     return jnp.sum(net**2, -1) + jnp.sum(torque**2, -1) / radius2
 
 
@@ -134,22 +146,19 @@ def force_moments(g, spacing=None):
     force and the full first moment (the force dipole, of which the contractility is the
     trace and the torque the antisymmetric part); ``c``, ``R``, ``spacing`` as in
     :func:`net_force_and_torque`."""
-    shape = g.shape[1:4]
-    x = jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=g.dtype) for s in shape], indexing="ij"), -1)
-    x = x - jnp.asarray([(s - 1) / 2 for s in shape], g.dtype)
-    h = jnp.ones((g.shape[0], 3), g.dtype) if spacing is None else jnp.asarray(spacing, g.dtype)
-    x = x[None] * h[:, None, None, None, :]
-    radius2 = jnp.sum((h * jnp.asarray(shape, g.dtype) / 2) ** 2, -1)
+    x, radius2 = _positions(g, spacing)
     net = jnp.sum(g, axis=(1, 2, 3))
-    dipole = jnp.einsum("nzyxi,nzyxj->nij", jnp.broadcast_to(x, g.shape), g)
+    dipole = jnp.einsum("nzyxi,nzyxj->nij", x, g)
     return jnp.sum(net**2, -1) + jnp.sum(dipole**2, (-2, -1)) / radius2
 
 
-def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, spacing, weights: LossWeights, mask=None, g_phys=None):
+def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, spacing, weights: LossWeights, mask=None, g_phys=None,
+           support=None, cell=None):
     """All loss terms for a batch (N, Z, Y, X, 3) in units of ``h`` and ``E / h``; per
     sample its Poisson ratio (N,) and voxel size over ``h`` (N, 3); ``mask`` (N, Z, Y, X): 1
     where the sample is (0 in padding); ``g_phys``: the constitutive layer's force for
-    ``u_pred`` when already computed (linear law).
+    ``u_pred`` when already computed (linear law); ``support`` (N, Z, Y, X, 1) the network's
+    support map and ``cell`` (N, Z, Y, X) the true cell fraction, for the support term.
 
     Returns ``(total, terms)``; ``terms`` maps each name to its batch mean."""
     m = jnp.ones(u_true.shape[:4], u_true.dtype) if mask is None else mask
@@ -173,5 +182,15 @@ def losses(u_pred, g_pred, u_true, g_true, poisson_ratio, spacing, weights: Loss
     if weights.moments > 0:
         scale = jnp.sum(m[..., 0] * jnp.linalg.norm(g_true, axis=-1), axis=(1, 2, 3)) ** 2 + (n_vox * weights.eps_g) ** 2
         terms["moments"] = jnp.mean(force_moments(m * (g_pred - g_true), spacing) / scale)
+    if weights.support > 0 and support is not None and cell is not None:
+        target = (_dilate(cell) > 0.05).astype(u_true.dtype)[..., None]  # the cell and its surface layer
+        p = jnp.clip(support, 1e-6, 1 - 1e-6)
+        bce = -(target * jnp.log(p) + (1 - target) * jnp.log(1 - p))
+        terms["support"] = jnp.mean(jnp.sum(m * bce, (1, 2, 3, 4)) / n_vox)
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return total, terms
+
+
+def _dilate(v):
+    """Max over the 3³ neighbourhood of (N, Z, Y, X)."""
+    return jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, 3, 3, 3), (1, 1, 1, 1), "SAME")

@@ -88,10 +88,10 @@ class TrainConfig:
 
 
 def _loss(model, batch, weights):
-    u, g, g_phys = model.forward(batch["motion"], batch["context"], batch["nu"], batch["rel"],
-                                 need_physics=weights.consistency > 0)
+    u, g, g_phys, s = model.forward(batch["motion"], batch["context"], batch["nu"], batch["rel"],
+                                    need_physics=weights.consistency > 0)
     total, terms = physics.losses(u, g, batch["u"], batch["g"], batch["nu"], batch["rel"], weights, mask=batch["mask"],
-                                  g_phys=g_phys)
+                                  g_phys=g_phys, support=s, cell=batch["cell"])
     return total, (terms, u, g)
 
 
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, run_dir, progress=None, max_steps: int | None = None
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
-    names = ["loss", "displacement", "force"] + [k for k in ("consistency", "moments") if getattr(cfg.loss, k) > 0]
+    names = ["loss", "displacement", "force"] + [k for k in ("consistency", "moments", "support") if getattr(cfg.loss, k) > 0]
     meta = {"kind": MODEL_KIND, "laws": plan["laws"], "spacing_um": cfg.model.spacing_um,
             "train_samples": int(len(train_idx)), "val_samples": int(len(val_idx)), "data": list(cfg.data),
             "data_spacing_um": plan["spacings"]}

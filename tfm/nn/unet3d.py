@@ -9,11 +9,13 @@ LK grid, as two kinds of channels:
 * **motion** (3): the measured displacement ``u_LK``, in units of ``h`` (the geometric mean
   of the LK grid's voxel size, so components keep their physical direction on anisotropic
   voxels);
-* **context** (8): what the images say about that measurement and the scene -- the window's
-  confidence and gradient energy over the noise's (where the beads are), the brightness
-  mismatch left after warping (where the measurement failed), the mean image (the cell is
-  the bead-free region), the Poisson ratio, the LK grid's voxel aspect (log h_z/h, log
-  h_y/h) and the law (0 linear, 1 neo-Hookean).
+* **context** (8 + 2): what the images say about that measurement and the scene -- the
+  window's confidence and gradient energy over the noise's (where the beads are), the
+  brightness mismatch left after warping (where the measurement failed), the mean image
+  (the cell is the bead-free region), the Poisson ratio, the LK grid's voxel aspect (log
+  h_z/h, log h_y/h) and the law (0 linear, 1 neo-Hookean) -- and two channels even in the
+  measured motion (:func:`motion_magnitudes`: log |u|² and log |grad u|², where the strain
+  concentrates the cell is).
 
 What it is
 ----------
@@ -22,8 +24,9 @@ convolutions with biases, SiLU). The motion stream has no biases and no nonlinea
 its own: each of its convolutions is multiplied, channel by channel, by a sigmoid gate
 computed from the context stream at that resolution (a 1x1x1 convolution). Pooling,
 upsampling and skip connections are linear. The outputs -- a correction to the measured
-displacement, a force density, each 3 channels -- are therefore *linear in the measured
-motion* with coefficients that depend on the images:
+displacement, a force density, each 3 channels -- are therefore *odd in the measured
+motion* (linear in it for a given pattern of its magnitude), with coefficients that depend
+on the images and on where the motion's magnitude and strain concentrate:
 
 * an identical pair (zero measured motion) gives exactly zero displacement and force, by
   construction, in one pass (no second "baseline" pass);
@@ -38,13 +41,14 @@ shuffle out), so its output has the LK grid's resolution without 3x3x3 convoluti
 
 The constitutive law in the forward pass
 ----------------------------------------
-The force is ``g = s * G(u) + g_net``: ``G(u)`` is the force density the matrix's law
+The force is ``g = s * (G(u) + g_net)``: ``G(u)`` is the force density the matrix's law
 requires for the predicted displacement (the voxel FEM operator the labels satisfy,
 :func:`tfm.nn.physics.implied_force`, on the LK grid's anisotropic voxels; its linear law,
 to first order the neo-Hookean one too -- the network, told the law by a context channel,
-supplies the difference), ``s`` in [0, 1] a map the context stream draws (where the law's
-force is to be kept: at the cell, not in the noise of the far field), ``g_net`` what the
-network adds. Units: ``g = f h / E``. The force loss trains ``s`` and ``g_net``; it does not
+supplies the difference), ``g_net`` what the network adds, and ``s`` in [0, 1] the support
+map the context stream draws, trained to be the cell and its surface (a body force exists
+only there: the matrix itself carries none, so the noise of ``G(u)`` in the far field is
+cut). Units: ``g = f h / E``. The force loss trains ``s`` and ``g_net``; it does not
 reach ``u`` through ``G`` (a second-derivative operator: with that gradient flowing, the
 displacement did not learn at all in a 60-step test; without it, it did) -- ``u`` learns from
 the displacement loss and from the consistency term ``|g - G(u)|``, the Navier equations
@@ -88,7 +92,7 @@ class ModelConfig:
 
     widths: tuple = (24, 32, 48)  # channels per level of each stream, finest first (levels = len)
     convs_per_level: int = 2  # 3x3x3 convolutions per block
-    physics_forward: bool = True  # force = s * G(u) + g_net (False: g_net alone, the ablation)
+    physics_forward: bool = True  # force = s * (G(u) + g_net) (False: s * g_net, the ablation)
     impl: str = "auto"  # convolution implementation: "auto", "native" or "stacked2d"
     spacing_um: tuple = (0.8, 0.6, 0.6)  # finest working voxel (z, y, x), µm: stacks finer than this are brought to it
     flow: FlowConfig = FlowConfig()  # the motion front end it was trained with
@@ -210,30 +214,31 @@ class UNet3D(nnx.Module):
         self.config = config
         rng = np.random.default_rng(config.seed)
         w, k, impl = config.widths, config.convs_per_level, config.impl
-        self.cstem = Conv3d(8 * CONTEXT_CHANNELS, w[0], rng, size=1, impl=impl)
+        self.cstem = Conv3d(8 * (CONTEXT_CHANNELS + 2), w[0], rng, size=1, impl=impl)
         self.vstem = Conv3d(8 * MOTION_CHANNELS, w[0], rng, size=1, impl=impl, bias=False)
         self.enc = nnx.List([GatedBlock(w[max(i - 1, 0)], w[max(i - 1, 0)], w[i], k, rng, impl) for i in range(len(w))])
         self.dec = nnx.List([GatedBlock(w[i] + w[i + 1], w[i] + w[i + 1], w[i], k, rng, impl) for i in range(len(w) - 1)])
         self.head = Conv3d(w[0], 6 * 8, rng, size=1, impl=impl, scale=0.1, bias=False)
-        self.support = Conv3d(w[0], 8, rng, size=1, impl=impl) if config.physics_forward else None
-        if self.support is not None:  # start with the law's force mostly off (s ~ 0.05): in the far
-            # field G(u) of a measured u is its noise, second-differenced
-            self.support.bias = nnx.Param(jnp.full((8,), -3.0, jnp.float32))
+        # the support map: where forces may be (the cell and its surface); it starts mostly off
+        # (s ~ 0.05): in the far field G(u) of a measured u is its noise, second-differenced
+        self.support = Conv3d(w[0], 8, rng, size=1, impl=impl)
+        self.support.bias = nnx.Param(jnp.full((8,), -3.0, jnp.float32))
 
     def __call__(self, motion, context, nu, spacing_rel, law_flag=None):
         """``nu`` (N,): the Poisson ratio; ``spacing_rel`` (N, 3): the LK grid's voxel size
         over ``h``. The context channels are those of :func:`context_channels` (the law is
         one of them; ``law_flag`` is accepted for symmetry and unused). Returns ``(u, g)``."""
-        u, g, _ = self.forward(motion, context, nu, spacing_rel)
+        u, g, _, _ = self.forward(motion, context, nu, spacing_rel)
         return u, g
 
     def forward(self, motion, context, nu, spacing_rel, need_physics: bool = False):
-        """``(u, g, G(u))``: :meth:`__call__`'s outputs and the constitutive layer's force
-        for ``u`` (None unless the forward pass uses it or ``need_physics``)."""
+        """``(u, g, G(u), s)``: :meth:`__call__`'s outputs, the constitutive layer's force for
+        ``u`` (None unless the forward pass uses it or ``need_physics``) and the support map
+        ``s`` (where forces may be: at the cell)."""
         m = self.config.multiple
         if any(s % m for s in motion.shape[1:4]):
             raise ValueError(f"spatial shape {motion.shape[1:4]} must be a multiple of {m} (use tfm.nn.infer.predict)")
-        c = jax.nn.silu(self.cstem(space_to_depth(context, 2)))
+        c = jax.nn.silu(self.cstem(space_to_depth(jnp.concatenate([context, motion_magnitudes(motion, spacing_rel)], -1), 2)))
         v = self.vstem(space_to_depth(motion, 2))
         skips = []
         for i, block in enumerate(self.enc):
@@ -245,14 +250,32 @@ class UNet3D(nnx.Module):
         u = motion + U_SCALE * out[..., :3]
         g = G_SCALE * out[..., 3:]
         g_phys = None
-        if self.support is not None or need_physics:
+        if self.config.physics_forward or need_physics:
             g_phys = physics.implied_force_batch(u, nu, spacing_rel)
-        if self.support is not None:
+        s = jax.nn.sigmoid(depth_to_space(self.support(c), 2))
+        if self.config.physics_forward:
             # the force loss trains the support map and g_net, not u through the layer: bending
             # u to fit a force through a second-derivative operator costs displacement accuracy
             # (measured: with the gradient flowing, the displacement loss did not fall at all)
-            g = g + jax.nn.sigmoid(depth_to_space(self.support(c), 2)) * jax.lax.stop_gradient(g_phys)
-        return u, g, g_phys
+            g = g + jax.lax.stop_gradient(g_phys)
+        return u, s * g, g_phys, s
+
+
+MAGNITUDE_FLOOR = 1e-4  # h²: the floor of the logarithms of motion_magnitudes (a hundredth of h, squared)
+
+
+def motion_magnitudes(motion, spacing_rel):
+    """Two channels even in the measured motion (N, Z, Y, X, 3) that the context stream sees
+    beside the images: ``log(|u|² + e)`` and ``log(|grad u|² + e)`` (central differences on
+    the LK grid's voxels ``spacing_rel``, in units of ``h``; ``e`` = MAGNITUDE_FLOOR). Where
+    the strain concentrates, the cell is: the gates may follow it, and the network stays
+    linear (odd) in the motion because these features are even in it."""
+    sq = jnp.sum(motion * motion, -1, keepdims=True)
+    grad = 0.0
+    for a in range(3):
+        d = (jnp.roll(motion, -1, axis=a + 1) - jnp.roll(motion, 1, axis=a + 1)) / (2 * spacing_rel[:, a, None, None, None, None])
+        grad = grad + jnp.sum(d * d, -1, keepdims=True)
+    return jnp.concatenate([jnp.log(sq + MAGNITUDE_FLOOR), jnp.log(grad + MAGNITUDE_FLOOR)], -1)
 
 
 def context_channels(flow_out: dict, nu: float, spacing_rel, law_flag: float) -> np.ndarray:
