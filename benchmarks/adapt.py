@@ -62,9 +62,10 @@ def ensure_test_set(n: int) -> Path:
     return path
 
 
-def run_pair(s, grid, net, model_path, steps: int, work: Path) -> dict:
+def run_pair(s, grid, net, model_path, config, work: Path) -> dict:
     """One pair: the classical pipeline, the base network ``net`` (loaded from ``model_path``,
-    None: the shipped one), and ``net`` adapted on the pair for ``steps`` steps in ``work``."""
+    None: the shipped one), and ``net`` adapted on the pair (``config``: an
+    :class:`tfm.nn.adapt.AdaptConfig`) in ``work``."""
     import tfm
     from tfm.nn import adapt
 
@@ -76,12 +77,12 @@ def run_pair(s, grid, net, model_path, steps: int, work: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     summary = adapt.adapt([(ref, dfm)], grid.spacing_um, work, model=model_path, poisson_ratio=nu, cells=[s["cell"] > 0.5],
-                          config=adapt.AdaptConfig(steps=steps))
+                          config=config)
     t_adapt = time.perf_counter() - t0
     truth_c = truth_at_dvc(s, grid, cl.grid)
     adapted = tfm.reconstruct(ref, dfm, grid.spacing_um, law, method="dl", model=summary["model_dir"], progress=False)
     row = {"u_max_truth_um": float(np.linalg.norm(s["displacement"], axis=-1).max()), "n_beads": int(s["n_beads"]),
-           "photons": float(s["photons"]), "dvc_grid": list(cl.grid.shape), "adapt_seconds": t_adapt, "steps": steps,
+           "photons": float(s["photons"]), "dvc_grid": list(cl.grid.shape), "adapt_seconds": t_adapt, "steps": config.steps,
            "photometric_before": summary["photometric_before"], "photometric_after": summary["photometric_after"],
            "base": score_at_dvc(base, grid, cl.grid, truth_c), "adapted": score_at_dvc(adapted, grid, cl.grid, truth_c),
            "classical": score_at_dvc(cl, grid, cl.grid, truth_c)}
@@ -169,13 +170,27 @@ def summarise(rows: list) -> dict:
             "photometric_ratio_median": float(np.median([r["photometric_after"] / r["photometric_before"] for r in rows]))}
 
 
+def _variant(rep: dict) -> str:
+    """What of the adaptation config differs from tfm.nn.adapt's defaults."""
+    from tfm.nn import adapt
+
+    base = dataclasses.asdict(adapt.AdaptConfig(steps=rep["steps"]))
+    diff = []
+    for key, v in rep.get("config", base).items():
+        if isinstance(v, dict):
+            diff += [f"{key}.{k}={w:g}" for k, w in v.items() if base[key].get(k) != w and isinstance(w, (int, float))]
+        elif v != base[key]:
+            diff.append(f"{key}={v}")
+    return "tfm.nn.adapt defaults otherwise" if not diff else "a variant: " + ", ".join(diff)
+
+
 def markdown(rep: dict) -> str:
     s = rep["summary"]
     L = ["# Self-supervised adaptation on out-of-range pairs", "",
          f"Machine: {rep['machine']}; jax {rep['jax']}; command: `{rep['command']}`.",
          f"Base model: `{rep['model']}`. Test set: `{rep['test_set']}` ({s['n']} pairs; PSF NA 0.45, beads of radius "
          f"0.9 µm, {CAMERA['photons'][0]:g}-{CAMERA['photons'][1]:g} photons, read noise {CAMERA['read_noise']}). "
-         f"Each pair adapted on itself for {rep['steps']} steps (tfm.nn.adapt defaults otherwise, the true cell mask given).", "",
+         f"Each pair adapted on itself for {rep['steps']} steps, the true cell mask given; {_variant(rep)}.", "",
          "Medians over the pairs; displacement at the DVC points, force on the DVC grid.", "",
          "| method | displacement RMS error (µm) | force rel. L2 |", "|---|---|---|"]
     for m, label in (("base", "base model"), ("adapted", "adapted on the pair"), ("classical", "classical (DVC + inverse)")):
@@ -187,7 +202,7 @@ def markdown(rep: dict) -> str:
           "| pair | max \\|u\\| (µm) | beads | u error base / adapted / classical (µm) | u ratio | f error base / adapted / "
           "classical | f ratio | photometric before / after | adapt (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rep["pairs"]):
-        L.append(f"| {i} | {r['u_max_truth_um']:.2f} | {r['n_beads']} | {r['base']['u_rms_error_um']:.4f} / "
+        L.append(f"| {r.get('pair', i)} | {r['u_max_truth_um']:.2f} | {r['n_beads']} | {r['base']['u_rms_error_um']:.4f} / "
                  f"{r['adapted']['u_rms_error_um']:.4f} / {r['classical']['u_rms_error_um']:.4f} | {r['u_rms_error_um_ratio']:.3f} | "
                  f"{r['base']['force_rel_l2']:.3f} / {r['adapted']['force_rel_l2']:.3f} / {r['classical']['force_rel_l2']:.3f} | "
                  f"{r['force_rel_l2_ratio']:.3f} | {r['photometric_before']:.4f} / {r['photometric_after']:.4f} | "
@@ -216,19 +231,34 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, help="use only the first N pairs")
     p.add_argument("--no-fmtrack", action="store_true", help="skip the real-stack part")
     p.add_argument("--fmtrack-steps", type=int, default=200, help="adaptation steps on the FM-Track pair (default 200)")
+    p.add_argument("--pairs", help="only these pairs of the set, comma-separated indices (e.g. 0,3)")
+    p.add_argument("--weights", nargs="+", default=[], metavar="TERM=W",
+                   help="loss weights other than tfm.nn.adapt.AdaptWeights' defaults (a variant), e.g. photometric=10")
+    p.add_argument("--ncc-sigma", type=float, help="photometric window, working voxels (default: AdaptConfig's)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: AdaptConfig's)")
+    p.add_argument("--report", default="adapt", help="name of the report files (default adapt)")
     args = p.parse_args(argv)
     import jax
 
     from tfm.nn import infer
     from tfm.synth.dataset import SyntheticDataset
 
+    from tfm.nn import adapt
+
     test = ensure_test_set(args.n)
     model = infer.load_model(args.model)
+    config = adapt.AdaptConfig(steps=args.steps)
+    weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.weights)}
+    config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, **weights),
+                                 **({"ncc_sigma": args.ncc_sigma} if args.ncc_sigma else {}),
+                                 **({"optim": dataclasses.replace(config.optim, learning_rate=args.learning_rate)}
+                                    if args.learning_rate else {}))
     rows = []
     with SyntheticDataset(test) as ds:
-        for i in range(len(ds) if args.limit is None else min(args.limit, len(ds))):
-            r = run_pair(ds[i], ds.grid, model, args.model, args.steps,
-                         ROOT / ".cache" / "bench" / "adapt_runs" / f"pair{i}")
+        picked = [int(i) for i in args.pairs.split(",")] if args.pairs else range(len(ds))
+        for i in list(picked)[:args.limit]:
+            r = run_pair(ds[i], ds.grid, model, args.model, config, ROOT / ".cache" / "bench" / "adapt_runs" / f"pair{i}")
+            r["pair"] = i
             rows.append(r)
             print(f"pair {i}: u {r['base']['u_rms_error_um']:.4f} -> {r['adapted']['u_rms_error_um']:.4f} "
                   f"(classical {r['classical']['u_rms_error_um']:.4f}); f {r['base']['force_rel_l2']:.3f} -> "
@@ -236,12 +266,13 @@ def main(argv=None) -> int:
                   f"{r['photometric_after']:.4f}; {r['adapt_seconds']:.0f} s", flush=True)
     rep = {"command": "python -m benchmarks.adapt " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "model": args.model or "shipped default (tfm/nn/weights/default)",
-           "test_set": str(test), "steps": args.steps, "pairs": rows, "summary": summarise(rows)}
-    write_report(args.out, "adapt", rep, markdown(rep))  # kept if the FM-Track part fails
+           "test_set": str(test), "steps": args.steps, "config": dataclasses.asdict(config), "pairs": rows,
+           "summary": summarise(rows)}
+    write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track part fails
     if FMTRACK.is_dir() and not args.no_fmtrack:
         rep["fmtrack"] = fmtrack(args.model, args.fmtrack_steps, ROOT / "docs" / "figures" / "fmtrack_adapt.png")
         print("fmtrack", rep["fmtrack"], flush=True)
-        write_report(args.out, "adapt", rep, markdown(rep))
+        write_report(args.out, args.report, rep, markdown(rep))
     return 0
 
 
