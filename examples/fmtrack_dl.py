@@ -61,6 +61,17 @@ def compare(classical, learned, mask, grid) -> dict:
             "median_u_by_distance_um": decay, "_pairs": (a, b)}
 
 
+def force_near_cell(res, mask, grid, within_um=(5.0, 10.0, 20.0)) -> dict:
+    """Share of the total |f| (pN) at points within each distance of the cell (µm): where a
+    reconstruction puts the force (the matrix itself carries none)."""
+    pos = np.clip(np.round((res.grid.coordinates_um() - np.asarray(grid.origin_um)) / np.asarray(grid.spacing_um)).astype(int),
+                  0, np.asarray(mask.shape) - 1)
+    dist = segment.distance_from_mask_um(mask, grid)[tuple(pos[..., i] for i in range(3))]
+    mag = res.force_magnitude()
+    total = float(mag.sum())
+    return {f"{d:g}": float(mag[dist <= d].sum()) / total if total > 0 else 0.0 for d in within_um}
+
+
 def figure(path, rep, pairs):
     import matplotlib
 
@@ -125,6 +136,7 @@ def main(argv=None) -> int:
     rep.update(cmp)
     rep["dl_contractility_pn"] = learned.contractility()
     rep["classical_contractility_pn"] = classical.contractility()
+    rep["force_share_within_um"] = {"dl": force_near_cell(learned, mask, grid), "classical": force_near_cell(classical, mask, grid)}
     figure(out / "compare.png", rep, pairs)
     io.write_result(out / "learned.h5", learned, {"command": "examples/fmtrack_dl.py"}, preview_factor=2)
     write_json(out / "summary.json", rep)
