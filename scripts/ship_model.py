@@ -43,7 +43,12 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          "your own pairs with `tfm adapt`, and compare with the classical pipeline on a pair first (docs/learned.md shows "
          "how on the FM-Track stacks).",
          "- An identical pair gives exactly zero displacement and force; the stacks' drift is taken out of the measured motion before the network, as "
-         "the DVC removes it (`drift=\"auto\"`).", "",
+         "the DVC removes it (`drift=\"auto\"`).",
+         "- On a real cell (FM-Track, docs/learned.md section 7) its displacement follows the DVC's, but its forces "
+         "did not: their contractility had the wrong sign and their net force was far from zero. Until it is validated "
+         "on real cells with known forces, take force maps and contractility of real cells from the classical pipeline.",
+         "- These weights were trained on features without the translation step that inference now applies "
+         "(FEATURES_VERSION 4; after drift removal the translation left is about zero); retraining reads version 5.", "",
          "## Training data", "",
          f"- Files: {', '.join(Path(p).name for p in c.get('data', []))} ({c.get('train_samples')} training and "
          f"{c.get('val_samples')} validation samples, seeded split); matrix laws: {', '.join(c.get('laws', []))}.",
@@ -74,6 +79,12 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
             r = s[m]
             L.append(f"| {m} | {r['u_rms_error_um']:.4f} | {r['force_rel_l2']:.3f} ({r['mean_force_rel_l2']:.3f}) | "
                      f"{r['contractility_rel_error']:.3f} ({r['mean_contractility_rel_error']:.3f}) |")
+        if b.get("fmtrack"):
+            f, a = b["fmtrack"], b["fmtrack"]["agreement"]
+            L += ["", f"FM-Track (CytoD -> Normal, {' x '.join(map(str, f['dl']['shape']))} voxels): Pearson r with the DVC "
+                  f"(z, y, x) {', '.join(f'{v:.2f}' for v in a['pearson_r_zyx'])} on {a['windows_compared']} windows "
+                  f"outside the cell; {f['dl']['warm_s']:.1f} s warm against {f['classical']['warm_s']:.0f} s for the "
+                  f"classical pipeline, {f['dl']['peak_rss_mb'] / 1024:.1f} GB peak."]
     return "\n".join(line for line in L if line is not None) + "\n"
 
 

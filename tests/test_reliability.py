@@ -151,8 +151,11 @@ def test_diverged_training_stops_with_an_error_and_keeps_the_last_good_state(tmp
     from tfm.nn import train
     from tfm.nn.unet3d import ModelConfig
 
-    sample = tfm.__file__.replace("tfm/__init__.py", "data/synthetic/sample48.h5")
-    cfg = train.TrainConfig(data=(sample,), model=ModelConfig(widths=(8, 16)), epochs=2, batch_size=2, crop=16,
+    import shutil
+
+    sample = tmp_path / "sample48.h5"  # a copy: training writes its feature cache beside the data
+    shutil.copy(tfm.__file__.replace("tfm/__init__.py", "data/synthetic/sample48.h5"), sample)
+    cfg = train.TrainConfig(data=(str(sample),), model=ModelConfig(widths=(8, 16)), epochs=2, batch_size=2, crop=16,
                             optim=OptimConfig(learning_rate=1e9, warmup_steps=0, grad_clip=1e12), checkpoint_every=1,
                             val_fraction=0.2)
     with pytest.raises(TrainingDiverged, match="diverged"):
