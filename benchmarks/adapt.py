@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import shutil
 import sys
 import time
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
                   f"(classical {r['classical']['u_rms_error_um']:.4f}); f {r['base']['force_rel_l2']:.3f} -> "
                   f"{r['adapted']['force_rel_l2']:.3f}; photometric {r['photometric_before']:.4f} -> "
                   f"{r['photometric_after']:.4f}; {r['adapt_seconds']:.0f} s", flush=True)
-    rep = {"command": "python -m benchmarks.adapt " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.adapt " + shlex.join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "model": args.model or "shipped default (tfm/nn/weights/default)",
            "test_set": str(test), "steps": args.steps, "config": dataclasses.asdict(config), "pairs": rows,
            "summary": summarise(rows)}

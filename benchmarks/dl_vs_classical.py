@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -261,7 +262,9 @@ def fmtrack(model_dir) -> dict:
 
 def markdown(rep: dict) -> str:
     s = rep["summary"]
-    L = ["# Learned (DL) vs classical reconstruction", "",
+    trained = [k for k in s if k.startswith("ablation:") and k != "ablation:levels=1"]
+    title = "Ablations of the learned model" if trained else "Learned (DL) vs classical reconstruction"
+    L = [f"# {title}", "",
          f"Machine: {rep['machine']}; jax {rep['jax']}; backend {rep['backend']}; command: `{rep['command']}`.",
          f"Model: `{rep['model']}`. Test set: {s['n']} held-out pairs in {len(s['by_set'])} acquisitions "
          f"({', '.join(f'`{k}`' for k in s['by_set'])}; unseen seeds; max |u| {s['u_max_truth_um'][0]:.2f}-"
@@ -360,7 +363,7 @@ def main(argv=None) -> int:
         name, _, run = spec.partition("=")
         ablation["ablation:" + name] = infer.load_model(run)
     rows = accuracy(tests, model, args.limit, ablation)
-    rep = {"command": "python -m benchmarks.dl_vs_classical " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.dl_vs_classical " + shlex.join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
            "model": args.model or "shipped default (tfm/nn/weights/default)", "test_sets": [str(t) for t in tests],
            "samples": rows, "summary": summarise(rows)}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -261,7 +262,7 @@ def main(argv=None):
         return 0
     import jax
 
-    rep = {"command": "python -m benchmarks.dvc " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.dvc " + shlex.join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__}
     rep["peers"] = peers(args.aldvc_python)
     rep["second_process"] = [second_process(c) for c in ("smooth_1.4", "cell")]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     train.predict_arrays(model, pre, batch_size=64)
     t_net = time.perf_counter() - t1
-    rep = {"command": "python -m benchmarks.stiffness " + " ".join(sys.argv[1:] if argv is None else argv),
+    rep = {"command": "python -m benchmarks.stiffness " + shlex.join(sys.argv[1:] if argv is None else argv),
            "machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
            "train_images": len(tr_data), "test_images": len(test), "excluded_test": len(test.excluded),
            "cnn": {"parameters": count_parameters(model), "epochs": args.epochs, "train_seconds": t_train,

@@ -103,6 +103,10 @@ def main(argv=None) -> int:
     p.add_argument("--classical", help="result.h5 of examples/fmtrack_classical.py on the same stacks (and crop)")
     p.add_argument("--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), help="a crop of this size centred on the cell")
     p.add_argument("--model", help="saved model or run directory (default: the shipped weights)")
+    p.add_argument("--support-um", type=float, default=4.0,
+                   help="forces of the network farther than this from the cell mask are set to zero (µm, default 4)")
+    p.add_argument("--no-mask", action="store_true",
+                   help="run the network without the cell mask (its own support map decides where forces are)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "CytoD_Beads.tif").is_file():
@@ -124,8 +128,8 @@ def main(argv=None) -> int:
         rep["time_classical_s"] = time.perf_counter() - t0
     drift = classical.info["dvc"]["drift_model"]
     t0 = time.perf_counter()
-    learned = tfm.reconstruct(ref, dfm, grid, gel, method="dl", mask=mask, model=args.model, progress=False,
-                              dl_options={"drift": drift})
+    learned = tfm.reconstruct(ref, dfm, grid, gel, method="dl", mask=None if args.no_mask else mask, model=args.model,
+                              progress=False, dl_options={"drift": drift, "support_um": args.support_um})
     rep["time_dl_s"] = time.perf_counter() - t0
     rep.update(drift_model=drift, dl_confident_fraction=learned.info["confident_fraction"],
                dl_rigid_shift_um=learned.info["rigid_shift_um"], dl_working_grid_um=learned.info["working_grid_um"],
@@ -134,8 +138,11 @@ def main(argv=None) -> int:
     cmp = compare(classical, learned, mask, grid)
     pairs = cmp.pop("_pairs")
     rep.update(cmp)
-    rep["dl_contractility_pn"] = learned.contractility()
-    rep["classical_contractility_pn"] = classical.contractility()
+    centre = np.argwhere(mask).mean(0) * np.asarray(grid.spacing_um) + np.asarray(grid.origin_um)
+    rep.update(dl_mask_given=not args.no_mask, dl_support_um=args.support_um, cell_centre_um=centre.tolist())
+    for name, res in (("dl", learned), ("classical", classical)):
+        rep[f"{name}_contractility_pn"] = res.contractility(center_um=centre)  # about the cell's centre
+        rep[f"{name}_net_force_pn"] = res.net_force().tolist()
     rep["force_share_within_um"] = {"dl": force_near_cell(learned, mask, grid), "classical": force_near_cell(classical, mask, grid)}
     figure(out / "compare.png", rep, pairs)
     io.write_result(out / "learned.h5", learned, {"command": "examples/fmtrack_dl.py"}, preview_factor=2)

@@ -140,22 +140,23 @@ def _plan(cfg: TrainConfig, progress=None) -> dict:
 
     if not cfg.data:
         raise ValueError("data: give at least one synthetic dataset file (tfm synth)")
-    laws, spacings = set(), set()
+    laws, spacings, n = set(), set(), 0
     for p in cfg.data:
         with SyntheticDataset(p) as ds:  # clear errors for missing / foreign files
             laws.add(ds.material)
             spacings.add(ds.grid.spacing_um)
+            n += len(ds)
     n_dev = jax.device_count()
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the device count {n_dev}")
+    n_val = max(1, int(round(cfg.val_fraction * n)))
+    if n - n_val < cfg.batch_size:  # before the feature cache is computed: a wrong setting fails at once
+        raise ValueError(f"data: {n - n_val} training samples, fewer than batch_size {cfg.batch_size}")
     probe = UNet3D(cfg.model)
     caches = [features.ensure(p, probe, progress) for p in cfg.data]
     data = features.FeatureSet(caches)
     perm = np.random.default_rng([cfg.seed, 999]).permutation(len(data))
-    n_val = max(1, int(round(cfg.val_fraction * len(data))))
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    if len(train_idx) < cfg.batch_size:
-        raise ValueError(f"data: {len(train_idx)} training samples, fewer than batch_size {cfg.batch_size}")
     return {"data": data, "laws": sorted(laws), "spacings": sorted(spacings), "val": val_idx[: cfg.max_val_samples],
             "train": train_idx, "steps_per_epoch": len(train_idx) // cfg.batch_size}
 
