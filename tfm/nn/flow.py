@@ -210,7 +210,7 @@ def _lk_update(sums, u, n2, tikhonov, noise_floor, window_mats, smooth_mats):
     return u + du, win
 
 
-class _Level:
+class PyramidLevel:
     """One level's images: the reference (prefiltered) and the deformed volume's spline."""
 
     def __init__(self, ref, dfm, interpolation: str = "keys"):
@@ -301,7 +301,7 @@ def pyramid_flow(reference, deformed, config: FlowConfig = FlowConfig(), progres
     steps = [config.fine_iterations if lev == 0 else config.iterations for lev in range(levels)]
     with resolve(progress).task(sum(steps), "dl motion") as task:
         for lev in range(levels - 1, -1, -1):
-            level = _Level(rs[lev], ds[lev], config.interpolation)
+            level = PyramidLevel(rs[lev], ds[lev], config.interpolation)
             lk_shape = tuple(n // 2 for n in level.shape)
             if u is None:  # the translation, in whole working voxels (an identical pair starts, and stays, at 0)
                 u = jnp.broadcast_to(jnp.asarray(np.round(rigid) / 2**lev, jnp.float32), lk_shape + (3,))
