@@ -64,9 +64,7 @@ def compare(classical, learned, mask, grid) -> dict:
 def force_near_cell(res, mask, grid, within_um=(5.0, 10.0, 20.0)) -> dict:
     """Share of the total |f| (pN) at points within each distance of the cell (µm): where a
     reconstruction puts the force (the matrix itself carries none)."""
-    pos = np.clip(np.round((res.grid.coordinates_um() - np.asarray(grid.origin_um)) / np.asarray(grid.spacing_um)).astype(int),
-                  0, np.asarray(mask.shape) - 1)
-    dist = segment.distance_from_mask_um(mask, grid)[tuple(pos[..., i] for i in range(3))]
+    dist = segment.distance_from_mask_um(mask, grid)[segment.nearest_voxels(res.grid, grid)]
     mag = res.force_magnitude()
     total = float(mag.sum())
     return {f"{d:g}": float(mag[dist <= d].sum()) / total if total > 0 else 0.0 for d in within_um}

@@ -94,6 +94,19 @@ def distance_from_mask_um(mask, grid) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=Grid.of(mask.shape, grid).spacing_um)
 
 
+def nearest_voxels(points: Grid, image: Grid) -> tuple:
+    """Index arrays (one per axis, ``points.shape``) of the ``image`` voxel nearest to each
+    point of the grid ``points`` (e.g. a result's grid, in the image's coordinates): index a
+    per-voxel map of the image with them. Points outside the image are refused."""
+    sp = np.asarray(image.spacing_um)
+    pos = (points.coordinates_um() - np.asarray(image.origin_um)) / sp  # in the image's voxel indices
+    if np.any(pos < -0.5) or np.any(pos > np.asarray(image.shape) - 0.5):
+        raise ValueError(f"the result's grid reaches outside the mask's image ({image.shape} voxels of {tuple(sp)} µm): "
+                         "mask and spacing_um must describe the image the result was measured on")
+    vox = np.clip(np.round(pos).astype(int), 0, np.asarray(image.shape) - 1)
+    return tuple(vox[..., i] for i in range(image.ndim))
+
+
 DECAY_BINS_UM = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0, 100.0)
 
 
@@ -125,14 +138,9 @@ def displacement_decay(result, mask, grid, bins_um=DECAY_BINS_UM, valid=None, mi
     edges = np.asarray(bins_um, float)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
         raise ValueError(f"bins_um must be at least two increasing distances, got {bins_um}")
-    pos = (result.grid.coordinates_um() - np.asarray(image.origin_um)) / sp  # result points in the mask's voxel indices
-    if np.any(pos < -0.5) or np.any(pos > np.asarray(mask.shape) - 0.5):
-        raise ValueError(f"the result's grid reaches outside the mask's image ({mask.shape} voxels of {tuple(sp)} µm): "
-                         "mask and spacing_um must describe the image the result was measured on")
+    idx = nearest_voxels(result.grid, image)
     dist = distance_from_mask_um(mask, sp)
     grad = np.stack(np.gradient(dist, *sp), -1)  # points away from the cell
-    vox = np.clip(np.round(pos).astype(int), 0, np.asarray(mask.shape) - 1)
-    idx = tuple(vox[..., i] for i in range(mask.ndim))
     d, g = dist[idx], grad[idx]
     u = np.asarray(result.displacement)
     mag = np.linalg.norm(u, axis=-1)

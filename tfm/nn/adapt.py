@@ -63,7 +63,7 @@ from ..learn import config as configs
 from ..learn import loop, store
 from ..learn.optim import OptimConfig, make_optimizer, schedule
 from ..classical.dvc import check_pair
-from ..fields import gaussian_matrix, resample
+from ..fields import gaussian_matrix
 from . import infer, physics
 
 MODEL_KIND = "tfm.unet3d"
@@ -263,9 +263,7 @@ def prepare_pairs(pairs, spacing_um, net, poisson_ratio: float, cells=None, dila
                              f"crop {crop}; give a smaller crop (a multiple of the network's factor)")
         outside = np.ones(motion.shape[:3], np.float32)
         if mask is not None:
-            inner = Grid(lk_shape, prep["lk"].spacing_um, prep["lk"].origin_um)
-            m = np.zeros(motion.shape[:3], bool)
-            m[tuple(slice(0, n) for n in lk_shape)] = resample(mask.astype(np.float32), grid, inner) > 0.5
+            m = prep["cell_lk"]
             if dilate_um > 0:
                 m = ndimage.binary_dilation(m, iterations=max(1, int(round(dilate_um / min(prep["lk"].spacing_um)))))
             outside = (~m).astype(np.float32)

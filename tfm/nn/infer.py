@@ -146,7 +146,8 @@ def prepare(reference, deformed, grid: Grid, model: UNet3D, levels="auto", drift
     Returns a dict: ``reference``, ``deformed`` (working, padded), ``work`` (the working grid,
     unpadded), ``lk`` (the LK grid of the padded volumes), ``flow`` (its output, ``u`` with
     the drift removed), ``pair_correlation``, ``drift_info`` and ``drift_voxels`` (the field
-    removed, working voxels, on the LK grid)."""
+    removed, working voxels, on the LK grid), ``translation`` (:func:`translation`) and
+    ``cell_lk`` (``mask`` on the LK grid, False on the padding; None without a mask)."""
     fc = model.config.flow_config
     ref_w, dfm_w, work = working_pair(reference, deformed, grid, model.config.spacing_um, fc.prefilter)
     n_lev = flow.n_levels(work.shape, fc) if levels == "auto" else int(levels)
@@ -168,17 +169,21 @@ def prepare(reference, deformed, grid: Grid, model: UNet3D, levels="auto", drift
         raise ValueError(f"the volumes show no bead structure: {100 * frac:.2f} % of the windows have texture above "
                          f"the image noise (need {100 * BLANK_FRACTION:.0f} %); check the channel and the stacks "
                          "(blank, or noise only)")
+    cell_lk = None
+    if mask is not None:  # the cell on the LK grid (False on the padding)
+        cell_lk = np.zeros(lk.shape, bool)
+        inner = Grid(tuple(sl.stop for sl in keep), lk.spacing_um, lk.origin_um)
+        cell_lk[keep] = resample(np.asarray(mask, np.float32), grid, inner) > 0.5
     drift_info = {"drift_model": None, "drift_removed_um": [0.0, 0.0, 0.0]}
     drift_field = np.zeros_like(out["u"])
     if drift is not None:
         h = np.asarray(work.spacing_um, np.float32)
-        mask_lk = None if mask is None else resample(np.asarray(mask, np.float32), grid, lk) > 0.5
-        u_um, drift_info = _remove_drift(out["u"] * h, out["confidence"], drift, mask_lk, lk, keep)
+        u_um, drift_info = _remove_drift(out["u"] * h, out["confidence"], drift, cell_lk, lk, keep)
         drift_field = out["u"] - u_um / h
         out = {**out, "u": (u_um / h).astype(np.float32)}
     return {"reference": ref_w, "deformed": dfm_w, "work": work, "lk": lk, "flow": out, "pair_correlation": r,
             "drift_info": drift_info, "drift_voxels": drift_field.astype(np.float32),
-            "translation": translation(out["u"], out["confidence"], keep)}
+            "translation": translation(out["u"], out["confidence"], keep), "cell_lk": cell_lk}
 
 
 def translation(u, confidence, keep) -> np.ndarray:
@@ -369,7 +374,7 @@ def predict(reference, deformed, grid, material, model=None, tile: int | None = 
     confidence = prep["flow"]["confidence"][keep]
     rigid_um = prep["flow"]["rigid_voxels"] * np.asarray(work.spacing_um)
     if mask is not None and support_um is not None:
-        near = resample(mask.astype(np.float32), grid, lk) > 0.5
+        near = prep["cell_lk"][keep]
         near = ndimage.distance_transform_edt(~near, sampling=lk.spacing_um) <= support_um if near.any() else near
         f = f * near[..., None].astype(np.float32)
     drift_info = prep["drift_info"]
