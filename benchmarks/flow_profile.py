@@ -55,7 +55,7 @@ def profile(size: int) -> dict:
     levels = flow.n_levels(r.shape, cfg)
     rep["levels"] = []
     for lev in range(levels):
-        level = flow.PyramidLevel(r, d, fc.interpolation)
+        level = flow.PyramidLevel(r, d, fc.interpolation, fc.warp)
         u = np.zeros(tuple(n // 2 for n in r.shape) + (3,), np.float32)
         seconds = _best_of(lambda: level.products(u).block_until_ready())
         n_iter = fc.fine_iterations if lev == 0 else fc.iterations
