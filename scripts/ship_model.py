@@ -19,12 +19,15 @@ import sys
 from pathlib import Path
 
 from tfm.atomic import atomic_dir, write_text
+from tfm.learn import config as configs
+from tfm.nn.unet3d import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "tfm" / "nn" / "weights" / "default"
 
 
-def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_command: str, benches: list) -> str:
+def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_command: str, benches: list,
+         notes: list = ()) -> str:
     best = min(rows, key=lambda r: r["val"]["loss"])
     optim = train_cfg.get("optim", train_cfg)
     c, cfg = desc["card"], desc["config"]
@@ -35,8 +38,8 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          "constitutive law in its forward pass) turns it into displacement and force. See docs/learned.md.", "",
          "## Intended use and limits", "",
          "- Bead volume pairs of a cell in a soft, homogeneous, isotropic gel (E 100 Pa - 10 kPa, ν 0.3-0.48), imaged "
-         "with a PSF elongated along z. The stacks keep their own voxels, coarsened along an axis only where finer than "
-         f"{cfg.get('spacing_um')} µm (the working grid); the fields come out on the network's grid, 2 working voxels "
+         "with a PSF elongated along z. The stacks keep their own voxels, binned by an integer factor along an axis only where "
+         f"finer than {cfg.get('spacing_um')} µm (the working grid); the fields come out on the network's grid, 2 working voxels "
          "per step (e.g. 1.6 x 1.2 x 1.2 µm for a confocal stack of 0.8 x 0.3 x 0.3 µm voxels).",
          f"- Trained on synthetic data only ({'; '.join(' x '.join(f'{h:g}' for h in sp) for sp in c.get('data_spacing_um', []))} "
          "µm voxels; the data recipe below). Outside that range -- other optics, bead sizes, noise -- fine-tune it on "
@@ -47,8 +50,7 @@ def card(run: Path, desc: dict, rows: list, train_cfg: dict, command: str, data_
          "- On a real cell (FM-Track, docs/learned.md section 7) its displacement follows the DVC's, but its forces "
          "did not: their contractility had the wrong sign and their net force was far from zero. Until it is validated "
          "on real cells with known forces, take force maps and contractility of real cells from the classical pipeline.",
-         "- These weights were trained on features without the translation step that inference now applies "
-         "(FEATURES_VERSION 4; after drift removal the translation left is about zero); retraining reads version 5.", "",
+         *[f"- {n}" for n in notes], "",
          "## Training data", "",
          f"- Files: {', '.join(Path(p).name for p in c.get('data', []))} ({c.get('train_samples')} training and "
          f"{c.get('val_samples')} validation samples, seeded split); matrix laws: {', '.join(c.get('laws', []))}.",
@@ -96,9 +98,12 @@ def main(argv=None) -> int:
     p.add_argument("--bench", nargs="*", default=[], help="reports of benchmarks/dl_vs_classical.py (.json) to include")
     p.add_argument("--machine", default="", help="where it was trained")
     p.add_argument("--card-only", action="store_true", help="only rewrite MODEL_CARD.md (weights already shipped)")
+    p.add_argument("--note", action="append", default=[], help="a line for the card's limits (repeatable)")
     args = p.parse_args(argv)
     run = Path(args.run)
     desc = json.loads((run / "model" / "model.json").read_text())
+    # every setting explicit (a run saved before a setting existed runs with its default)
+    desc["config"] = configs.to_dict(configs.from_dict(ModelConfig, desc["config"]))
     if args.machine:
         desc["card"]["machine"] = args.machine
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
         with atomic_dir(DEST) as tmp:
             shutil.copytree(run / "model", tmp, dirs_exist_ok=True)
             (tmp / "model.json").write_text(json.dumps(desc, indent=2))
-    write_text(DEST / "MODEL_CARD.md", card(run, desc, rows, train_cfg, args.command, args.data_command, benches))
+    write_text(DEST / "MODEL_CARD.md", card(run, desc, rows, train_cfg, args.command, args.data_command, benches, args.note))
     print(f"wrote {DEST}")
     return 0
 

@@ -413,9 +413,12 @@ def test_predict_units_grids_and_errors():
     np.testing.assert_array_equal(a.displacement, b.displacement)
     full = infer.predict(ref, dfm, 1.0, tfm.LinearElastic(1000.0, 0.45), model=model, output_grid="input", progress=False)
     assert full.grid.shape == (32, 32, 32) and full.info["confidence"].shape == (32, 32, 32)
-    # 0.4 µm in-plane voxels are brought to the model's 0.6 µm; z keeps its own 1 µm
-    c = infer.predict(ref, dfm, (1.0, 0.4, 0.4), tfm.LinearElastic(1000.0, 0.45), model=model, progress=False)
-    assert c.info["working_grid_um"][0] == 1.0 and abs(c.info["working_grid_um"][1] - 0.6) < 0.02
+    # 0.3 µm in-plane voxels are binned by 2 to the model's 0.6 µm; z keeps its own 1 µm;
+    # 0.4 µm (a factor of 1.5) stays: only integer factors
+    c = infer.predict(ref, dfm, (1.0, 0.3, 0.3), tfm.LinearElastic(1000.0, 0.45), model=model, progress=False)
+    assert c.info["working_grid_um"] == [1.0, 0.6, 0.6] and c.grid.shape == (16, 8, 8)
+    assert infer.working_grid(tfm.Grid((8, 9, 10), (1.0, 0.4, 0.25)), (0.8, 0.6, 0.6)) == tfm.Grid((8, 9, 5), (1.0, 0.4, 0.5))
+    assert infer.binning(tfm.Grid((8, 8, 8), (0.5, 0.29, 0.2)), (0.8, 0.6, 0.6)) == (1, 2, 3)
     with pytest.raises(ValueError, match="deformed must have"):
         infer.predict(ref, dfm[:-1], 1.0, tfm.LinearElastic(1000.0, 0.45), model=model)
     with pytest.raises(ValueError, match="tile must be"):
@@ -512,7 +515,7 @@ def test_features_on_anisotropic_voxels_with_the_stacks_drift_removed(tmp_path):
     drift = np.asarray(s["params"]["acquisition"]["drift_um"])
     assert tuple(it["shape"]) == (12, 12, 12)  # 24 x 24 x 24 working voxels of (0.8, 0.6, 0.6) µm
     h = it["h"]
-    np.testing.assert_allclose(it["rel"] * h, (1.6, 1.2, 1.2), rtol=0.03)  # the extent kept: 24 x 0.5875 µm in-plane
+    np.testing.assert_allclose(it["rel"] * h, (1.6, 1.2, 1.2), rtol=1e-6)  # in-plane voxels binned by 2, exactly
     prep = infer.prepare(s["reference"], s["deformed"], grid, model)
     removed = np.asarray(prep["drift_info"]["drift_removed_um"])
     np.testing.assert_allclose(removed[1:], drift[1:], atol=0.1)  # the lateral drift (z also carries the axial scaling)
@@ -520,6 +523,6 @@ def test_features_on_anisotropic_voxels_with_the_stacks_drift_removed(tmp_path):
     far = it["cell"][inner] < 0.01
     np.testing.assert_allclose(np.median(it["motion"][inner][far], 0) * h, np.median(it["u"][inner][far], 0) * h, atol=0.05)
     t_um = prep["translation"] * np.asarray(prep["lk"].spacing_um) / 2  # added back after the network
-    np.testing.assert_allclose(it["u"][inner] * h + t_um, resample(s["displacement"], grid, tfm.Grid((12, 12, 12), (1.6, 1.175, 1.175),
+    np.testing.assert_allclose(it["u"][inner] * h + t_um, resample(s["displacement"], grid, tfm.Grid((12, 12, 12), (1.6, 1.2, 1.2),
                                                                                            prep["lk"].origin_um))[inner],
                                rtol=0.05, atol=1e-3)

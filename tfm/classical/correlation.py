@@ -150,6 +150,18 @@ def _phase(shape, shift):
     return jnp.asarray(np.exp(1j * phase), jnp.complex64)
 
 
+@jax.jit
+def _phase_correlation(r, d, kernel_ft):
+    """The phase-correlation peak (sub-voxel, signed) of two volumes and the deformed one's
+    spectrum (one compiled call: on small volumes the eager operations cost more than the FFTs)."""
+    dh = jnp.fft.rfftn(d)
+    cross = jnp.conj(jnp.fft.rfftn(r)) * dh
+    corr = jnp.fft.irfftn(cross / jnp.maximum(jnp.abs(cross), 1e-12), s=r.shape)
+    # Smooth the sharp phase-correlation peak slightly so the 3-point fit is well posed.
+    corr = jnp.fft.irfftn(jnp.fft.rfftn(corr) * kernel_ft, s=r.shape)
+    return periodic_peak(corr[None], jnp.argmax(corr.ravel())[None])[0], dh
+
+
 def rigid_shift(reference, deformed, refinements: int = 2) -> np.ndarray:
     """Global translation (voxels, (z, y, x)) of ``deformed`` relative to ``reference``.
 
@@ -160,13 +172,8 @@ def rigid_shift(reference, deformed, refinements: int = 2) -> np.ndarray:
     """
     r = jnp.asarray(reference, jnp.float32)
     d = jnp.asarray(deformed, jnp.float32)
-    dh = jnp.fft.rfftn(d)
-    cross = jnp.conj(jnp.fft.rfftn(r)) * dh
-    corr = jnp.fft.irfftn(cross / jnp.maximum(jnp.abs(cross), 1e-12), s=r.shape)
-    # Smooth the sharp phase-correlation peak slightly so the 3-point fit is well posed.
-    corr = jnp.fft.irfftn(jnp.fft.rfftn(corr) * _gauss_kernel_ft(r.shape, 0.7), s=r.shape)
-    shift = np.asarray(periodic_peak(corr[None], jnp.argmax(corr.ravel())[None])[0], dtype=np.float64)
-    del corr, cross
+    first, dh = _phase_correlation(r, d, _gauss_kernel_ft(r.shape, 0.7))
+    shift = np.asarray(first, dtype=np.float64)
     for _ in range(refinements):
         margin = tuple(0 if n == 1 else max(0, min(int(np.ceil(abs(s))) + 4, (n - 8) // 2)) for s, n in zip(shift, r.shape))
         window = tuple(n - 2 * m for n, m in zip(r.shape, margin))

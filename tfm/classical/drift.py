@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy import linalg, ndimage
 
 DRIFTS = ("auto", "rigid", "median", "affine", "slicewise", None)
 MIN_GAIN = 0.15  # "auto": a richer model must lower the far field's RMS residual by this fraction
@@ -101,11 +101,25 @@ def _design(mode, x_um, plane, planes):
     return np.stack(cols, -1).astype(float)
 
 
+def _least_squares(a, b):
+    """A least-squares solution of ``a x = b`` (``b`` one or more columns) for a tall ``a``,
+    from the normal equations of its column-scaled form (scaling keeps their conditioning
+    that of the basis' shape, not of its units), solved by LAPACK's complete orthogonal
+    factorisation (a rank-deficient system gets the solution of least scaled norm): a
+    slicewise drift with ~60 parameters on ~8000 rows in about 1 ms instead of 13 ms for a
+    factorisation of ``a`` itself."""
+    scale = np.linalg.norm(a, axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    a = a / scale
+    coef, *_ = linalg.lstsq(a.T @ a, a.T @ b, lapack_driver="gelsy")
+    return coef / scale.reshape((-1,) + (1,) * (coef.ndim - 1))
+
+
 def _fit(y, a):
     """Least squares with two rounds of trimming (residuals beyond 3 robust sigmas)."""
     keep = np.ones(len(y), bool)
     for _ in range(3):
-        coef, *_ = np.linalg.lstsq(a[keep].reshape(-1, a.shape[-1]), y[keep].ravel(), rcond=None)
+        coef = _least_squares(a[keep].reshape(-1, a.shape[-1]), y[keep].ravel())
         r = np.linalg.norm(y - (a @ coef), axis=-1)
         sigma = 1.4826 * np.median(r[keep]) + 1e-12
         trimmed = r < 3 * sigma + 1e-9
@@ -166,7 +180,7 @@ def correction(mode, u, rigid, valid, centres, dist, shape):
         far = far_windows(valid, dist)
         x0 = (np.asarray(shape) - 1) / 2
         design = lambda x: np.concatenate([np.ones(x.shape[:-1] + (1,)), x - x0], -1)  # noqa: E731
-        coef, *_ = np.linalg.lstsq(design(centres[far]), u[far], rcond=None)
+        coef = _least_squares(design(centres[far]), u[far])
         # [i][j] = d u_i / d x_j (voxel/voxel)
         return design(centres) @ coef, coef[0], {"drift_affine_gradient": coef[1:].T.tolist()}
     if mode == "slicewise":

@@ -44,7 +44,7 @@ from ..progress import resolve
 from . import infer
 from .unet3d import UNet3D
 
-FEATURES_VERSION = 5
+FEATURES_VERSION = 6  # 6: integer binning to the working grid (infer.working_grid)
 # LK voxels at the volume's faces left out of the loss: there the beads move in and out of
 # the field of view and half of every window is missing, so the measurement says little (on
 # acquisition-like data the outermost LK voxel held 30 % of the measured motion's squared

@@ -66,6 +66,7 @@ implementations: ``"native"`` (XLA's 3D convolution, cuDNN on GPU) and ``"stacke
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -299,13 +300,15 @@ def normalise_pair(reference, deformed):
     photobleaching (a dimmer deformed volume) is divided out. NumPy, float32; call it once
     on a whole volume (not per tile). The percentiles of volumes over 8M voxels are taken on
     a regular subsample of at least 4M voxels (the same statistics, a fraction of the cost)."""
-    out = []
-    for v in (reference, deformed):
+    def one(v):
         v = np.asarray(v, np.float32)
         step = max(1, int((v.size / 4e6) ** (1 / 3))) if v.size > 8e6 else 1
         sample = v[::step, ::step, ::step] if v.ndim == 3 else v
         bg, hi = (float(q) for q in np.percentile(sample, [50.0, 99.9]))  # one partition for both
         v = v - bg
         v /= hi - bg if hi > bg else 1.0
-        out.append(v)
-    return tuple(out)
+        return v
+
+    # the two volumes in two threads (NumPy's partition releases the GIL; 128³: 56 -> 30 ms)
+    with ThreadPoolExecutor(2) as pool:
+        return tuple(pool.map(one, (reference, deformed)))
