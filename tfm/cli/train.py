@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     n.add_argument("--no-physics-forward", action="store_true",
                    help="force from the network alone, without the constitutive layer in the forward pass (an ablation)")
     n.add_argument("--spacing-um", type=float, nargs=3, metavar=("HZ", "HY", "HX"), default=[0.8, 0.6, 0.6],
-                   help="finest working voxel, µm: finer stacks are brought to it (default 0.8 0.6 0.6)")
+                   help="finest working voxel, µm: finer stacks are binned toward it by integer factors (default 0.8 0.6 0.6)")
     n.add_argument("--crop", type=int, nargs="+", default=[24, 32, 32],
                    help="crops of the LK grid (half the working grid): N or NZ NY NX, multiples of 8 (default 24 32 32)")
     n.add_argument("--w-displacement", type=float, default=1.0, help="weight of the supervised displacement loss (default 1)")
