@@ -329,6 +329,9 @@ class PyramidLevel:
         self.nz = nz
         # a plane of halo each side, and room for the last slab to reach beyond the volume
         self.ref = np.pad(ref, ((1, 1 + nz), (0, 0), (0, 0)), mode="edge")
+        # each slab's planes z0 - 1 .. z0 + nz from the LK grid's: the same at every iteration
+        self.taps_z = [tuple(jnp.asarray(t) for t in linear_taps(nz + 2, lk[0], start=z0 - 1))
+                       for z0 in range(0, self.shape[0], nz)]
 
     def products(self, u_lk):
         """Block sums of the LK products (:func:`_slab_products`) over the whole level."""
@@ -337,8 +340,7 @@ class PyramidLevel:
         out = []
         ref = self.ref
         slab_warp = _slab_warp_separable if self.separable else _slab_warp
-        for z0 in range(0, n, nz):
-            taps_z = tuple(jnp.asarray(t) for t in linear_taps(nz + 2, u_lk.shape[0], start=z0 - 1))
+        for z0, taps_z in zip(range(0, n, nz), self.taps_z):
             dw, inside = slab_warp(self.coeffs, u_lk, jnp.float32(z0), (taps_z, *self.taps_yx), self.bspline)
             part = _slab_products(jnp.asarray(ref[z0 : z0 + nz + 2]), dw, inside)
             out.append(part[: max(0, min(nz, n - z0)) // 2])
@@ -425,7 +427,7 @@ def pyramid_flow(reference, deformed, config: FlowConfig = FlowConfig(), progres
     with np.errstate(divide="ignore", invalid="ignore"):
         confidence = np.clip(1.0 - n2 / np.where(lam > 0, lam, np.inf), 0.0, 1.0).astype(np.float32)
     tr = win[..., 0] + win[..., 1] + win[..., 2]
-    mean_r, mean_d = block_mean(rs[0]), block_mean(ds[0])
+    mean_r, mean_d = (rs[1], ds[1]) if levels > 1 else (block_mean(rs[0]), block_mean(ds[0]))  # the LK grid's means
     return {"u": np.asarray(u, np.float32), "confidence": confidence,
             "texture": np.log1p(np.maximum(tr, 0) / (3 * n2)).astype(np.float32),
             "residual": np.log1p(np.maximum(win[..., 9], 0) / (4 * noise**2 + 1e-30)).astype(np.float32),
