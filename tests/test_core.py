@@ -168,6 +168,17 @@ def test_antialiased_resampling_keeps_a_small_bead_moving_smoothly():
     assert np.ptp(mass[False]) > 0.3 * np.mean(mass[False]), mass[False]
 
 
+def test_gaussian_band_is_the_gaussian_matrix_without_its_zeros():
+    import jax.numpy as jnp
+
+    v = np.random.default_rng(4).random((9, 23, 4)).astype(np.float32)
+    for sigma, step in ((2.0, 1), (0.7, 1), (1.65, 2), (0.9, 3), (0.0, 2)):
+        m = fields.gaussian_matrix(23, sigma) if sigma > 0 else np.eye(23, dtype=np.float32)
+        want = np.einsum("ij,zjc->zic", m[::step], v)
+        got = fields.band_filter(jnp.asarray(v), 1, jnp.asarray(fields.gaussian_band(23, sigma, step)), step)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
 def test_antialiased_resampling_is_linear_interpolation_where_it_does_not_shrink():
     rng = np.random.default_rng(0)
     src = tfm.Grid((10, 12, 14), (1.0, 1.0, 1.0))

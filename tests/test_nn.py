@@ -127,13 +127,14 @@ def test_linear_layer_is_the_energy_gradient_on_every_voxel():
     from tfm.material import lame_parameters
 
     rng = np.random.default_rng(3)
-    u = jnp.asarray(rng.standard_normal((5, 6, 7, 3)), jnp.float32)
     spacing = jnp.asarray([1.3, 0.9, 0.85], jnp.float32)
     moduli = jnp.stack(lame_parameters(1.0, jnp.float32(0.42))).astype(jnp.float32)
-    scale = jnp.ones((4, 5, 6), jnp.float32)
-    want = jax.grad(fem.energy)(u, scale, None, None, moduli, "linear", spacing) / jnp.prod(spacing)
-    got = physics.implied_force(u, 0.42, "linear", spacing)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    for shape in ((5, 6, 7), (2, 5, 4), (3, 3, 9)):  # the 27-point stencil inside, the element sums on the faces
+        u = jnp.asarray(rng.standard_normal(shape + (3,)), jnp.float32)
+        scale = jnp.ones(tuple(n - 1 for n in shape), jnp.float32)
+        want = jax.grad(fem.energy)(u, scale, None, None, moduli, "linear", spacing) / jnp.prod(spacing)
+        got = physics.implied_force(u, 0.42, "linear", spacing)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
 def test_separable_warp_measures_the_motion_as_the_exact_one():
@@ -169,6 +170,21 @@ def test_separable_warp_measures_the_motion_as_the_exact_one():
                                    rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="warp"):
         flow.FlowConfig(warp="fast")
+
+
+def test_pyramid_level_in_slabs_equals_one_slab(monkeypatch):
+    """The LK products of a level taken in z-slabs (each with its own window of LK planes)
+    equal those of one slab, for both warps."""
+    rng = np.random.default_rng(5)
+    r, d = (rng.random((20, 12, 14)).astype(np.float32) for _ in range(2))
+    u = jnp.asarray(rng.normal(0.0, 1.5, (10, 6, 7, 3)), jnp.float32)
+    for warp in flow.WARPS:
+        whole = np.asarray(flow.PyramidLevel(r, d, "keys", warp).products(u))
+        with monkeypatch.context() as m:
+            m.setattr(flow, "SLAB_VOXELS", 6 * 12 * 14)  # slabs of 6 planes: 4 of them, the last one short
+            level = flow.PyramidLevel(r, d, "keys", warp)
+            assert level.nz == 6
+            np.testing.assert_allclose(np.asarray(level.products(u)), whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
 
 
 def test_flow_helpers_match_their_definitions():
@@ -419,6 +435,12 @@ def test_predict_units_grids_and_errors():
     assert c.info["working_grid_um"] == [1.0, 0.6, 0.6] and c.grid.shape == (16, 8, 8)
     assert infer.working_grid(tfm.Grid((8, 9, 10), (1.0, 0.4, 0.25)), (0.8, 0.6, 0.6)) == tfm.Grid((8, 9, 5), (1.0, 0.4, 0.5))
     assert infer.binning(tfm.Grid((8, 8, 8), (0.5, 0.29, 0.2)), (0.8, 0.6, 0.6)) == (1, 2, 3)
+    # the working pair's banded blur and binning are resample's anti-aliasing and prefilter
+    g = tfm.Grid((32, 31, 30), (0.5, 0.29, 0.2))
+    raw = (ref[:, :31, :30] * 4000).astype(np.uint16), (dfm[:, :31, :30] * 4000).astype(np.uint16)
+    r_w, d_w, work = infer.working_pair(*raw, g, (0.8, 0.6, 0.6), 0.7)
+    for got, v in zip((r_w, d_w), normalise_pair(*raw)):
+        np.testing.assert_allclose(got, resample(v, g, work, antialias=True, blur=0.7), atol=1e-5)
     with pytest.raises(ValueError, match="deformed must have"):
         infer.predict(ref, dfm[:-1], 1.0, tfm.LinearElastic(1000.0, 0.45), model=model)
     with pytest.raises(ValueError, match="tile must be"):

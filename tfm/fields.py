@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -204,6 +205,42 @@ def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     d = np.arange(n)[:, None] - np.arange(n)[None, :]
     w = np.where(np.abs(d) <= r, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def gaussian_band(n: int, sigma: float, step: int = 1) -> np.ndarray:
+    """The rows ``0, step, 2 step, ...`` of :func:`gaussian_matrix` without their zeros: a
+    ``(2r + 1, ceil(n / step))`` array ``c`` with ``c[d, i]`` the weight of voxel
+    ``step i + d - r`` (``r = ceil(2.5 sigma)``; 0 where that voxel is outside). ``sigma``
+    <= 0: the identity (``r = 0``). :func:`band_filter` applies it."""
+    rows = np.arange(0, n, step)
+    if sigma <= 0:
+        return np.ones((1, len(rows)), np.float32)
+    r = int(math.ceil(2.5 * sigma))
+    m = gaussian_matrix(n, sigma)
+    cols = rows[None, :] + np.arange(-r, r + 1)[:, None]
+    inside = (cols >= 0) & (cols < n)
+    return np.where(inside, m[rows[None, :], np.clip(cols, 0, n - 1)], 0.0).astype(np.float32)
+
+
+def band_filter(x, axis: int, band, step: int = 1):
+    """A :func:`gaussian_band` (``(2r + 1, n_out)``, a JAX or NumPy array) along ``axis`` of
+    the JAX array ``x``: ``out[i] = sum_d band[d, i] x[step i + d - r]`` -- the product with
+    :func:`gaussian_matrix`'s rows in ``2r + 1`` shifted multiply-adds (a 64-voxel axis and
+    a window of sigma 2: 8 ms instead of 21 ms for a dense product of a (64³, 10) field on
+    2 CPU cores). The result is kept whole (an optimisation barrier: fused into a consumer
+    that reads each value several times, XLA would recompute it per read)."""
+    taps, n_out = band.shape
+    r = (taps - 1) // 2
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (r, r)
+    xp = jnp.pad(x, pads) if r else x
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    out = 0.0
+    for d in range(taps):
+        part = jax.lax.slice_in_dim(xp, d, d + step * (n_out - 1) + 1, stride=step, axis=axis)
+        out = out + jnp.reshape(band[d], shape) * part
+    return jax.lax.optimization_barrier(out)
 
 
 def _linear_weights(xs, xt):

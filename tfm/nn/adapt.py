@@ -63,7 +63,7 @@ from ..learn import config as configs
 from ..learn import loop, store
 from ..learn.optim import OptimConfig, make_optimizer, schedule
 from ..classical.dvc import check_pair
-from ..fields import gaussian_matrix
+from ..fields import band_filter, gaussian_band
 from . import infer, physics
 
 MODEL_KIND = "tfm.unet3d"
@@ -144,11 +144,10 @@ def warp(volume, u_vox, margin: int = 0):
 
 
 def blur(x, sigma: float):
-    """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded matrix
-    product per axis (normalised convolution at the faces)."""
+    """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded product
+    per axis (:func:`tfm.fields.band_filter`; normalised convolution at the faces)."""
     for ax in (1, 2, 3):
-        a = jnp.asarray(gaussian_matrix(x.shape[ax], sigma), x.dtype)
-        x = jnp.moveaxis(jnp.tensordot(a, x, axes=([1], [ax])), 0, ax)
+        x = band_filter(x, ax, jnp.asarray(gaussian_band(x.shape[ax], sigma), x.dtype))
     return x
 
 

@@ -21,24 +21,26 @@ module holds the two pieces it needs:
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
 
-
-
-def smallest_eigenvalue(a11, a22, a33, a12, a13, a23) -> np.ndarray:
-    """Smallest eigenvalue of symmetric 3x3 matrices given by their six entries (arrays)."""
+def smallest_eigenvalue(a11, a22, a33, a12, a13, a23):
+    """Smallest eigenvalue of symmetric 3x3 matrices given by their six entries (NumPy
+    arrays, or JAX arrays -- then traceable inside a compiled function)."""
+    xp = jnp if isinstance(a11, jax.Array) else np
     q = (a11 + a22 + a33) / 3.0
     b11, b22, b33 = a11 - q, a22 - q, a33 - q
     p2 = (b11**2 + b22**2 + b33**2 + 2.0 * (a12**2 + a13**2 + a23**2)) / 6.0
-    p = np.sqrt(np.maximum(p2, 0.0))
+    p = xp.sqrt(xp.maximum(p2, 0.0))
     det = b11 * (b22 * b33 - a23**2) - a12 * (a12 * b33 - a23 * a13) + a13 * (a12 * a23 - b22 * a13)
-    safe = np.where(p > 0, p, 1.0)
+    safe = xp.where(p > 0, p, 1.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # p so small its cube underflows: r is clipped
-        r = np.clip(np.nan_to_num(det / (2.0 * safe**3)), -1.0, 1.0)
-    phi = np.arccos(r) / 3.0
-    return np.where(p > 0, q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0), q)
+        r = xp.clip(xp.nan_to_num(det / (2.0 * safe**3)), -1.0, 1.0)
+    phi = xp.arccos(r) / 3.0
+    return xp.where(p > 0, q + 2.0 * p * xp.cos(phi + 2.0 * np.pi / 3.0), q)
 
 
 def pair_noise(reference, deformed, shift=None) -> float:

@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from ..classical import drift as drift_models
 from ..classical.dvc import check_pair
-from ..fields import resample
+from ..fields import antialias_sigma, band_filter, gaussian_band, resample
 from ..grid import Grid
 from ..learn import config as configs
 from ..learn import store
@@ -52,7 +52,7 @@ from ..material import LinearElastic, NeoHookean
 from ..progress import resolve
 from ..result import Result
 from . import flow
-from .unet3d import ModelConfig, UNet3D, context_channels, normalise_pair
+from .unet3d import ModelConfig, UNet3D, context_channels, normalise_pair, pair_normalisation
 
 MODEL_KIND = "tfm.unet3d"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
@@ -120,22 +120,55 @@ def working_grid(grid: Grid, h_model) -> Grid:
 
 
 def working_pair(ref, dfm, grid: Grid, h_model, prefilter: float = 0.0):
-    """Both volumes normalised, then brought to :func:`working_grid` (anti-aliased) and
-    smoothed by a Gaussian of ``prefilter`` working voxels (in the same matrix products):
-    ``(ref, dfm, working grid)``."""
+    """Both volumes normalised (:func:`~tfm.nn.unet3d.normalisation`), then brought to
+    :func:`working_grid` and smoothed by a Gaussian of ``prefilter`` working voxels:
+    ``(ref, dfm, working grid)``.
+
+    Along an axis binned by ``k`` (:func:`binning`), the working voxel ``i`` is the input
+    voxel ``k i`` after a Gaussian of ``hypot(0.5 sqrt(k² - 1), k prefilter)`` input voxels
+    (the anti-aliasing blur of :func:`tfm.fields.resample`, with the prefilter in
+    quadrature), normalised at the faces (the outside is missing, not zero) -- the same
+    numbers as ``resample(..., antialias=True, blur=prefilter)``, computed as banded
+    products (:func:`tfm.fields.band_filter`) of both volumes in one compiled call, only at
+    the voxels kept (16-bit stacks, 2 CPU cores: 128³ 106 -> 60 ms; FM-Track's 176 x 512 x
+    512 -> 176 x 256 x 256 0.99 -> 0.34 s, most of the rest the percentiles)."""
     h = np.asarray(grid.spacing_um)
     work = working_grid(grid, h_model)
     if max(work.spacing_um) > MAX_WORKING_UM:
         raise ValueError(f"the volumes' voxels {tuple(float(v) for v in h)} µm are too coarse for the learned path "
                          f"(over {MAX_WORKING_UM} µm along an axis: beads of a micrometre do not show their motion); "
                          "use the classical pipeline")
-    ref_n, dfm_n = normalise_pair(ref, dfm)
     if work == grid and prefilter <= 0:
+        ref_n, dfm_n = normalise_pair(ref, dfm)
         return ref_n, dfm_n, grid
     if min(grid.shape) < 2:
         raise ValueError(f"volumes must have at least 2 voxels per axis, got {grid.shape}")
-    return (resample(ref_n, grid, work, antialias=True, blur=prefilter),
-            resample(dfm_n, grid, work, antialias=True, blur=prefilter), work)
+    k = binning(grid, h_model)
+    bands = tuple(jnp.asarray(gaussian_band(n, float(np.hypot(antialias_sigma(1.0, f), prefilter * f)), f))
+                  for n, f in zip(grid.shape, k))
+    order = tuple(sorted(range(3), key=lambda a: -k[a]))  # the axes that shrink first: the later passes see fewer voxels
+    stats = jnp.asarray(pair_normalisation(ref, dfm), jnp.float32)
+    r, d = _bin_blur(_device_volume(ref), _device_volume(dfm), stats, bands, k, order)
+    return np.asarray(r), np.asarray(d), work
+
+
+def _device_volume(v):
+    """A volume for :func:`_bin_blur`: its own dtype where that is a small integer or
+    float32 (half the transfer of float32 for 16-bit stacks), float32 otherwise."""
+    v = np.asarray(v)
+    return v if v.dtype in (np.uint8, np.uint16, np.int16, np.float32) else v.astype(np.float32)
+
+
+@partial(jax.jit, static_argnums=(4, 5))
+def _bin_blur(ref, dfm, stats, bands, steps, order):
+    """:func:`working_pair`'s normalisation, blur and binning of both volumes."""
+    out = []
+    for v, (bg, scale) in zip((ref, dfm), stats):
+        v = (v.astype(jnp.float32) - bg) / scale
+        for ax in order:
+            v = band_filter(v, ax, bands[ax], steps[ax])
+        out.append(v)
+    return tuple(out)
 
 
 def lk_multiple(model: UNet3D, levels: int) -> int:
