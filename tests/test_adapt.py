@@ -73,6 +73,25 @@ def test_adaptation_differentiates_the_field_predict_returns():
                                resample(f, lk, tfm.Grid((32, 32, 32), 1.0)), atol=1e-5)
 
 
+def test_navier_prior_sees_the_body_force_outside_the_cell():
+    """The Navier prior: small for a cell's exact field (an Eshelby sphere: force-free outside
+    it), about 1 for the same field measured with noise (the noise's implied force is what
+    it counts), 0 without a cell mask."""
+    grid = tfm.Grid((24, 24, 24), 1.0)
+    mat = tfm.LinearElastic(1000.0, 0.45)
+    c = np.asarray(grid.center_um())
+    truth = np.asarray(tfm.analytic.EshelbySphere(5.0, -0.05, tuple(c), mat).sample(grid), np.float32)
+    noisy = truth + np.random.default_rng(0).normal(0.0, 0.02, truth.shape).astype(np.float32)
+    r = np.linalg.norm(grid.coordinates_um() - c, axis=-1)
+    outside = (r > 7.0).astype(np.float32)  # the sphere dilated by 2 voxels
+    args = (jnp.asarray(noisy)[None], jnp.asarray(outside)[None], jnp.asarray([0.45]), jnp.ones((1, 3)))
+    exact = float(adapt.navier_prior(jnp.asarray(truth)[None], *args)[0])
+    measured = float(adapt.navier_prior(jnp.asarray(noisy)[None], *args)[0])
+    assert measured == pytest.approx(1.0, abs=1e-3) and exact < 0.05 * measured, (exact, measured)
+    assert float(adapt.navier_prior(jnp.asarray(noisy)[None], jnp.asarray(noisy)[None], jnp.ones((1, 24, 24, 24)),
+                                    *args[2:])[0]) == 0.0
+
+
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
     from tfm.learn import config as configs
@@ -143,6 +162,7 @@ def test_adapt_cli_writes_a_model_reconstruct_uses(adapted, base_model, tmp_path
     assert main(["reconstruct", str(tmp_path / "r.tif"), str(tmp_path / "d.tif"), "--method", "dl", "--model",
                  str(tmp_path / "run"), "--youngs-modulus-pa", "1000", "-o", str(tmp_path / "res.h5"), "--quiet"]) == 0
     assert main(["adapt", str(tmp_path / "r.tif"), "-o", str(tmp_path / "x")]) == 2  # an odd number of stacks
+    assert main(["adapt", *args, "--navier", "0.1", "-o", str(tmp_path / "y")]) == 2  # the prior needs the cell
 
 
 def test_adapt_refuses_bad_inputs_by_name(base_model, tmp_path):

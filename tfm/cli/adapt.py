@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     a.add_argument("--crop", type=int, default=16,
                    help="cubic crops of the network's grid (LK voxels: 2 working voxels each; a multiple of 8; default 16)")
     a.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    a.add_argument("--navier", type=float, default=0.0,
+                   help="weight of the Navier prior (with --cell): the body force the adapted field implies outside the "
+                        "cell, which the gel cannot carry (default 0: off; docs/learned.md on when it helps)")
     a.add_argument("--eval-every", type=int, default=25, help="steps between scores on fixed crops (default 25)")
     a.add_argument("--seed", type=int, default=0, help="crops and flips (default 0)")
     a.add_argument("--max-steps", type=int, help="stop after this many steps in total (a later run resumes)")
@@ -82,7 +85,10 @@ def run(args) -> int:
         raise common.UsageError(f"-o {out} is also an input; writing it would destroy that input")
     if args.max_steps is not None and args.max_steps < 1:
         raise common.UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.navier and not args.cell:
+        raise common.UsageError("--navier needs --cell: the prior acts outside the cell, whose place the cell stack gives")
     cfg = adapt.AdaptConfig(steps=args.steps, crop=args.crop, eval_every=args.eval_every, seed=args.seed,
+                            loss=adapt.AdaptWeights(navier=args.navier),
                             optim=OptimConfig(learning_rate=args.learning_rate, warmup_steps=min(10, args.steps),
                                               weight_decay=0.0))
     pairs, spacings, cells, names = _read_pairs(args)

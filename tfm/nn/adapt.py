@@ -23,6 +23,8 @@ on a batch of crops of the user's pairs (on the model's working grid, prepared e
 * ``equilibrium``: net force and torque of the predicted force, relative to its L1 norm;
 * ``sparsity``: with a cell mask, the share of ``|f|`` outside the (dilated) cell; without
   one, ``mean |f| / rms |f|`` (a scale-free sparsity measure);
+* ``navier`` (off by default): with a cell mask, the body force the predicted ``u``
+  implies outside the (dilated) cell (:func:`navier_prior`), which the matrix cannot carry;
 * ``anchor``: ``|theta - theta_0|^2 / |theta_0|^2``, a pull toward the synthetic-trained
   weights, so adaptation refines the model instead of drifting into a trivial solution
   (the photometric term alone is blind where there are no beads).
@@ -79,6 +81,7 @@ class AdaptWeights:
     equilibrium: float = 0.01
     sparsity: float = 0.05
     anchor: float = 1.0
+    navier: float = 0.0  # with a cell mask: the body force G(u) the predicted u implies outside the (dilated) cell
     eps_g: float = 1e-3  # floor of the force normalisations, f h / E
 
     def __post_init__(self):
@@ -172,11 +175,27 @@ def _param_distance(params, anchor):
     return num / sum(jnp.sum(a**2) for a in jax.tree.leaves(anchor))
 
 
+def navier_prior(u, motion, outside, nu, rel, eps: float = 1e-3):
+    """Per sample: the body force ``G(u)`` that ``u`` (N, Z, Y, X, 3; units of ``h``) implies
+    through the constitutive layer outside the cell (``outside`` (N, Z, Y, X): 1 there; the
+    faces left out), in units of what the measured ``motion`` implies there (a constant per
+    sample, no gradient): the matrix carries no body force, so outside the cell ``G(u)`` is
+    the field's error -- noise and artefacts, second-differenced. 0 for a sample without a
+    cell mask (``outside`` all 1), where the cell's place is unknown."""
+    inner = physics.interior_mask(u.shape[1:4], 1, u.dtype)[None, ..., 0]
+    w = (outside * inner)[..., None]
+    num = jnp.sum(w * physics.implied_force_batch(u, nu, rel) ** 2, (1, 2, 3, 4))
+    g_m = jax.lax.stop_gradient(physics.implied_force_batch(motion, nu, rel))
+    den = jnp.sum(w * g_m**2, (1, 2, 3, 4)) + u.shape[1] * u.shape[2] * u.shape[3] * eps**2
+    masked = jnp.sum(outside, (1, 2, 3)) < outside[0].size
+    return jnp.where(masked, num / den, 0.0)
+
+
 def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
     """``(total, terms)`` of the self-supervised objective on a batch (module docstring)."""
     w = cfg.loss
     u, g, g_phys, _ = model.forward(batch["motion"], batch["context"], batch["nu"], batch["rel"],
-                                    need_physics=w.consistency > 0)
+                                    need_physics=w.consistency > 0 or w.navier > 0)
     shape = batch["reference"].shape[1:4]
     # units of h -> working voxels, with the stacks' drift (removed before the network) put back: the images show it
     u_w = upsample2(u * batch["to_working"][:, None, None, None, :] + batch["drift"], shape)
@@ -198,6 +217,8 @@ def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
         share = jnp.sum(mag * outside, (1, 2, 3)) / (jnp.sum(mag, (1, 2, 3)) + n_vox * w.eps_g)
         ratio = jnp.mean(mag, (1, 2, 3)) / (jnp.sqrt(jnp.mean(mag**2, (1, 2, 3))) + w.eps_g)
         terms["sparsity"] = jnp.mean(jnp.where(masked, share, ratio))
+    if w.navier > 0:
+        terms["navier"] = jnp.mean(navier_prior(u, batch["motion"], batch["outside"], batch["nu"], batch["rel"], w.eps_g))
     if w.anchor > 0:
         terms["anchor"] = _param_distance(nnx.state(model, nnx.Param), anchor)
     return sum(getattr(w, k) * v for k, v in terms.items()), terms
@@ -410,7 +431,8 @@ def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, c
         path = store.save_model(run / "model", net, MODEL_KIND, configs.to_dict(net.config), card)
         write_text(path / "MODEL_CARD.md", _card_markdown(card))
 
-    names = ["loss", "photometric"] + [k for k in ("consistency", "equilibrium", "sparsity", "anchor") if getattr(cfg.loss, k) > 0]
+    names = ["loss", "photometric"] + [k for k in ("consistency", "equilibrium", "sparsity", "navier", "anchor")
+                                       if getattr(cfg.loss, k) > 0]
     out = loop.fit(run, net, optimizer, epochs=epochs, steps_per_epoch=spe, checkpoint_every=cfg.checkpoint_every,
                    names=names, batch_at=batch_at,
                    step=lambda batch, s: adapt_step(net, optimizer, _to_device(batch), anchor, cfg),
