@@ -129,10 +129,10 @@ def test_linear_layer_is_the_energy_gradient_on_every_voxel():
     rng = np.random.default_rng(3)
     spacing = jnp.asarray([1.3, 0.9, 0.85], jnp.float32)
     moduli = jnp.stack(lame_parameters(1.0, jnp.float32(0.42))).astype(jnp.float32)
-    for shape in ((5, 6, 7), (2, 5, 4), (3, 3, 9)):  # the 27-point stencil inside, the element sums on the faces
+    for shape in ((5, 6, 7), (2, 5, 4)):  # inside, faces and edges; an axis of 2 nodes
         u = jnp.asarray(rng.standard_normal(shape + (3,)), jnp.float32)
         scale = jnp.ones(tuple(n - 1 for n in shape), jnp.float32)
-        want = jax.grad(fem.energy)(u, scale, None, None, moduli, "linear", spacing) / jnp.prod(spacing)
+        want = jax.jit(jax.grad(fem.energy), static_argnums=5)(u, scale, None, None, moduli, "linear", spacing) / jnp.prod(spacing)
         got = physics.implied_force(u, 0.42, "linear", spacing)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 

@@ -365,7 +365,7 @@ class PyramidLevel:
             i0, i1, f = linear_taps(nz + 2, lk[0], start=z0 - 1)
             z_start = int(np.clip(z0 // 2 - 1, 0, lk[0] - reach))
             assert i0.min() >= z_start and i1.max() < z_start + reach
-            self.taps_z.append((tuple(jnp.asarray(t) for t in (i0 - z_start, i1 - z_start, f)), jnp.int32(z_start)))
+            self.taps_z.append((tuple(jnp.asarray(t) for t in (i0 - z_start, i1 - z_start, f)), np.int32(z_start)))
 
     def products(self, u_lk):
         """Block sums of the LK products (:func:`_slab_products`) over the whole level."""
@@ -455,7 +455,7 @@ def pyramid_flow(reference, deformed, config: FlowConfig = FlowConfig(), progres
                 task.update(1)
     # what the network is told about the windows: those of the last update (its products
     # were taken before that update's small step)
-    confidence, texture, residual = (np.asarray(v) for v in _window_channels(win, n2, jnp.float32(4 * noise**2 + 1e-30)))
+    confidence, texture, residual = (np.asarray(v) for v in _window_channels(win, n2, np.float32(4 * noise**2 + 1e-30)))
     mean_r, mean_d = (rs[1], ds[1]) if levels > 1 else (block_mean(rs[0]), block_mean(ds[0]))  # the LK grid's means
     return {"u": np.asarray(u, np.float32), "confidence": confidence, "texture": texture, "residual": residual,
             "mean": (0.5 * (mean_r + mean_d)).astype(np.float32), "levels": levels,

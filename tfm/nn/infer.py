@@ -147,7 +147,7 @@ def working_pair(ref, dfm, grid: Grid, h_model, prefilter: float = 0.0):
     bands = tuple(jnp.asarray(gaussian_band(n, float(np.hypot(antialias_sigma(1.0, f), prefilter * f)), f))
                   for n, f in zip(grid.shape, k))
     order = tuple(sorted(range(3), key=lambda a: -k[a]))  # the axes that shrink first: the later passes see fewer voxels
-    stats = jnp.asarray(pair_normalisation(ref, dfm), jnp.float32)
+    stats = np.asarray(pair_normalisation(ref, dfm), np.float32)
     r, d = _bin_blur(_device_volume(ref), _device_volume(dfm), stats, bands, k, order)
     return np.asarray(r), np.asarray(d), work
 
