@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import example, machine, score_at_dvc, score_on_own_grid, truth_at_dvc, write_report
+from .common import example, machine, on_voxels, score_at_dvc, score_on_own_grid, truth_at_dvc, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_ARGS = ["synth", "--preset", "acquisition", "--material", "linear", "--size", "60", "160", "160",
@@ -92,6 +92,81 @@ def run_pair(s, grid, net, model_path, config, work: Path) -> dict:
     for key in ("u_rms_error_um", "force_rel_l2"):
         row[f"{key}_ratio"] = row["adapted"][key] / max(row["base"][key], 1e-30)
     return row
+
+
+def headroom_pair(s, grid, net) -> dict:
+    """What a correction of the base network's field could gain on one pair, with the truth
+    as an oracle: the base error at the DVC points (and per component), the raw motion
+    front end's, the base field smoothed by a Gaussian of 0.5, 1, 2 LK voxels, the base
+    field scaled by the best single factor; and the Navier prior
+    (:func:`tfm.nn.adapt.navier_prior`, outside the cell dilated by 3 µm) of the truth, the
+    base field and the measured motion on the LK grid."""
+    import jax.numpy as jnp
+    from scipy import ndimage
+
+    import tfm
+    from tfm.fields import resample
+    from tfm.nn import adapt, infer
+    from tfm.result import Result
+
+    nu = float(s["poisson_ratio"])
+    ref, dfm = s["reference"].astype(np.float32), s["deformed"].astype(np.float32)
+    law = tfm.LinearElastic(float(s["youngs_modulus_pa"]), nu)
+    cl = tfm.reconstruct(ref, dfm, grid.spacing_um, law, progress=False)
+    base = tfm.reconstruct(ref, dfm, grid.spacing_um, law, method="dl", model=net, progress=False)
+    truth_c = truth_at_dvc(s, grid, cl.grid)
+
+    def err(u):
+        return score_at_dvc(Result(grid=base.grid, displacement=u.astype(np.float32), force=base.force, info={}),
+                            grid, cl.grid, truth_c)["u_rms_error_um"]
+
+    row = {"classical_um": score_at_dvc(cl, grid, cl.grid, truth_c)["u_rms_error_um"], "base_um": err(base.displacement)}
+    u_b = base.displacement
+    for sigma in (0.5, 1.0, 2.0):
+        row[f"smoothed_{sigma:g}_um"] = err(np.stack([ndimage.gaussian_filter(u_b[..., c], sigma) for c in range(3)], -1))
+    u_c, _ = on_voxels(base, grid)
+    u_c = u_c[np.ix_(*grid.nearest_indices(cl.grid))]
+    row["best_scale"] = float(np.sum(u_c * truth_c[0]) / max(float(np.sum(u_c * u_c)), 1e-30))
+    row["scaled_um"] = float(np.sqrt(np.mean(np.sum((row["best_scale"] * u_c - truth_c[0]) ** 2, -1))))
+    row["base_by_component_um"] = [float(np.sqrt(np.mean((u_c[..., k] - truth_c[0][..., k]) ** 2))) for k in range(3)]
+    prep = infer.prepare(ref, dfm, grid, net)  # as the base result (no mask)
+    keep = tuple(slice(0, max(1, n // 2)) for n in prep["work"].shape)
+    h_work = np.asarray(prep["work"].spacing_um, np.float32)
+    lk = base.grid
+    raw = prep["flow"]["u"][keep] * h_work
+    row["front_end_um"] = err(raw)
+    p = adapt.prepare_pairs([(ref, dfm)], grid.spacing_um, net, nu, [s["cell"] > 0.5], 3.0, net.config.multiple)[0]
+    h = float(np.exp(np.mean(np.log(lk.spacing_um))))
+    padded = np.zeros_like(p["motion"])
+    fields = {"truth": resample(s["displacement"], grid, lk) / h, "base": u_b / h}
+    args = (jnp.asarray(p["motion"])[None], jnp.asarray(p["outside"])[None], jnp.asarray([nu]), jnp.asarray(p["rel"])[None])
+    for name, u in fields.items():
+        padded[:] = 0.0
+        padded[: lk.shape[0], : lk.shape[1], : lk.shape[2]] = u
+        row[f"navier_{name}"] = float(adapt.navier_prior(jnp.asarray(padded)[None], *args)[0])
+    row["navier_motion"] = float(adapt.navier_prior(*args[:1], *args)[0])
+    return row
+
+
+def headroom_markdown(rep: dict) -> str:
+    rows = rep["pairs"]
+    best = [min(r["smoothed_0.5_um"], r["smoothed_1_um"], r["smoothed_2_um"], r["scaled_um"]) / r["base_um"] for r in rows]
+    L = ["# Headroom of self-supervised adaptation on the out-of-range pairs", "",
+         f"Machine: {rep['machine']}; command: `{rep['command']}`. Test set: `{rep['test_set']}`. Base model: {rep['model']}.",
+         "", "Displacement RMS error at the DVC points (µm). Oracle corrections use the truth: the base field smoothed by a "
+         "Gaussian of 0.5, 1, 2 LK voxels, or scaled by the best single factor. Navier prior (outside the cell dilated by "
+         "3 µm, relative to the measured motion's): of the true field, the base field, the measured motion.", "",
+         "| pair | classical | front end alone | base | base z / y / x | smoothed 0.5 / 1 / 2 | best scale (error) | "
+         "best oracle / base | Navier truth / base / motion |", "|---|---|---|---|---|---|---|---|---|"]
+    for r, b in zip(rows, best):
+        L.append(f"| {r['pair']} | {r['classical_um']:.4f} | {r['front_end_um']:.4f} | {r['base_um']:.4f} | "
+                 + " / ".join(f"{v:.4f}" for v in r["base_by_component_um"]) + " | "
+                 + " / ".join(f"{r[k]:.4f}" for k in ("smoothed_0.5_um", "smoothed_1_um", "smoothed_2_um"))
+                 + f" | {r['best_scale']:.2f} ({r['scaled_um']:.4f}) | {b:.2f} | "
+                 f"{r['navier_truth']:.3f} / {r['navier_base']:.3f} / {r['navier_motion']:.3f} |")
+    L += ["", f"Median over the pairs of the best oracle correction / base: {float(np.median(best)):.2f} "
+          "(issue 19 asks adaptation, without the truth, for <= 0.70)."]
+    return "\n".join(L) + "\n"
 
 
 FMTRACK = ROOT.parent / "shared" / "data" / "fmtrack_avic_3d"
@@ -238,6 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--ncc-sigma", type=float, help="photometric window, working voxels (default: AdaptConfig's)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (default: AdaptConfig's)")
     p.add_argument("--report", default="adapt", help="name of the report files (default adapt)")
+    p.add_argument("--headroom", action="store_true",
+                   help="instead of adapting: what oracle corrections of the base field gain (report adapt_headroom)")
     args = p.parse_args(argv)
     import jax
 
@@ -254,6 +331,17 @@ def main(argv=None) -> int:
                                  **({"ncc_sigma": args.ncc_sigma} if args.ncc_sigma else {}),
                                  **({"optim": dataclasses.replace(config.optim, learning_rate=args.learning_rate)}
                                     if args.learning_rate else {}))
+    command = "python -m benchmarks.adapt " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.headroom:
+        rows = []
+        with SyntheticDataset(test) as ds:
+            for i in range(len(ds)):
+                rows.append({"pair": i, **headroom_pair(ds[i], ds.grid, model)})
+                print(f"pair {i}: {rows[-1]}", flush=True)
+        rep = {"command": command, "machine": machine(), "test_set": str(test),
+               "model": args.model or "shipped default (tfm/nn/weights/default)", "pairs": rows}
+        write_report(args.out, "adapt_headroom", rep, headroom_markdown(rep))
+        return 0
     rows = []
     with SyntheticDataset(test) as ds:
         picked = [int(i) for i in args.pairs.split(",")] if args.pairs else range(len(ds))
@@ -265,8 +353,7 @@ def main(argv=None) -> int:
                   f"(classical {r['classical']['u_rms_error_um']:.4f}); f {r['base']['force_rel_l2']:.3f} -> "
                   f"{r['adapted']['force_rel_l2']:.3f}; photometric {r['photometric_before']:.4f} -> "
                   f"{r['photometric_after']:.4f}; {r['adapt_seconds']:.0f} s", flush=True)
-    rep = {"command": "python -m benchmarks.adapt " + shlex.join(sys.argv[1:] if argv is None else argv),
-           "machine": machine(), "jax": jax.__version__, "model": args.model or "shipped default (tfm/nn/weights/default)",
+    rep = {"command": command, "machine": machine(), "jax": jax.__version__, "model": args.model or "shipped default (tfm/nn/weights/default)",
            "test_set": str(test), "steps": args.steps, "config": dataclasses.asdict(config), "pairs": rows,
            "summary": summarise(rows)}
     write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track part fails
