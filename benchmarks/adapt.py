@@ -106,7 +106,7 @@ def headroom_pair(s, grid, net) -> dict:
 
     import tfm
     from tfm.fields import resample
-    from tfm.nn import adapt, infer
+    from tfm.nn import adapt, infer, physics
     from tfm.result import Result
 
     nu = float(s["poisson_ratio"])
@@ -139,12 +139,13 @@ def headroom_pair(s, grid, net) -> dict:
     h = float(np.exp(np.mean(np.log(lk.spacing_um))))
     padded = np.zeros_like(p["motion"])
     fields = {"truth": resample(s["displacement"], grid, lk) / h, "base": u_b / h}
-    args = (jnp.asarray(p["motion"])[None], jnp.asarray(p["outside"])[None], jnp.asarray([nu]), jnp.asarray(p["rel"])[None])
+    force = lambda u: physics.implied_force_batch(jnp.asarray(u)[None], jnp.asarray([nu]), jnp.asarray(p["rel"])[None])  # noqa: E731
+    g_motion, outside = force(p["motion"]), jnp.asarray(p["outside"])[None]
     for name, u in fields.items():
         padded[:] = 0.0
         padded[: lk.shape[0], : lk.shape[1], : lk.shape[2]] = u
-        row[f"navier_{name}"] = float(adapt.navier_prior(jnp.asarray(padded)[None], *args)[0])
-    row["navier_motion"] = float(adapt.navier_prior(*args[:1], *args)[0])
+        row[f"navier_{name}"] = float(adapt.navier_prior(force(padded), g_motion, outside)[0])
+    row["navier_motion"] = float(adapt.navier_prior(g_motion, g_motion, outside)[0])
     return row
 
 

@@ -84,13 +84,18 @@ def test_navier_prior_sees_the_body_force_outside_the_cell():
     noisy = truth + np.random.default_rng(0).normal(0.0, 0.02, truth.shape).astype(np.float32)
     r = np.linalg.norm(grid.coordinates_um() - c, axis=-1)
     outside = (r > 7.0).astype(np.float32)  # the sphere dilated by 2 voxels
-    args = (jnp.asarray(noisy)[None], jnp.asarray(outside)[None], jnp.asarray([0.45]), jnp.ones((1, 3)))
-    prior = jax.jit(adapt.navier_prior)  # one compilation for the three calls
-    exact = float(prior(jnp.asarray(truth)[None], *args)[0])
-    measured = float(prior(jnp.asarray(noisy)[None], *args)[0])
+    from tfm.nn import physics
+
+    @jax.jit  # one compilation for the three calls
+    def prior(u, motion, outside):
+        force = lambda v: physics.implied_force_batch(v, jnp.asarray([0.45]), jnp.ones((1, 3)))  # noqa: E731
+        return adapt.navier_prior(force(u), force(motion), outside)
+
+    measured_u, cell = jnp.asarray(noisy)[None], jnp.asarray(outside)[None]
+    exact = float(prior(jnp.asarray(truth)[None], measured_u, cell)[0])
+    measured = float(prior(measured_u, measured_u, cell)[0])
     assert measured == pytest.approx(1.0, abs=1e-3) and exact < 0.05 * measured, (exact, measured)
-    assert float(prior(jnp.asarray(noisy)[None], jnp.asarray(noisy)[None], jnp.ones((1, 24, 24, 24), jnp.float32),
-                       *args[2:])[0]) == 0.0
+    assert float(prior(measured_u, measured_u, jnp.ones((1, 24, 24, 24), jnp.float32))[0]) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -175,20 +175,24 @@ def _param_distance(params, anchor):
     return num / sum(jnp.sum(a**2) for a in jax.tree.leaves(anchor))
 
 
-def navier_prior(u, motion, outside, nu, rel, eps: float = 1e-3):
-    """Per sample: the body force ``G(u)`` that ``u`` (N, Z, Y, X, 3; units of ``h``) implies
-    through the constitutive layer outside the cell (``outside`` (N, Z, Y, X): 1 there; the
-    faces left out), in units of what the measured ``motion`` implies there (a constant per
-    sample, no gradient): the matrix carries no body force, so outside the cell ``G(u)`` is
-    the field's error -- noise and artefacts, second-differenced. 0 for a sample without a
-    cell mask (``outside`` all 1), where the cell's place is unknown."""
-    inner = physics.interior_mask(u.shape[1:4], 1, u.dtype)[None, ..., 0]
+def has_cell(outside):
+    """Per sample (N,): whether its ``outside`` weight (N, Z, Y, X) comes from a cell mask
+    (without one it is 1 everywhere)."""
+    return jnp.sum(outside, (1, 2, 3)) < outside[0].size
+
+
+def navier_prior(g_u, g_motion, outside, eps: float = 1e-3):
+    """Per sample: the body force ``g_u`` (N, Z, Y, X, 3; :func:`tfm.nn.physics.implied_force_batch`
+    of the predicted displacement) outside the cell (``outside`` (N, Z, Y, X): 1 there; the
+    faces left out), in units of ``g_motion``, the force the measured motion implies there
+    (a constant per sample, no gradient): the matrix carries no body force, so outside the
+    cell ``G(u)`` is the field's error -- noise and artefacts, second-differenced. 0 for a
+    sample without a cell mask, where the cell's place is unknown."""
+    inner = physics.interior_mask(g_u.shape[1:4], 1, g_u.dtype)[None, ..., 0]
     w = (outside * inner)[..., None]
-    num = jnp.sum(w * physics.implied_force_batch(u, nu, rel) ** 2, (1, 2, 3, 4))
-    g_m = jax.lax.stop_gradient(physics.implied_force_batch(motion, nu, rel))
-    den = jnp.sum(w * g_m**2, (1, 2, 3, 4)) + u.shape[1] * u.shape[2] * u.shape[3] * eps**2
-    masked = jnp.sum(outside, (1, 2, 3)) < outside[0].size
-    return jnp.where(masked, num / den, 0.0)
+    num = jnp.sum(w * g_u**2, (1, 2, 3, 4))
+    den = jnp.sum(w * jax.lax.stop_gradient(g_motion) ** 2, (1, 2, 3, 4)) + g_u.shape[1] * g_u.shape[2] * g_u.shape[3] * eps**2
+    return jnp.where(has_cell(outside), num / den, 0.0)
 
 
 def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
@@ -213,12 +217,12 @@ def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
         terms["equilibrium"] = jnp.mean(physics.net_force_and_torque(g, batch["rel"]) / scale)
     if w.sparsity > 0:
         outside = batch["outside"]
-        masked = jnp.sum(outside, (1, 2, 3)) < outside[0].size  # a cell mask was given
         share = jnp.sum(mag * outside, (1, 2, 3)) / (jnp.sum(mag, (1, 2, 3)) + n_vox * w.eps_g)
         ratio = jnp.mean(mag, (1, 2, 3)) / (jnp.sqrt(jnp.mean(mag**2, (1, 2, 3))) + w.eps_g)
-        terms["sparsity"] = jnp.mean(jnp.where(masked, share, ratio))
+        terms["sparsity"] = jnp.mean(jnp.where(has_cell(outside), share, ratio))
     if w.navier > 0:
-        terms["navier"] = jnp.mean(navier_prior(u, batch["motion"], batch["outside"], batch["nu"], batch["rel"], w.eps_g))
+        g_m = physics.implied_force_batch(batch["motion"], batch["nu"], batch["rel"])
+        terms["navier"] = jnp.mean(navier_prior(g_phys, g_m, batch["outside"], w.eps_g))  # g_phys: G(u), from the forward pass
     if w.anchor > 0:
         terms["anchor"] = _param_distance(nnx.state(model, nnx.Param), anchor)
     return sum(getattr(w, k) * v for k, v in terms.items()), terms
