@@ -9,7 +9,9 @@ from pathlib import Path
 SECTIONS = [("dl_vs_classical.md", "python -m benchmarks.dl_vs_classical"), ("dvc.md", "python -m benchmarks.dvc"), ("fttc.md", "python -m benchmarks.fttc"),
             ("inverse.md", "python -m benchmarks.inverse"),
             ("synth.md", "python -m benchmarks.synth"), ("stiffness.md", "python -m benchmarks.stiffness"),
-            ("adapt.md", "python -m benchmarks.adapt"), ("adapt_headroom.md", "python -m benchmarks.adapt --headroom"),
+            ("adapt.md", "python -m benchmarks.adapt"),
+            ("adapt_seed781.md", "python -m benchmarks.adapt --seed 781 --no-fmtrack --report adapt_seed781"),
+            ("adapt_headroom.md", "python -m benchmarks.adapt --headroom"),
             ("flow_profile.md", "python -m benchmarks.flow_profile"),
             ("dl_ablation.md", "python -m benchmarks.dl_vs_classical --ablation NAME=RUN ... --sizes '' --no-fmtrack "
                                "--report dl_ablation")]

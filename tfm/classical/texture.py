@@ -56,7 +56,7 @@ class BeadStatistics:
         return dataclasses.asdict(self)
 
 
-def _autocorrelation_sigma(v) -> np.ndarray:
+def autocorrelation_sigma(v) -> np.ndarray:
     """Apparent bead size per axis (voxels) from the volume's autocorrelation: for beads
     of Gaussian profile sigma it falls as ``exp(-l² / (4 sigma²))`` with the lag ``l``,
     whatever their density; lags 1 and 2 are used (white noise only adds to lag 0)."""
@@ -98,7 +98,7 @@ def bead_statistics(volume, grid, mask=None) -> BeadStatistics:
     threshold = max(4 * noise, 0.2 * _bead_height(heights))
     keep = heights >= threshold
     n = int(keep.sum())
-    sigma_vox = np.maximum(_autocorrelation_sigma(v), np.where(np.asarray(v.shape) > 1, 0.3, 0.0))
+    sigma_vox = np.maximum(autocorrelation_sigma(v), np.where(np.asarray(v.shape) > 1, 0.3, 0.0))
     volume_um3 = float(gel.sum()) * grid.voxel_volume_um3
     density, crowded = _unmerged(n / volume_um3, np.sqrt(sigma_vox**2 + 1.0) * h)
     return BeadStatistics(n, density, tuple(float(x) for x in sigma_vox * h), background, noise,

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     a.add_argument("--navier", type=float, default=0.0,
                    help="weight of the Navier prior (with --cell): the body force the adapted field implies outside the "
                         "cell, which the gel cannot carry (default 0: off; docs/learned.md on when it helps)")
+    a.add_argument("--field-smoothing", type=float, default=1.0,
+                   help="photometric term: smooth the field by this many apparent bead sizes before it warps, since each "
+                        "bead's image moves as a whole (default 1; 0: the pointwise field; docs/learned.md)")
     a.add_argument("--eval-every", type=int, default=25, help="steps between scores on fixed crops (default 25)")
     a.add_argument("--seed", type=int, default=0, help="crops and flips (default 0)")
     a.add_argument("--max-steps", type=int, help="stop after this many steps in total (a later run resumes)")
@@ -88,7 +91,7 @@ def run(args) -> int:
     if args.navier and not args.cell:
         raise common.UsageError("--navier needs --cell: the prior acts outside the cell, whose place the cell stack gives")
     cfg = adapt.AdaptConfig(steps=args.steps, crop=args.crop, eval_every=args.eval_every, seed=args.seed,
-                            loss=adapt.AdaptWeights(navier=args.navier),
+                            loss=adapt.AdaptWeights(navier=args.navier), field_smoothing=args.field_smoothing,
                             optim=OptimConfig(learning_rate=args.learning_rate, warmup_steps=min(10, args.steps),
                                               weight_decay=0.0))
     pairs, spacings, cells, names = _read_pairs(args)
