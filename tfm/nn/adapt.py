@@ -53,9 +53,10 @@ told, the images are the evidence. A step replaces the base model only if it low
 score by ``min_gain`` (2 %) of the base model's: on the out-of-range synthetic pairs, gains
 of 0.4-1.9 % came with displacement errors 10-45 % larger on 4 of 5 pairs (the field
 fitting the pair's noise), the one clear gain (4.1 %) with an error 38 % smaller
-(benchmarks/results/adapt.notes.md). The selected model is
-written to ``OUT/model`` with a model card (base model, pairs by content hash, steps, the
-photometric loss before and after); where no step qualifies, the base weights are. Checkpoints every ``checkpoint_every`` steps; the same
+(benchmarks/results/adapt.notes.md). The selected model (the base weights where no step
+qualifies) is written to ``OUT/model`` with a model card (base model, pairs by content
+hash, steps, the photometric loss before and after). Checkpoints every
+``checkpoint_every`` steps; the same
 call resumes a killed run exactly (crops and flips of step ``s`` draw from
 ``rng([seed, s])``).
 """
