@@ -1,11 +1,13 @@
 """Self-supervised adaptation (``tfm.nn.adapt``) on pairs the network was not trained for.
 
-    python -m benchmarks.adapt [--model DIR] [--n 8] [--seed 780] [--steps 100] [--out benchmarks/results]
+    python -m benchmarks.adapt [--model DIR] [--n 8] [--seed 780] [--condition dim|bright] [--steps 100] [--out benchmarks/results]
 
 1. A held-out set rendered outside the training range of the shipped model (generated on
    first use into .cache/bench/): ``tfm synth --preset acquisition`` cells and voxels, but
-   a PSF of NA 0.45 (training 0.7), beads of radius 0.9 µm (0.5), 10-40 photons at a bead's
-   peak (60-600) and read noise 0.06 (0.02); seed 780, which no training set uses.
+   a PSF of NA 0.45 (the preset's training data 0.7; the "coarse" training shard, at other
+   voxel sizes, has 0.45), beads of radius 0.9 µm (0.5), 10-40 photons at a bead's peak
+   (60-600) and read noise 0.06 (0.02); seed 780, which no training set uses.
+   ``--condition bright``: beads of radius 1.4 µm, 1500-5000 photons, read noise 0.01.
 2. Per pair, side by side: the base model, the base model adapted on that pair alone (no
    labels; the true cell mask given, as a user gives a segmented cell stain) and the
    classical pipeline. Scored against the FEM truth as benchmarks/dl_vs_classical.py scores:
@@ -44,27 +46,39 @@ from .common import example, machine, on_voxels, score_at_dvc, score_on_own_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_ARGS = ["synth", "--preset", "acquisition", "--material", "linear", "--size", "60", "160", "160",
-              "--numerical-aperture", "0.45", "--bead-radius-um", "0.9", "--n", "0", "-o", "unused.h5"]
-CAMERA = {"photons": (10.0, 40.0), "read_noise": 0.06}
+              "--numerical-aperture", "0.45", "--n", "0", "-o", "unused.h5"]
+# Out-of-range acquisitions (the preset's training data: beads of 0.5 µm radius, 60-600
+# photons at a bead's peak, read noise 0.02): "dim" beads, and "bright" large ones.
+CONDITIONS = {"dim": {"bead_radius_um": 0.9, "photons": (10.0, 40.0), "read_noise": 0.06},
+              "bright": {"bead_radius_um": 1.4, "photons": (1500.0, 5000.0), "read_noise": 0.01}}
 SEED = 780
 
 
-def test_config():
+def describe(condition: str) -> str:
+    c = CONDITIONS[condition]
+    return (f"PSF NA 0.45, beads of radius {c['bead_radius_um']:g} µm, {c['photons'][0]:g}-{c['photons'][1]:g} photons, "
+            f"read noise {c['read_noise']:g}")
+
+
+def test_config(condition: str = "dim"):
     """The out-of-range acquisition config: the CLI's preset with other optics and camera."""
     from tfm.cli import build_parser
     from tfm.cli.synth import config_from_args
 
-    config = config_from_args(build_parser().parse_args(SYNTH_ARGS))
-    return dataclasses.replace(config, beads=dataclasses.replace(config.beads, **CAMERA))
+    c = CONDITIONS[condition]
+    config = config_from_args(build_parser().parse_args(SYNTH_ARGS + ["--bead-radius-um", str(c["bead_radius_um"])]))
+    return dataclasses.replace(config, beads=dataclasses.replace(config.beads, photons=c["photons"],
+                                                                 read_noise=c["read_noise"]))
 
 
-def ensure_test_set(n: int, seed: int = SEED) -> Path:
+def ensure_test_set(n: int, seed: int = SEED, condition: str = "dim") -> Path:
     from tfm.synth import dataset
 
-    path = ROOT / ".cache" / "bench" / f"adapt_out_of_range_seed{seed}_n{n}.h5"
+    name = "adapt_out_of_range" + ("" if condition == "dim" else f"_{condition}")
+    path = ROOT / ".cache" / "bench" / f"{name}_seed{seed}_n{n}.h5"
     if not path.exists():
-        print(f"generating {path}: {n} pairs, tfm {' '.join(SYNTH_ARGS[:-4])} with {CAMERA}, seed {seed}", flush=True)
-        dataset.generate(path, n, seed=seed, config=test_config())
+        print(f"generating {path}: {n} pairs, tfm {' '.join(SYNTH_ARGS[:-4])}, {describe(condition)}, seed {seed}", flush=True)
+        dataset.generate(path, n, seed=seed, config=test_config(condition))
     return path
 
 
@@ -341,8 +355,7 @@ def markdown(rep: dict) -> str:
     s = rep["summary"]
     L = ["# Self-supervised adaptation on out-of-range pairs", "",
          f"Machine: {rep['machine']}; jax {rep['jax']}; command: `{rep['command']}`.",
-         f"Base model: `{rep['model']}`. Test set: `{rep['test_set']}` ({s['n']} pairs; PSF NA 0.45, beads of radius "
-         f"0.9 µm, {CAMERA['photons'][0]:g}-{CAMERA['photons'][1]:g} photons, read noise {CAMERA['read_noise']}). "
+         f"Base model: `{rep['model']}`. Test set: `{rep['test_set']}` ({s['n']} pairs; {describe(rep.get('condition', 'dim'))}). "
          f"Each pair adapted on itself for {rep['steps']} steps, the true cell mask given; {_variant(rep)}.", "",
          "Medians over the pairs; displacement at the DVC points, force on the DVC grid.", "",
          "| method | displacement RMS error (µm) | force rel. L2 |", "|---|---|---|"]
@@ -380,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--model", help="base model: saved model or run directory (default: the shipped weights)")
     p.add_argument("--n", type=int, default=8, help="pairs (default 8)")
+    p.add_argument("--condition", choices=sorted(CONDITIONS), default="dim",
+                   help="the out-of-range acquisition of the test set (default dim: faint beads of 0.9 µm)")
     p.add_argument("--seed", type=int, default=SEED, help=f"of the test set (default {SEED}; no training set uses it)")
     p.add_argument("--steps", type=int, default=100, help="adaptation steps per pair (default 100)")
     p.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -403,7 +418,7 @@ def main(argv=None) -> int:
 
     from tfm.nn import adapt
 
-    test = ensure_test_set(args.n, args.seed)
+    test = ensure_test_set(args.n, args.seed, args.condition)
     model = infer.load_model(args.model)
     config = adapt.AdaptConfig(steps=args.steps)
     weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.weights)}
@@ -421,7 +436,7 @@ def main(argv=None) -> int:
             for i in range(len(ds)):
                 rows.append({"pair": i, **headroom_pair(ds[i], ds.grid, model)})
                 print(f"pair {i}: {rows[-1]}", flush=True)
-        rep = {"command": command, "machine": machine(), "test_set": str(test),
+        rep = {"command": command, "machine": machine(), "test_set": str(test), "condition": args.condition,
                "model": args.model or "shipped default (tfm/nn/weights/default)", "pairs": rows}
         write_report(args.out, "adapt_headroom", rep, headroom_markdown(rep))
         return 0
@@ -437,7 +452,7 @@ def main(argv=None) -> int:
                   f"{r['adapted']['force_rel_l2']:.3f}; photometric {r['photometric_before']:.4f} -> "
                   f"{r['photometric_after']:.4f}; {r['adapt_seconds']:.0f} s", flush=True)
     rep = {"command": command, "machine": machine(), "jax": jax.__version__, "model": args.model or "shipped default (tfm/nn/weights/default)",
-           "test_set": str(test), "steps": args.steps, "config": dataclasses.asdict(config), "pairs": rows,
+           "test_set": str(test), "condition": args.condition, "steps": args.steps, "config": dataclasses.asdict(config), "pairs": rows,
            "summary": summarise(rows)}
     write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track part fails
     if FMTRACK.is_dir() and not args.no_fmtrack:
