@@ -174,13 +174,12 @@ def image_motion_um(s, grid, target):
     the points of ``target`` (µm): the FEM field, then the acquisition's rigid drift and
     axial scaling (as :func:`tfm.synth.dataset` renders it)."""
     from tfm.fields import resample
+    from tfm.synth.dataset import acquisition_motion
 
     acq = s["params"]["acquisition"]
-    zc = grid.center_um()[0]
-    u = resample(s["displacement"], grid, target).astype(np.float64) + np.asarray(acq["drift_um"])
-    z = (np.arange(target.shape[0]) * target.spacing_um[0] + target.origin_um[0])[:, None, None]
-    u[..., 0] = zc + acq["axial_scale"] * (z + u[..., 0] - zc) - z
-    return u.astype(np.float32)
+    u = resample(s["displacement"], grid, target).astype(np.float64)
+    return acquisition_motion(target.coordinates_um(), u, acq["drift_um"], acq["axial_scale"],
+                              grid.center_um()[0]).astype(np.float32)
 
 
 def cross_half(s, grid, net) -> dict:

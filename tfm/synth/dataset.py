@@ -154,6 +154,16 @@ class SynthConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+def acquisition_motion(points_um, u_um, drift_um, axial_scale: float, zc_um: float) -> np.ndarray:
+    """Where the deformed stack shows what sits at ``points_um`` (..., 3) in the reference,
+    relative to those points (µm): the cell's displacement ``u_um`` there, then the stage's
+    rigid ``drift_um`` and the axial scaling ``axial_scale`` about the plane ``z = zc_um``
+    (a refractive-index mismatch) -- the acquisition's own differences a dataset renders."""
+    moved = np.asarray(points_um, np.float64) + u_um + np.asarray(drift_um, np.float64)
+    moved[..., 0] = zc_um + axial_scale * (moved[..., 0] - zc_um)
+    return moved - points_um
+
+
 def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
     """One sample: arrays keyed like the file's datasets, plus ``params`` (a dict)."""
     import time
@@ -199,13 +209,11 @@ def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
     bleach = rng.uniform(*b.bleaching)
     bright_def = bright * np.clip(1 - bleach * rng.uniform(0.5, 1.5, len(pos)), 0, 1)
 
-    def acquired(p):  # where the deformed stack shows the bead at p: the cell's u, then drift and axial scaling
+    def acquired(p):  # where the deformed stack shows the bead at p
         d = np.asarray(fem.interpolate(u, mesh, p), np.float64)
         if axial == 1.0 and not np.any(drift):
             return d
-        moved = p + d + drift
-        moved[:, 0] = zc + axial * (moved[:, 0] - zc)
-        return moved - p
+        return acquisition_motion(p, d, drift, axial, zc)
 
     ref, dfm = beads.render_pair(grid, pos, acquired, psf, bright, bright_def)
     photons = float(np.exp(rng.uniform(*np.log(b.photons))))
