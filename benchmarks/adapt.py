@@ -404,7 +404,7 @@ def main(argv=None) -> int:
                    help="loss weights other than tfm.nn.adapt.AdaptWeights' defaults (a variant), e.g. photometric=10")
     p.add_argument("--ncc-sigma", type=float, help="photometric window, working voxels (default: AdaptConfig's)")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="other AdaptConfig fields (a variant), e.g. holdout=false")
+                   help="other AdaptConfig fields (a variant), e.g. holdout=true interpolation=cubic")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (default: AdaptConfig's)")
     p.add_argument("--report", default="adapt", help="name of the report files (default adapt)")
     p.add_argument("--headroom", action="store_true",

@@ -60,6 +60,51 @@ def _rigid_beads(shape, centres, sigma):
     return np.exp(-0.5 * d2).sum(-1).astype(np.float32)
 
 
+def test_cubic_warp_is_exact_at_zero_and_far_closer_than_trilinear_on_a_smooth_volume():
+    x = np.indices((28, 28, 28)).astype(np.float32)
+    wave = lambda z, y, xx: np.sin(0.7 * z + 0.3) * np.cos(0.9 * y) + np.sin(0.8 * xx - 0.2)  # noqa: E731
+    v = jnp.asarray(wave(*x))[None]
+    u = np.zeros((1, 24, 24, 24, 3), np.float32)
+    assert np.array_equal(np.asarray(adapt.warp(v, jnp.asarray(u), 2, cubic=True))[0], np.asarray(v)[0, 2:26, 2:26, 2:26])
+    u[..., :] = (0.3, -0.45, 0.25)
+    p = x[:, 2:26, 2:26, 2:26] + u[0].transpose(3, 0, 1, 2)
+    exact = wave(*p)
+    err = {c: float(np.abs(np.asarray(adapt.warp(v, jnp.asarray(u), 2, cubic=c))[0] - exact).max()) for c in (False, True)}
+    assert err[True] < 0.25 * err[False], err
+
+
+def test_score_tiles_cover_every_lk_voxel_and_are_capped_per_pair():
+    tiles = adapt.tile_origins((30, 40, 17), 16)
+    covered = np.zeros((30, 40, 17), bool)
+    for o in tiles:
+        assert all(0 <= a and a + 16 <= n for a, n in zip(o, covered.shape)), o
+        covered[tuple(slice(a, a + 16) for a in o)] = True
+    assert covered.all() and len(tiles) == 2 * 3 * 2 == len(set(tiles))
+    prepared = [{"lk_shape": (30, 40, 17)}, {"lk_shape": (16, 16, 16)}]
+    picked = adapt.score_tiles(prepared, 16, 5, seed=0)
+    assert [k for k, _ in picked] == [0] * 5 + [1] and {o for k, o in picked if k == 0} <= set(tiles)
+    assert len({o for k, o in picked if k == 0}) == 5 and picked == adapt.score_tiles(prepared, 16, 5, seed=0)
+    assert len(adapt.score_tiles(prepared, 16, 64)) == len(tiles) + 1
+    # holdout: training and score tiles are the two colours of a checkerboard
+    train, held = adapt.split_tiles((48, 48, 32), 16, True)
+    assert len(train) == len(held) == 9 and not set(train) & set(held)
+    assert set(train) | set(held) == set(adapt.tile_origins((48, 48, 32), 16))
+    for o in held:  # no score tile's face neighbour is a score tile
+        for ax in range(3):
+            assert tuple(a + 16 * (i == ax) for i, a in enumerate(o)) not in held
+    assert adapt.split_tiles((16, 16, 16), 16, True) == (None, [(0, 0, 0)])  # one tile: nothing to hold out
+    assert adapt.split_tiles((48, 48, 32), 16, False)[0] is None
+    assert [o for _, o in adapt.score_tiles([{"lk_shape": (48, 48, 32)}], 16, 64, holdout=True)] == held
+    rng = np.random.default_rng(0)
+    p = {"lk_shape": (48, 48, 32), "bead_sigma": np.ones(3)}
+    p.update({k: rng.random((48, 48, 32, 3), np.float32) for k in ("motion", "context", "drift")})
+    p.update(outside=np.ones((48, 48, 32), np.float32), rel=np.zeros(3, np.float32), to_working=np.ones(3, np.float32))
+    p.update({k: rng.random((96, 96, 64), np.float32) for k in ("reference", "deformed")})
+    b = adapt.crop_batch([p], rng, 6, 16, 0.45, tiles=[train])
+    for m in b["motion"]:  # every training crop is a training tile
+        assert any(np.array_equal(m, p["motion"][o[0]:o[0] + 16, o[1]:o[1] + 16, o[2]:o[2] + 16]) for o in train)
+
+
 def test_field_smoothing_makes_the_true_motion_of_whole_bead_images_the_photometric_optimum():
     """Beads move as whole images. Where the field varies within an image (here along the
     long z axis of the PSF), warping by the pointwise field stretches the image, and the
@@ -230,4 +275,6 @@ def test_adapt_refuses_bad_inputs_by_name(base_model, tmp_path):
         adapt.AdaptConfig(field_smoothing=-1.0)
     with pytest.raises(ValueError, match="select"):
         adapt.AdaptConfig(select="loss")
+    with pytest.raises(ValueError, match="interpolation"):
+        adapt.AdaptConfig(interpolation="quintic")
     assert not (tmp_path / "a").exists()  # nothing written before the inputs were checked

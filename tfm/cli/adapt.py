@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     a.add_argument("--field-smoothing", type=float, default=1.0,
                    help="photometric term: smooth the field by this many apparent bead sizes before it warps, since each "
                         "bead's image moves as a whole (default 1; 0: the pointwise field; docs/learned.md)")
-    a.add_argument("--eval-every", type=int, default=25, help="steps between scores on fixed crops (default 25)")
+    a.add_argument("--eval-every", type=int, default=25,
+                   help="steps between scores on the score tiles, a tiling of each pair (default 25)")
     a.add_argument("--seed", type=int, default=0, help="crops and flips (default 0)")
     a.add_argument("--max-steps", type=int, help="stop after this many steps in total (a later run resumes)")
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
