@@ -1,13 +1,14 @@
 """Self-supervised adaptation (``tfm.nn.adapt``) on pairs the network was not trained for.
 
-    python -m benchmarks.adapt [--model DIR] [--n 8] [--seed 780] [--condition dim|bright] [--steps 100] [--out benchmarks/results]
+    python -m benchmarks.adapt [--model DIR] [--n 8] [--seed 780] [--condition dim|bright|blurry] [--steps 100] [--out benchmarks/results]
 
 1. A held-out set rendered outside the training range of the shipped model (generated on
    first use into .cache/bench/): ``tfm synth --preset acquisition`` cells and voxels, but
    a PSF of NA 0.45 (the preset's training data 0.7; the "coarse" training shard, at other
    voxel sizes, has 0.45), beads of radius 0.9 µm (0.5), 10-40 photons at a bead's peak
    (60-600) and read noise 0.06 (0.02); seed 780, which no training set uses.
-   ``--condition bright``: beads of radius 1.4 µm, 1500-5000 photons, read noise 0.01.
+   ``--condition bright``: beads of radius 1.4 µm, 1500-5000 photons, read noise 0.01;
+   ``--condition blurry``: a PSF of NA 0.3 with the training's beads and camera.
 2. Per pair, side by side: the base model, the base model adapted on that pair alone (no
    labels; the true cell mask given, as a user gives a segmented cell stain) and the
    classical pipeline. Scored against the FEM truth as benchmarks/dl_vs_classical.py scores:
@@ -46,17 +47,19 @@ from .common import example, machine, on_voxels, score_at_dvc, score_on_own_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_ARGS = ["synth", "--preset", "acquisition", "--material", "linear", "--size", "60", "160", "160",
-              "--numerical-aperture", "0.45", "--n", "0", "-o", "unused.h5"]
-# Out-of-range acquisitions (the preset's training data: beads of 0.5 µm radius, 60-600
-# photons at a bead's peak, read noise 0.02): "dim" beads, and "bright" large ones.
-CONDITIONS = {"dim": {"bead_radius_um": 0.9, "photons": (10.0, 40.0), "read_noise": 0.06},
-              "bright": {"bead_radius_um": 1.4, "photons": (1500.0, 5000.0), "read_noise": 0.01}}
+              "--n", "0", "-o", "unused.h5"]
+# Out-of-range acquisitions (the preset's training data: NA 0.7, beads of 0.5 µm radius,
+# 60-600 photons at a bead's peak, read noise 0.02): "dim" beads, "bright" large ones, and
+# a "blurry" low-NA objective with the training's beads and camera.
+CONDITIONS = {"dim": {"numerical_aperture": 0.45, "bead_radius_um": 0.9, "photons": (10.0, 40.0), "read_noise": 0.06},
+              "bright": {"numerical_aperture": 0.45, "bead_radius_um": 1.4, "photons": (1500.0, 5000.0), "read_noise": 0.01},
+              "blurry": {"numerical_aperture": 0.3, "bead_radius_um": 0.5, "photons": (60.0, 600.0), "read_noise": 0.02}}
 SEED = 780
 
 
 def describe(condition: str) -> str:
     c = CONDITIONS[condition]
-    return (f"PSF NA 0.45, beads of radius {c['bead_radius_um']:g} µm, {c['photons'][0]:g}-{c['photons'][1]:g} photons, "
+    return (f"PSF NA {c['numerical_aperture']:g}, beads of radius {c['bead_radius_um']:g} µm, {c['photons'][0]:g}-{c['photons'][1]:g} photons, "
             f"read noise {c['read_noise']:g}")
 
 
@@ -66,7 +69,8 @@ def test_config(condition: str = "dim"):
     from tfm.cli.synth import config_from_args
 
     c = CONDITIONS[condition]
-    config = config_from_args(build_parser().parse_args(SYNTH_ARGS + ["--bead-radius-um", str(c["bead_radius_um"])]))
+    config = config_from_args(build_parser().parse_args(SYNTH_ARGS + ["--bead-radius-um", str(c["bead_radius_um"]),
+                                                                      "--numerical-aperture", str(c["numerical_aperture"])]))
     return dataclasses.replace(config, beads=dataclasses.replace(config.beads, photons=c["photons"],
                                                                  read_noise=c["read_noise"]))
 
@@ -77,7 +81,8 @@ def ensure_test_set(n: int, seed: int = SEED, condition: str = "dim") -> Path:
     name = "adapt_out_of_range" + ("" if condition == "dim" else f"_{condition}")
     path = ROOT / ".cache" / "bench" / f"{name}_seed{seed}_n{n}.h5"
     if not path.exists():
-        print(f"generating {path}: {n} pairs, tfm {' '.join(SYNTH_ARGS[:-4])}, {describe(condition)}, seed {seed}", flush=True)
+        print(f"generating {path}: {n} pairs, tfm {' '.join(SYNTH_ARGS[:-4])}, {describe(condition)}, seed {seed}",
+              flush=True)
         dataset.generate(path, n, seed=seed, config=test_config(condition))
     return path
 
@@ -262,10 +267,11 @@ def headroom_markdown(rep: dict) -> str:
 FMTRACK = ROOT.parent / "shared" / "data" / "fmtrack_avic_3d"
 
 
-def fmtrack(model_path, steps: int, figure: Path | None) -> dict:
-    """Adaptation on the FM-Track pair (CytoD -> Normal, full stacks, the Normal cell's mask):
-    the photometric loss before and after, and the agreement with the classical field (the
-    same drift model) on the DVC grid outside the cell, before and after; wall time."""
+def fmtrack(model_path, steps: int, figure: Path | None, work: Path) -> dict:
+    """Adaptation (run directory ``work``) on the FM-Track pair (CytoD -> Normal, full stacks,
+    the Normal cell's mask): the photometric loss before and after, and the agreement with the
+    classical field (the same drift model) on the DVC grid outside the cell, before and
+    after; wall time."""
     import tfm
     from tfm import io
     from tfm.nn import adapt
@@ -279,7 +285,6 @@ def fmtrack(model_path, steps: int, figure: Path | None) -> dict:
     classical = io.read_result(cached) if cached.is_file() else tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False)
     opts = {"drift": classical.info["dvc"]["drift_model"]}
     base = tfm.reconstruct(ref, dfm, grid, gel, method="dl", mask=mask, model=model_path, progress=False, dl_options=opts)
-    work = ROOT / ".cache" / "bench" / "adapt_runs" / "fmtrack"
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     summary = adapt.adapt([(ref, dfm)], grid.spacing_um, work, model=model_path, poisson_ratio=0.45, cells=[mask],
@@ -440,10 +445,11 @@ def main(argv=None) -> int:
         write_report(args.out, "adapt_headroom", rep, headroom_markdown(rep))
         return 0
     rows = []
+    runs = ROOT / ".cache" / "bench" / "adapt_runs" / args.report  # one per report: runs of two reports may overlap
     with SyntheticDataset(test) as ds:
         picked = [int(i) for i in args.pairs.split(",")] if args.pairs else range(len(ds))
         for i in list(picked)[:args.limit]:
-            r = run_pair(ds[i], ds.grid, model, args.model, config, ROOT / ".cache" / "bench" / "adapt_runs" / f"pair{i}")
+            r = run_pair(ds[i], ds.grid, model, args.model, config, runs / f"pair{i}")
             r["pair"] = i
             rows.append(r)
             print(f"pair {i}: u {r['base']['u_rms_error_um']:.4f} -> {r['adapted']['u_rms_error_um']:.4f} "
@@ -455,7 +461,8 @@ def main(argv=None) -> int:
            "summary": summarise(rows)}
     write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track part fails
     if FMTRACK.is_dir() and not args.no_fmtrack:
-        rep["fmtrack"] = fmtrack(args.model, args.fmtrack_steps, ROOT / "docs" / "figures" / "fmtrack_adapt.png")
+        rep["fmtrack"] = fmtrack(args.model, args.fmtrack_steps, ROOT / "docs" / "figures" / "fmtrack_adapt.png",
+                                 runs / "fmtrack")
         print("fmtrack", rep["fmtrack"], flush=True)
         write_report(args.out, args.report, rep, markdown(rep))
     return 0

@@ -12,6 +12,7 @@ SECTIONS = [("dl_vs_classical.md", "python -m benchmarks.dl_vs_classical"), ("dv
             ("adapt.md", "python -m benchmarks.adapt"),
             ("adapt_seed781.md", "python -m benchmarks.adapt --seed 781 --no-fmtrack --report adapt_seed781"),
             ("adapt_bright.md", "python -m benchmarks.adapt --condition bright --no-fmtrack --report adapt_bright"),
+            ("adapt_blurry.md", "python -m benchmarks.adapt --condition blurry --no-fmtrack --report adapt_blurry"),
             ("adapt_headroom.md", "python -m benchmarks.adapt --headroom"),
             ("flow_profile.md", "python -m benchmarks.flow_profile"),
             ("dl_ablation.md", "python -m benchmarks.dl_vs_classical --ablation NAME=RUN ... --sizes '' --no-fmtrack "

@@ -191,6 +191,12 @@ def test_noise_estimate_within_20_percent(sigma):
     u2 = np.stack([np.exp(-((x - 12) ** 2 + (y - 12) ** 2) / 20.0)] * 2, -1) * 0.3
     u2 = u2 + sigma * np.random.default_rng(8).standard_normal(u2.shape)
     assert estimate_noise(u2) == pytest.approx(sigma, rel=0.2)
+    # a grid of 2 planes (a thin stack's DVC grid): the noise from the axes of 3 or more points
+    noise = sigma * np.random.default_rng(9).standard_normal((2, *G32.shape[1:], 3))
+    thin = np.asarray(sph.sample(G32))[15:17] + noise
+    assert estimate_noise(thin) == pytest.approx(sigma, rel=0.2)
+    with pytest.raises(ValueError, match="at least 3 points along one axis"):
+        estimate_noise(np.zeros((2, 2, 2, 3)))
 
 
 def test_zero_and_noise_only_fields():

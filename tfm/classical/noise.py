@@ -30,7 +30,7 @@ def _binomial(u, ndim: int):
 
 
 def white_noise_gain(ndim: int) -> float:
-    """``var(u - S u) / sigma²`` for white noise on a ``ndim``-dimensional grid."""
+    """``var(u - S u) / sigma²`` for white noise, ``S`` smoothing along ``ndim`` axes."""
     return 1.0 - 2.0 / 2**ndim + 0.375**ndim
 
 
@@ -38,21 +38,26 @@ def estimate_noise(displacement, valid=None, mask=None) -> float:
     """The noise of a displacement field, std per component (its units).
 
     Args:
-      displacement: (*spatial, C), 2 or 3 spatial axes of at least 3 points each.
+      displacement: (*spatial, C), 2 or 3 spatial axes; those of at least 3 points are
+        high-passed (a DVC grid of 2 planes along z, from a thin stack, still gives the noise
+        from its y and x axes), at least one such axis.
       valid: optional bool (*spatial): only these points (e.g. the DVC's valid windows).
       mask: optional bool (*spatial), True in the cell: those points are left out.
     """
     u = np.asarray(displacement)
     u = u if u.dtype in (np.float32, np.float64) else u.astype(np.float64)  # float32 stays: half the memory, ample for a MAD
     d = u.ndim - 1
-    if d not in (2, 3) or min(u.shape[:d]) < 3:
-        raise ValueError(f"displacement must be (Y, X, C) or (Z, Y, X, C) with at least 3 points per axis, got {u.shape}")
+    if d not in (2, 3) or max(u.shape[:d]) < 3:
+        raise ValueError(f"displacement must be (Y, X, C) or (Z, Y, X, C) with at least 3 points along one axis, "
+                         f"got {u.shape}")
+    smoothed = [a for a in range(d) if u.shape[a] >= 3]
     r = u - _binomial(u, d)
     keep = np.ones(r.shape[:d], bool)
     for m, want in ((valid, True), (mask, False)):
         if m is not None:
             keep &= np.asarray(m, bool) == want
-    inner = (slice(1, -1),) * d  # the faces' residuals are biased low (the edge is repeated) ...
+    # the faces' residuals along the smoothed axes are biased low (the edge is repeated) ...
+    inner = tuple(slice(1, -1) if a in smoothed else slice(None) for a in range(d))
     vals = r[inner][keep[inner]].ravel()
     if vals.size < MIN_POINTS:  # ... but on a small grid they are needed
         vals = r[keep].ravel()
@@ -60,4 +65,4 @@ def estimate_noise(displacement, valid=None, mask=None) -> float:
         raise ValueError(f"too few points to estimate the noise ({vals.size} values, need {MIN_POINTS} or more): "
                          "give the noise level")
     mad = 1.4826 * float(np.median(np.abs(vals - np.median(vals))))
-    return mad / math.sqrt(white_noise_gain(d))
+    return mad / math.sqrt(white_noise_gain(len(smoothed)))
