@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.adapt --condition bright --no-fmtrack --report adapt_bright --out benchmarks/results
 	$(PY) -m benchmarks.adapt --condition blurry --no-fmtrack --report adapt_blurry --out benchmarks/results
 	$(PY) -m benchmarks.adapt --headroom --out benchmarks/results
+	$(PY) -m benchmarks.adapt --condition blurry --headroom --report adapt_blurry_headroom --out benchmarks/results
 	$(PY) -m benchmarks.flow_profile --out benchmarks/results
 	$(PY) -m benchmarks.make_docs
 

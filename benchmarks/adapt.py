@@ -413,7 +413,8 @@ def main(argv=None) -> int:
     p.add_argument("--learning-rate", type=float, help="peak learning rate (default: AdaptConfig's)")
     p.add_argument("--report", default="adapt", help="name of the report files (default adapt)")
     p.add_argument("--headroom", action="store_true",
-                   help="instead of adapting: what oracle corrections of the base field gain (report adapt_headroom)")
+                   help="instead of adapting: what oracle corrections of the base field gain (report adapt_headroom, "
+                        "or --report's name)")
     args = p.parse_args(argv)
     import jax
 
@@ -442,7 +443,7 @@ def main(argv=None) -> int:
                 print(f"pair {i}: {rows[-1]}", flush=True)
         rep = {"command": command, "machine": machine(), "test_set": str(test), "condition": args.condition,
                "model": args.model or "shipped default (tfm/nn/weights/default)", "pairs": rows}
-        write_report(args.out, "adapt_headroom", rep, headroom_markdown(rep))
+        write_report(args.out, "adapt_headroom" if args.report == "adapt" else args.report, rep, headroom_markdown(rep))
         return 0
     rows = []
     runs = ROOT / ".cache" / "bench" / "adapt_runs" / args.report  # one per report: runs of two reports may overlap

@@ -14,6 +14,7 @@ SECTIONS = [("dl_vs_classical.md", "python -m benchmarks.dl_vs_classical"), ("dv
             ("adapt_bright.md", "python -m benchmarks.adapt --condition bright --no-fmtrack --report adapt_bright"),
             ("adapt_blurry.md", "python -m benchmarks.adapt --condition blurry --no-fmtrack --report adapt_blurry"),
             ("adapt_headroom.md", "python -m benchmarks.adapt --headroom"),
+            ("adapt_blurry_headroom.md", "python -m benchmarks.adapt --condition blurry --headroom --report adapt_blurry_headroom"),
             ("flow_profile.md", "python -m benchmarks.flow_profile"),
             ("dl_ablation.md", "python -m benchmarks.dl_vs_classical --ablation NAME=RUN ... --sizes '' --no-fmtrack "
                                "--report dl_ablation")]
