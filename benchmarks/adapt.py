@@ -193,7 +193,8 @@ def cross_half(s, grid, net) -> dict:
     (working grid) of the true image motion, of the same blurred by the apparent bead size
     (:func:`tfm.nn.adapt.apparent_bead_size`), and of the base network's field
     predicted from the even x columns alone (drift kept); each with the warp field as it
-    is and smoothed by one apparent bead size (``AdaptConfig.field_smoothing = 1``)."""
+    is and smoothed by one apparent bead size (``AdaptConfig.field_smoothing = 1``), on the
+    voxels all three warp from within the data (:func:`tfm.nn.adapt.inside_data`)."""
     import jax.numpy as jnp
     from scipy import ndimage
 
@@ -218,11 +219,15 @@ def cross_half(s, grid, net) -> dict:
     fields = {"truth": truth, "truth_blurred": blur(truth), "base": resample(base.displacement, base.grid, odd) / hw}
     matrices = [jnp.asarray(gaussian_matrix(k, float(sg)))[None] for k, sg in zip(r_b.shape, sigma)]
     out = {"bead_sigma_um": [float(v * w) for v, w in zip(sigma, hw)]}
+    box = (jnp.zeros((1, 3)), jnp.asarray(r_b.shape, jnp.float32)[None] - 1)
+    # the voxels every field warps from within the data (as tfm.nn.adapt leaves out the rest)
+    valid = np.prod([np.asarray(adapt.inside_data(jnp.asarray(u, jnp.float32)[None], *box)) for u in fields.values()], 0)
+    out["valid_share"] = float(valid.mean())
     for name, u in fields.items():
         u = jnp.asarray(u, jnp.float32)[None]
         for label, v in (("raw", u), ("smoothed", adapt.smooth_field(u, matrices))):
             warped = adapt.warp(jnp.asarray(d_b)[None], v)
-            out[f"{name}_{label}"] = float(adapt.photometric_loss(jnp.asarray(r_b)[None], warped)[0])
+            out[f"{name}_{label}"] = float(adapt.photometric_loss(jnp.asarray(r_b)[None], warped, valid=jnp.asarray(valid))[0])
     return out
 
 
@@ -247,15 +252,18 @@ def headroom_markdown(rep: dict) -> str:
           "Where the photometric term's optimum lies, on noise the fields have not seen: the loss (1 - NCC) on the odd "
           "x columns of each pair of the true image motion (FEM field, drift, axial scaling), of the same blurred by the "
           "apparent bead size, and of the base network's field predicted from the even columns alone; the warp field "
-          "as it is (raw) and smoothed by one apparent bead size, as `tfm.nn.adapt` smooths it (`field_smoothing=1`). "
-          "The raw loss prefers the blurred truth to the truth on the pairs marked *: "
+          "as it is (raw) and smoothed by one apparent bead size, as `tfm.nn.adapt` smooths it (`field_smoothing=1`); "
+          "on the voxels (share in the table) that all three fields warp from within the deformed stack's data, as "
+          "`tfm.nn.adapt` leaves out the rest. The raw loss prefers the blurred truth to the truth on the pairs marked *: "
           "its optimum is not the true field.", "",
-          "| pair | bead size (µm, z y x) | raw: truth / blurred truth / base | smoothed: truth / blurred truth / base |",
-          "|---|---|---|---|"]
+          "| pair | bead size (µm, z y x) | voxels | raw: truth / blurred truth / base | "
+          "smoothed: truth / blurred truth / base |",
+          "|---|---|---|---|---|"]
     for r in rows:
         c = r["cross_half"]
         mark = " *" if c["truth_blurred_raw"] < c["truth_raw"] else ""
         L.append(f"| {r['pair']}{mark} | {' '.join(f'{v:.2f}' for v in c['bead_sigma_um'])} | "
+                 f"{c.get('valid_share', 1.0):.0%} | "
                  + " / ".join(f"{c[k + '_raw']:.5f}" for k in ("truth", "truth_blurred", "base")) + " | "
                  + " / ".join(f"{c[k + '_smoothed']:.5f}" for k in ("truth", "truth_blurred", "base")) + " |")
     n_best = sum(min(("truth", "truth_blurred", "base"), key=lambda k: r["cross_half"][k + "_smoothed"]) == "truth"

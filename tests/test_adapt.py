@@ -60,6 +60,35 @@ def _rigid_beads(shape, centres, sigma):
     return np.exp(-0.5 * d2).sum(-1).astype(np.float32)
 
 
+def test_photometric_loss_leaves_out_what_moved_beyond_the_deformed_volume():
+    """Content that left the deformed stack (drift, or a cell's pull at a face) is not
+    compared with the zeros beyond it: masked, the true motion scores 0 there and wins."""
+    big = _beads((40, 32, 32), 400, 3)
+    ref, dfm = jnp.asarray(big[4:36])[None], jnp.asarray(big[2:34])[None]  # content moved up 2 planes
+    u_true = np.zeros((1, *SHAPE, 3), np.float32)
+    u_true[..., 0] = 2.0
+    box = (jnp.zeros((1, 3)), jnp.full((1, 3), 31.0))
+    valid = adapt.inside_data(jnp.asarray(u_true), *box)
+    assert float(valid[0, -3:].max()) == 0.0 and float(valid[0, 1:-3, 1:-1, 1:-1].min()) == 1.0
+
+    def loss(u, mask):
+        return float(adapt.photometric_loss(ref, adapt.warp(dfm, jnp.asarray(u)), valid=mask)[0])
+
+    assert loss(u_true, None) > 0.02  # the top planes against zeros
+    assert loss(u_true, valid) < 1e-3
+    for wrong in (1.5, 2.5):
+        assert loss(u_true, valid) < loss(u_true * wrong / 2.0, valid)
+    # crops at a face carry the box of their data in the context volume
+    p = {"lk_shape": (16, 16, 16), "bead_sigma": np.ones(3), "rel": np.zeros(3, np.float32),
+         "to_working": np.ones(3, np.float32), "outside": np.ones((16, 16, 16), np.float32),
+         "reference": np.ones((32, 32, 32), np.float32), "deformed": np.ones((32, 32, 32), np.float32)}
+    p.update({k: np.zeros((16, 16, 16, 3), np.float32) for k in ("motion", "context", "drift")})
+    c = adapt.crop_at(p, (0, 0, 0), 16, 0.45)
+    m = adapt.MARGIN
+    assert c["data_lo"][0].tolist() == [m] * 3 and c["data_hi"][0].tolist() == [m + 31] * 3
+    assert c["context_volume"][0, m:m + 32, m:m + 32, m:m + 32].min() == 1 and c["context_volume"][0].sum() == 32**3
+
+
 def test_cubic_warp_is_exact_at_zero_and_far_closer_than_trilinear_on_a_smooth_volume():
     x = np.indices((28, 28, 28)).astype(np.float32)
     wave = lambda z, y, xx: np.sin(0.7 * z + 0.3) * np.cos(0.9 * y) + np.sin(0.8 * xx - 0.2)  # noqa: E731

@@ -25,7 +25,14 @@ on a batch of crops of the user's pairs (on the model's working grid, prepared e
   There the photometric optimum is nearer the field blurred at the bead-image scale than
   the field itself (tested on rendered whole-bead images), and adapting to it made the
   largest-motion synthetic pair 40 % worse near its cell. Smoothed first, the term leaves
-  structure finer than a bead's image to the network and the priors;
+  structure finer than a bead's image to the network and the priors. Voxels whose motion
+  reads beyond the deformed stack's data are compared with the zeros there, which favours
+  fields that move less at the faces (the true field lost 0.06 -> 0.37 on a low-NA pair's
+  last planes). ``data_mask=True`` leaves them out (:func:`inside_data`, by the front
+  end's measured motion, the same for every model); it stays off because it made
+  adaptation worse: without those voxels' large, constant loss the relative gains of the
+  selection rule grow, and on the bright and low-NA synthetic sets 4 and 7 of 8 pairs were
+  adapted and made worse (benchmarks/results/adapt.notes.md);
 * ``consistency``: the predicted force against the force the constitutive layer implies
   from the predicted displacement (:func:`tfm.nn.physics.implied_force`), relative;
 * ``equilibrium``: net force and torque of the predicted force, relative to its L1 norm;
@@ -87,10 +94,11 @@ from ..learn import config as configs
 from ..learn import loop, store
 from ..learn.optim import OptimConfig, make_optimizer, schedule
 from ..classical.dvc import check_pair
-from ..classical import warp as warps
 from ..classical.texture import autocorrelation_sigma
-from ..fields import band_filter, gaussian_band, gaussian_matrix
 from . import infer, physics
+# the differentiable field and the loss on the working grid, re-exported (adapt.warp, ...)
+from .photometric import (blur, inside_data, photometric_loss, smooth_field, smoothing_matrices,  # noqa: F401
+                          upsample2, warp)
 
 MODEL_KIND = "tfm.unet3d"
 MARGIN = 8  # working voxels of deformed-volume context around each crop
@@ -125,6 +133,7 @@ class AdaptConfig:
     loss: AdaptWeights = AdaptWeights()
     ncc_sigma: float = 2.0  # photometric window, working voxels
     interpolation: str = "linear"  # photometric: how the deformed volume is sampled, "linear" or "cubic" (Keys)
+    data_mask: bool = False  # photometric: leave out voxels whose measured motion reads beyond the deformed data
     field_smoothing: float = 1.0  # photometric: the field is smoothed by this many apparent bead sizes before it warps (0: not)
     levels: object = "auto"  # the motion front end's pyramid, as predict's
     cell_dilate_um: float = 3.0  # sparsity: forces allowed this far from the cell mask
@@ -151,79 +160,6 @@ class AdaptConfig:
             raise ValueError(f"field_smoothing must be >= 0 (apparent bead sizes), got {self.field_smoothing}")
         if not float(self.cell_dilate_um) >= 0:
             raise ValueError(f"cell_dilate_um must be >= 0, got {self.cell_dilate_um}")
-
-
-# -- the differentiable field on the working grid -----------------------------------------------
-
-
-def smoothing_matrices(n: int, sigma_voxels) -> np.ndarray:
-    """(3, n, n): per axis the Gaussian window matrix (:func:`tfm.fields.gaussian_matrix`,
-    normalised at the faces) of ``sigma_voxels`` (3,); the identity where it is 0."""
-    return np.stack([gaussian_matrix(n, float(s)) if s > 0 else np.eye(n, dtype=np.float32) for s in sigma_voxels])
-
-
-def smooth_field(field, matrices):
-    """(N, Z, Y, X, C) field smoothed along z, y, x by per-sample matrices: (N, 3, n, n)
-    for cubic crops (:func:`smoothing_matrices`), or a sequence of three (N, n_axis, n_axis)."""
-    mz, my, mx = matrices if isinstance(matrices, (list, tuple)) else (matrices[:, 0], matrices[:, 1], matrices[:, 2])
-    field = jnp.einsum("nzk,nkyxc->nzyxc", mz, field)
-    field = jnp.einsum("nyk,nzkxc->nzyxc", my, field)
-    return jnp.einsum("nxk,nzykc->nzyxc", mx, field)
-
-
-def upsample2(field, shape):
-    """(N, z, y, x, C) on the LK grid -> (N, *shape, C) on the working grid (2x finer),
-    trilinear at the working voxel centres, edge values held; differentiable."""
-    coords = jnp.stack(jnp.meshgrid(*[(jnp.arange(n) + 0.5) / 2 - 0.5 for n in shape], indexing="ij"), 0)
-
-    def one(f):  # (z, y, x) -> shape
-        return jax.scipy.ndimage.map_coordinates(f, list(coords), order=1, mode="nearest")
-
-    return jax.vmap(jax.vmap(one, in_axes=-1, out_axes=-1))(field)
-
-
-def warp(volume, u_vox, margin: int = 0, cubic: bool = False):
-    """``volume(x + margin + u(x))`` for (N, Z+2m, Y+2m, X+2m) volumes and (N, Z, Y, X, 3)
-    fields in voxels (0 -- the normalised background -- outside): the deformed volume pulled
-    back by ``u``. Trilinear, or with ``cubic`` Keys' cubic convolution
-    (:func:`tfm.classical.warp.keys_weights`: interpolating, third-order accurate, no
-    prefilter)."""
-    base = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=u_vox.dtype) + margin for n in u_vox.shape[1:4]], indexing="ij"), -1)
-
-    def one(v, u):
-        if cubic:
-            return warps._sample_cubic(jnp.pad(v, warps.SPLINE_PAD), base + u, warps.keys_weights)
-        c = jnp.moveaxis(base + u, -1, 0)
-        return jax.scipy.ndimage.map_coordinates(v, list(c), order=1, mode="constant", cval=0.0)
-
-    return jax.vmap(one)(volume, u_vox)
-
-
-# -- the loss ----------------------------------------------------------------------------------
-
-
-def blur(x, sigma: float):
-    """Normalised Gaussian window sums over (Z, Y, X) of (N, Z, Y, X, C): one banded product
-    per axis (:func:`tfm.fields.band_filter`; normalised convolution at the faces)."""
-    for ax in (1, 2, 3):
-        x = band_filter(x, ax, jnp.asarray(gaussian_band(x.shape[ax], sigma), x.dtype))
-    return x
-
-
-def photometric_loss(reference, warped, sigma: float = 2.0, eps: float = 1e-4):
-    """Per-sample ``1 - NCC``: local normalised cross-correlation of (N, Z, Y, X) volumes in
-    Gaussian windows of ``sigma`` voxels, averaged with the reference's local variance as
-    weight (texture counts, empty background does not). 0 for identical volumes (to ``eps``),
-    up to 2 for inverted ones; unchanged by a local gain and offset of ``warped``."""
-    a, b = reference[..., None], warped[..., None]
-    stats = blur(jnp.concatenate([a, b, a * a, b * b, a * b], -1), sigma)
-    ma, mb = stats[..., 0], stats[..., 1]
-    vaa = jnp.maximum(stats[..., 2] - ma * ma, 0.0)
-    vbb = jnp.maximum(stats[..., 3] - mb * mb, 0.0)
-    vab = stats[..., 4] - ma * mb
-    ncc = vab / jnp.sqrt(vaa * vbb + eps**2)
-    w = jax.lax.stop_gradient(vaa)
-    return 1.0 - jnp.sum(w * ncc, (1, 2, 3)) / jnp.maximum(jnp.sum(w, (1, 2, 3)), 1e-12)
 
 
 def _param_distance(params, anchor):
@@ -260,7 +196,12 @@ def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
     # units of h -> working voxels, with the stacks' drift (removed before the network) put back: the images show it
     u_w = smooth_field(upsample2(u * batch["to_working"][:, None, None, None, :] + batch["drift"], shape), batch["smooth"])
     warped = warp(batch["context_volume"], u_w, MARGIN, cfg.interpolation == "cubic")
-    terms = {"photometric": jnp.mean(photometric_loss(batch["reference"], warped, cfg.ncc_sigma))}
+    valid = None
+    if cfg.data_mask:  # where the measured motion (no parameters: the same for every model) reads the deformed data
+        u_m = smooth_field(upsample2(batch["motion"] * batch["to_working"][:, None, None, None, :] + batch["drift"],
+                                     shape), batch["smooth"])
+        valid = inside_data(u_m, batch["data_lo"], batch["data_hi"], MARGIN)
+    terms = {"photometric": jnp.mean(photometric_loss(batch["reference"], warped, cfg.ncc_sigma, valid=valid))}
     n_vox = u.shape[1] * u.shape[2] * u.shape[3]
     sq = lambda x: jnp.sum(x * x, (1, 2, 3, 4))  # noqa: E731
     if w.consistency > 0:
@@ -394,7 +335,7 @@ def crop_at(p: dict, origin, crop: int, nu: float, smoothing: float = 1.0) -> di
     """The crop of ``crop``³ LK voxels at ``origin`` of a prepared pair ``p``, batched (N=1):
     the network's inputs there, the drift removed before them (working voxels), the
     working-grid reference, the deformed volume with ``MARGIN`` working voxels of context (0
-    beyond the volume), the outside weight, the field's smoothing matrices (``smoothing``
+    beyond the volume; ``data_lo``, ``data_hi``: the box of its data), the outside weight, the field's smoothing matrices (``smoothing``
     apparent bead sizes, at most a quarter of the crop). (No flips: the measured motion is
     tied to the volumes' orientation and to the model's.)"""
     c2 = 2 * crop
@@ -408,7 +349,8 @@ def crop_at(p: dict, origin, crop: int, nu: float, smoothing: float = 1.0) -> di
     ctx[dst] = p["deformed"][src]
     out = {"motion": p["motion"][sl], "context": p["context"][sl], "drift": p["drift"][sl], "outside": p["outside"][sl],
            "reference": p["reference"][slw], "context_volume": ctx, "rel": p["rel"], "to_working": p["to_working"],
-           "smooth": smoothing_matrices(c2, np.minimum(smoothing * p["bead_sigma"], c2 / 4))}
+           "smooth": smoothing_matrices(c2, np.minimum(smoothing * p["bead_sigma"], c2 / 4)),
+           "data_lo": [d.start for d in dst], "data_hi": [d.stop - 1 for d in dst]}  # the data in the context volume
     out = {k: np.ascontiguousarray(v, np.float32)[None] for k, v in out.items()}
     out["nu"] = np.full((1,), nu, np.float32)
     return out
