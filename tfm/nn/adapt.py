@@ -439,7 +439,11 @@ def _card_markdown(card: dict) -> str:
             f"- Photometric loss (1 - NCC, the score tiles, the field smoothed by {c.get('field_smoothing', 0):g} apparent bead "
             f"sizes): {a['photometric_before']:.4f} before, {a['photometric_after']:.4f} after.\n"
             f"- Poisson ratio {a['poisson_ratio']:g}; loss weights {c['loss']}.\n"
-            "- Use it on stacks like these (same microscope, beads and gel); the base model's card states the rest.\n")
+            "- Use it on stacks like these (same microscope, beads and gel); the base model's card states the rest.\n"
+            + ("" if a["step"] == 0 else
+               "- Check it before trusting it: on synthetic pairs with known truth, steps that passed this selection "
+               "made some pairs worse as well as one better (docs/learned.md, section 8); compare its field with the "
+               "base model's and the classical one on these stacks.\n"))
 
 
 def _open_base(model, poisson_ratio, cfg: AdaptConfig):
