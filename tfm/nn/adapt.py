@@ -31,8 +31,8 @@ on a batch of crops of the user's pairs (on the model's working grid, prepared e
   last planes). ``data_mask=True`` leaves them out (:func:`inside_data`, by the front
   end's measured motion, the same for every model); it stays off because it made
   adaptation worse: without those voxels' large, constant loss the relative gains of the
-  selection rule grow, and on the bright and low-NA synthetic sets 4 and 7 of 8 pairs were
-  adapted and made worse (benchmarks/results/adapt.notes.md);
+  selection rule grow, and on the bright and low-NA synthetic sets 7 of 8 pairs each were
+  adapted, 6 and 7 of them made more than 5 % worse (benchmarks/results/adapt.notes.md);
 * ``consistency``: the predicted force against the force the constitutive layer implies
   from the predicted displacement (:func:`tfm.nn.physics.implied_force`), relative;
 * ``equilibrium``: net force and torque of the predicted force, relative to its L1 norm;
@@ -78,6 +78,7 @@ call resumes a killed run exactly (crops and flips of step ``s`` draw from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -335,9 +336,10 @@ def crop_at(p: dict, origin, crop: int, nu: float, smoothing: float = 1.0) -> di
     """The crop of ``crop``³ LK voxels at ``origin`` of a prepared pair ``p``, batched (N=1):
     the network's inputs there, the drift removed before them (working voxels), the
     working-grid reference, the deformed volume with ``MARGIN`` working voxels of context (0
-    beyond the volume; ``data_lo``, ``data_hi``: the box of its data), the outside weight, the field's smoothing matrices (``smoothing``
-    apparent bead sizes, at most a quarter of the crop). (No flips: the measured motion is
-    tied to the volumes' orientation and to the model's.)"""
+    beyond the volume; ``data_lo``, ``data_hi``: the box of its data), the outside weight,
+    the field's smoothing matrices (``smoothing`` apparent bead sizes, at most a quarter of
+    the crop; built once per size). (No flips: the measured motion is tied to the volumes'
+    orientation and to the model's.)"""
     c2 = 2 * crop
     sl = tuple(slice(a, a + crop) for a in origin)
     ow = [2 * a for a in origin]
@@ -349,11 +351,20 @@ def crop_at(p: dict, origin, crop: int, nu: float, smoothing: float = 1.0) -> di
     ctx[dst] = p["deformed"][src]
     out = {"motion": p["motion"][sl], "context": p["context"][sl], "drift": p["drift"][sl], "outside": p["outside"][sl],
            "reference": p["reference"][slw], "context_volume": ctx, "rel": p["rel"], "to_working": p["to_working"],
-           "smooth": smoothing_matrices(c2, np.minimum(smoothing * p["bead_sigma"], c2 / 4)),
+           "smooth": _smoothing(c2, tuple(np.minimum(smoothing * p["bead_sigma"], c2 / 4).tolist())),
            "data_lo": [d.start for d in dst], "data_hi": [d.stop - 1 for d in dst]}  # the data in the context volume
     out = {k: np.ascontiguousarray(v, np.float32)[None] for k, v in out.items()}
     out["nu"] = np.full((1,), nu, np.float32)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _smoothing(n: int, sigma_voxels: tuple) -> np.ndarray:
+    """:func:`smoothing_matrices`, once per crop size and bead size: every crop of a pair
+    (each step's, each score tile's) shares them. Read-only."""
+    m = smoothing_matrices(n, sigma_voxels)
+    m.flags.writeable = False
+    return m
 
 
 def stack_batches(batches: list) -> dict:

@@ -45,13 +45,18 @@ def upsample2(field, shape):
     return jax.vmap(jax.vmap(one, in_axes=-1, out_axes=-1))(field)
 
 
+def voxel_points(shape, margin: int, dtype):
+    """(*shape, 3) the voxel indices ``x + margin`` of a field's grid of ``shape`` (Z, Y, X)."""
+    return jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=dtype) + margin for n in shape], indexing="ij"), -1)
+
+
 def warp(volume, u_vox, margin: int = 0, cubic: bool = False):
     """``volume(x + margin + u(x))`` for (N, Z+2m, Y+2m, X+2m) volumes and (N, Z, Y, X, 3)
     fields in voxels (0 -- the normalised background -- outside): the deformed volume pulled
     back by ``u``. Trilinear, or with ``cubic`` Keys' cubic convolution
     (:func:`tfm.classical.warp.keys_weights`: interpolating, third-order accurate, no
     prefilter)."""
-    base = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=u_vox.dtype) + margin for n in u_vox.shape[1:4]], indexing="ij"), -1)
+    base = voxel_points(u_vox.shape[1:4], margin, u_vox.dtype)
 
     def one(v, u):
         if cubic:
@@ -102,8 +107,6 @@ def inside_data(u_vox, lo, hi, margin: int = 0):
     """(N, Z, Y, X) 1 where ``x + margin + u(x)`` (``u_vox`` (N, Z, Y, X, 3), voxels) lies
     at least one voxel inside the box ``[lo, hi]`` (N, 3) of a volume's real data, else 0
     (no gradient): where a warp by ``u`` reads data and not the zeros beyond it."""
-    base = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=u_vox.dtype) + margin for n in u_vox.shape[1:4]],
-                                  indexing="ij"), -1)
-    pos = jax.lax.stop_gradient(base + u_vox)
+    pos = jax.lax.stop_gradient(voxel_points(u_vox.shape[1:4], margin, u_vox.dtype) + u_vox)
     lo, hi = lo[:, None, None, None, :], hi[:, None, None, None, :]
     return jnp.all((pos >= lo + 1) & (pos <= hi - 1), -1).astype(u_vox.dtype)
