@@ -185,6 +185,28 @@ def test_adaptation_differentiates_the_field_predict_returns():
                                resample(f, lk, tfm.Grid((32, 32, 32), 1.0)), atol=1e-5)
 
 
+def test_a_step_changes_only_the_parameters_trainable_names():
+    import dataclasses
+
+    from tfm.learn.optim import make_optimizer
+
+    r, d, _ = _pair(1.0, seed=1)
+    net = UNet3D(ModelConfig(widths=(8, 8)))
+    base = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(nnx.state(net, nnx.Param))[0]}
+    prep = adapt.prepare_pairs([(r, d)], (1.0, 1.0, 1.0), net, 0.45, crop=16)[0]
+    batch = {k: jnp.asarray(v) for k, v in adapt.crop_batch([prep], np.random.default_rng(0), 1, 16, 0.45).items()}
+    cfg = dataclasses.replace(CFG, trainable="head,support")
+    anchor = jax.tree.map(jnp.array, nnx.state(net, adapt.trainable_filter(cfg.trainable)))
+    optimizer = nnx.Optimizer(net, make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0), 4),
+                              wrt=adapt.trainable_filter(cfg.trainable))
+    adapt.adapt_step(net, optimizer, batch, anchor, cfg)
+    after = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(nnx.state(net, nnx.Param))[0]}
+    moved = {k for k in base if not np.array_equal(base[k], after[k])}
+    assert moved and all(k.startswith(("['head']", "['support']")) for k in moved), moved
+    with pytest.raises(ValueError, match="trainable"):
+        adapt.AdaptConfig(trainable=" ")
+
+
 def test_navier_prior_sees_the_body_force_outside_the_cell():
     """The Navier prior: small for a cell's exact field (an Eshelby sphere: force-free outside
     it), about 1 for the same field measured with noise (the noise's implied force is what
@@ -307,6 +329,8 @@ def test_adapt_refuses_bad_inputs_by_name(base_model, tmp_path):
         adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=tmp_path, config=CFG)
     with pytest.raises(ValueError, match="crop"):
         adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=base_model, config=adapt.AdaptConfig(crop=32))
+    with pytest.raises(ValueError, match="trainable"):
+        adapt.adapt([(r, d)], 1.0, tmp_path / "a", model=base_model, config=adapt.AdaptConfig(trainable="decoder"))
     with pytest.raises(ValueError, match="pairs"):
         adapt.adapt([], 1.0, tmp_path / "a", model=base_model, config=CFG)
     with pytest.raises(ValueError, match="poisson_ratio"):

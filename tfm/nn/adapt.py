@@ -49,6 +49,12 @@ end (:mod:`tfm.nn.flow`, no parameters) measures each pair once, and the network
 of its LK grid to displacement and force. The deformed crop is read with a margin, so
 warping never samples outside the data the crop sees.
 
+``trainable`` names the parameters adapted (default all; e.g. ``"head,support"``, the output
+layers only, a few thousand parameters instead of 680 000). Fewer degrees of freedom do
+not stop the field leaving the truth: on the low-NA synthetic set, the output layers alone
+lowered the photometric term on 7 of 8 pairs and made 5 of them more than 5 % worse
+(benchmarks/results/adapt_blurry_head.md).
+
 No labelled synthetic batches are mixed in: the anchor keeps what they taught, at none of
 their cost (a labelled batch at the training size costs as much as an adaptation step), and
 the adapted model then depends only on the user's pairs and the base model.
@@ -145,6 +151,7 @@ class AdaptConfig:
     min_gain: float = 0.02  # a step replaces the base model only if it lowers that score by this fraction of the base's
     checkpoint_every: int = 25
     seed: int = 0
+    trainable: str = "all"  # the parameters adapted: "all", or comma-separated top-level modules (e.g. "head,support")
 
     def __post_init__(self):
         configs.check_counts(self, ("steps", "crop", "batch_size", "eval_every", "eval_crops", "checkpoint_every"))
@@ -161,6 +168,15 @@ class AdaptConfig:
             raise ValueError(f"field_smoothing must be >= 0 (apparent bead sizes), got {self.field_smoothing}")
         if not float(self.cell_dilate_um) >= 0:
             raise ValueError(f"cell_dilate_um must be >= 0, got {self.cell_dilate_um}")
+        if not isinstance(self.trainable, str) or not self.trainable.strip():
+            raise ValueError(f"trainable must be 'all' or comma-separated module names, got {self.trainable!r}")
+
+
+def trainable_filter(trainable: str):
+    """The nnx filter of the parameters :class:`AdaptConfig` ``trainable`` names."""
+    if trainable == "all":
+        return nnx.Param
+    return nnx.All(nnx.Param, nnx.Any(*[nnx.PathContains(n.strip()) for n in trainable.split(",")]))
 
 
 def _param_distance(params, anchor):
@@ -222,13 +238,15 @@ def adapt_losses(model, batch, anchor, cfg: AdaptConfig):
         g_m = physics.implied_force_batch(batch["motion"], batch["nu"], batch["rel"])
         terms["navier"] = jnp.mean(navier_prior(g_phys, g_m, batch["outside"], w.eps_g))  # g_phys: G(u), from the forward pass
     if w.anchor > 0:
-        terms["anchor"] = _param_distance(nnx.state(model, nnx.Param), anchor)
+        terms["anchor"] = _param_distance(nnx.state(model, trainable_filter(cfg.trainable)), anchor)
     return sum(getattr(w, k) * v for k, v in terms.items()), terms
 
 
 @nnx.jit(static_argnames=("cfg",))
 def adapt_step(model, optimizer, batch, anchor, cfg):
-    (loss, terms), grads = nnx.value_and_grad(lambda m: adapt_losses(m, batch, anchor, cfg), has_aux=True)(model)
+    wrt = nnx.DiffState(0, trainable_filter(cfg.trainable))
+    (loss, terms), grads = nnx.value_and_grad(lambda m: adapt_losses(m, batch, anchor, cfg), argnums=wrt,
+                                              has_aux=True)(model)
     optimizer.update(model, grads)
     return loss, terms
 
@@ -465,6 +483,8 @@ def _open_base(model, poisson_ratio, cfg: AdaptConfig):
         raise ValueError(f"poisson_ratio must lie in (0, 0.5), got {poisson_ratio}")
     if cfg.crop % net.config.multiple:
         raise ValueError(f"crop must be a multiple of {net.config.multiple} for this model (LK voxels), got {cfg.crop}")
+    if not jax.tree.leaves(nnx.state(net, trainable_filter(cfg.trainable))):
+        raise ValueError(f"trainable={cfg.trainable!r} names no parameters of this model")
     return base_path, desc, net
 
 
@@ -496,10 +516,10 @@ def adapt(pairs, spacing_um, out_dir, model=None, poisson_ratio: float = 0.45, c
     store.claim_run(run, {"adapt": configs.to_dict(cfg), "base_model": str(Path(base_path).resolve()),
                           "pairs": [p["hash"] for p in prepared], "poisson_ratio": float(poisson_ratio),
                           "cells": [p["cell"] for p in prepared]})
-    anchor = jax.tree.map(jnp.array, nnx.state(net, nnx.Param))
+    anchor = jax.tree.map(jnp.array, nnx.state(net, trainable_filter(cfg.trainable)))
     spe = min(cfg.eval_every, cfg.steps)
     epochs = -(-cfg.steps // spe)
-    optimizer = nnx.Optimizer(net, make_optimizer(cfg.optim, epochs * spe), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(net, make_optimizer(cfg.optim, epochs * spe), wrt=trainable_filter(cfg.trainable))
     score = _scorer(net, prepared, anchor, cfg, float(poisson_ratio))
     before_file = run / "before.json"
     if before_file.is_file():
