@@ -207,6 +207,17 @@ def test_a_step_changes_only_the_parameters_trainable_names():
         adapt.AdaptConfig(trainable=" ")
 
 
+def test_non_affine_removes_exactly_the_affine_part_of_a_change():
+    rng = np.random.default_rng(5)
+    idx = np.moveaxis(np.indices((6, 8, 10)).astype(np.float32), 0, -1)
+    affine = idx @ rng.normal(size=(3, 3)).astype(np.float32) + rng.normal(size=3).astype(np.float32)
+    wavy = np.sin(idx[..., :1] * 1.3) * np.cos(idx[..., 1:2] * 0.9) * np.ones(3, np.float32)
+    np.testing.assert_allclose(np.asarray(adapt.non_affine(jnp.asarray(affine)[None]))[0], 0.0, atol=1e-4)
+    kept = np.asarray(adapt.non_affine(jnp.asarray(affine + wavy)[None]))[0]
+    np.testing.assert_allclose(kept, np.asarray(adapt.non_affine(jnp.asarray(wavy)[None]))[0], atol=1e-4)
+    assert np.linalg.norm(kept) > 0.8 * np.linalg.norm(wavy)
+
+
 def test_navier_prior_sees_the_body_force_outside_the_cell():
     """The Navier prior: small for a cell's exact field (an Eshelby sphere: force-free outside
     it), about 1 for the same field measured with noise (the noise's implied force is what
@@ -289,14 +300,15 @@ def test_adaptation_resumes_exactly(adapted, base_model, tmp_path):
 
 
 def test_the_measured_variants_still_run(base_model, tmp_path):
-    """The variants the benchmark reports (cubic warp, face mask, checkerboard holdout) run
+    """The variants the benchmark reports (cubic warp, face mask, checkerboard holdout, the
+    affine part of the change ignored) run
     through a whole adaptation and score finite losses."""
     import dataclasses
 
     r, d, _ = _pair(1.0, seed=4)
     r, d = np.pad(r, ((0, 32), (0, 0), (0, 0)), mode="wrap"), np.pad(d, ((0, 32), (0, 0), (0, 0)), mode="wrap")
     cfg = dataclasses.replace(CFG, steps=2, eval_every=2, checkpoint_every=2, interpolation="cubic", data_mask=True,
-                              holdout=True)
+                              holdout=True, ignore_affine=True)
     summary = adapt.adapt([(r, d)], (1.0, 1.0, 1.0), tmp_path / "v", model=base_model, config=cfg, progress=False)
     assert summary["finished"] and np.isfinite(summary["photometric_before"]) and summary["model_dir"]
 
@@ -312,6 +324,8 @@ def test_adapt_cli_writes_a_model_reconstruct_uses(adapted, base_model, tmp_path
             "--eval-every", "6", "--quiet"]
     assert main(["adapt", *args, "-o", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model" / "MODEL_CARD.md").is_file()
+    assert main(["adapt", *args, "--ignore-affine", "-o", str(tmp_path / "affine")]) == 0
+    assert store.read_description(tmp_path / "affine" / "model")["card"]["adapted"]["config"]["ignore_affine"] is True
     assert main(["reconstruct", str(tmp_path / "r.tif"), str(tmp_path / "d.tif"), "--method", "dl", "--model",
                  str(tmp_path / "run"), "--youngs-modulus-pa", "1000", "-o", str(tmp_path / "res.h5"), "--quiet"]) == 0
     assert main(["adapt", str(tmp_path / "r.tif"), "-o", str(tmp_path / "x")]) == 2  # an odd number of stacks

@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     a.add_argument("--field-smoothing", type=float, default=1.0,
                    help="photometric term: smooth the field by this many apparent bead sizes before it warps, since each "
                         "bead's image moves as a whole (default 1; 0: the pointwise field; docs/learned.md)")
+    a.add_argument("--ignore-affine", action="store_true",
+                   help="photometric term: ignore the affine part (per crop) of the change to the field, so that drift "
+                        "or axial scaling the drift model left in is not learnt as gel motion (docs/learned.md)")
     a.add_argument("--eval-every", type=int, default=25,
                    help="steps between scores on the score tiles, a tiling of each pair (default 25)")
     a.add_argument("--seed", type=int, default=0, help="crops and flips (default 0)")
@@ -93,6 +96,7 @@ def run(args) -> int:
         raise common.UsageError("--navier needs --cell: the prior acts outside the cell, whose place the cell stack gives")
     cfg = adapt.AdaptConfig(steps=args.steps, crop=args.crop, eval_every=args.eval_every, seed=args.seed,
                             loss=adapt.AdaptWeights(navier=args.navier), field_smoothing=args.field_smoothing,
+                            ignore_affine=args.ignore_affine,
                             optim=OptimConfig(learning_rate=args.learning_rate, warmup_steps=min(10, args.steps),
                                               weight_decay=0.0))
     pairs, spacings, cells, names = _read_pairs(args)
