@@ -287,7 +287,7 @@ def headroom_markdown(rep: dict) -> str:
 FMTRACK = ROOT.parent / "shared" / "data" / "fmtrack_avic_3d"
 
 
-def fmtrack(model_path, steps: int, figure: Path | None, work: Path) -> dict:
+def fmtrack(model_path, steps: int, figure: Path | None, work: Path, config=None) -> dict:
     """Adaptation (run directory ``work``) on the FM-Track pair (CytoD -> Normal, full stacks,
     the Normal cell's mask): the photometric loss before and after, and the agreement with the
     classical field (the same drift model) on the DVC grid outside the cell, before and
@@ -308,7 +308,7 @@ def fmtrack(model_path, steps: int, figure: Path | None, work: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     summary = adapt.adapt([(ref, dfm)], grid.spacing_um, work, model=model_path, poisson_ratio=0.45, cells=[mask],
-                          config=adapt.AdaptConfig(steps=steps))
+                          config=dataclasses.replace(config or adapt.AdaptConfig(), steps=steps))
     seconds = time.perf_counter() - t0
     adapted = tfm.reconstruct(ref, dfm, grid, gel, method="dl", mask=mask, model=summary["model_dir"], progress=False,
                               dl_options=opts)
@@ -412,7 +412,9 @@ def markdown(rep: dict) -> str:
             c = f[key]
             L.append(f"| {label} | {', '.join(f'{v:.3f}' for v in c['pearson_r_zyx'])} | "
                      f"{', '.join(f'{v:.2f}' for v in c['slope_dl_on_classical_zyx'])} | {c['median_abs_u_um']['dl']:.3f} |")
-        L += ["", "![FM-Track before and after adaptation](figures/fmtrack_adapt.png)"]
+        fig = ("figures/fmtrack_adapt.png" if rep.get("report", "adapt") == "adapt"
+               else f"{rep['report']}_fmtrack.png")  # beside a variant's report
+        L += ["", f"![FM-Track before and after adaptation]({fig})"]
     return "\n".join(L) + "\n"
 
 
@@ -485,12 +487,14 @@ def main(argv=None) -> int:
                   f"{r['adapted']['force_rel_l2']:.3f}; photometric {r['photometric_before']:.4f} -> "
                   f"{r['photometric_after']:.4f}; {r['adapt_seconds']:.0f} s", flush=True)
     rep = {"command": command, "machine": machine(), "jax": jax.__version__, "model": args.model or "shipped default (tfm/nn/weights/default)",
-           "test_set": str(test), "condition": args.condition, "steps": args.steps, "joint": args.joint, "config": dataclasses.asdict(config), "pairs": rows,
+           "test_set": str(test), "condition": args.condition, "steps": args.steps, "joint": args.joint,
+           "report": args.report, "config": dataclasses.asdict(config), "pairs": rows,
            "summary": summarise(rows)}
     write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track part fails
     if FMTRACK.is_dir() and not args.no_fmtrack:
-        rep["fmtrack"] = fmtrack(args.model, args.fmtrack_steps, ROOT / "docs" / "figures" / "fmtrack_adapt.png",
-                                 runs / "fmtrack")
+        figure = (ROOT / "docs" / "figures" / "fmtrack_adapt.png" if args.report == "adapt"
+                  else Path(args.out) / f"{args.report}_fmtrack.png")  # a variant's figure stays beside its report
+        rep["fmtrack"] = fmtrack(args.model, args.fmtrack_steps, figure, runs / "fmtrack", config)
         print("fmtrack", rep["fmtrack"], flush=True)
         write_report(args.out, args.report, rep, markdown(rep))
     return 0
