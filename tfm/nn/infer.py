@@ -71,6 +71,7 @@ MIN_TILE = 48
 DRIFT_STEP = 4  # LK voxels between the points the drift model is fitted to
 FACE_MARGIN = 1  # LK voxels at the faces the drift lattice keeps clear of (half of every window there is missing)
 RESIDUAL_MADS = 3.0  # a residual translation of the network's far field is removed beyond this many of its MADs
+RESIDUAL_STEP = 2  # LK voxels between the points it is measured at
 BLANK_FRACTION = 0.01  # a volume pair whose confident LK voxels are fewer than this fraction shows no beads
 # Two acquisitions of the same gel correlate (after the rigid shift, at the LK grid's
 # resolution): a blank, another channel or another field of view gives about 0.
@@ -353,9 +354,11 @@ def residual_translation(u_um, lk: Grid, cell=None, margins=(FACE_MARGIN,) * 3) 
     of its own, passed the rest on (a uniform -0.18 µm along z, 5.9 MADs; on the 23 other
     out-of-range synthetic pairs at most 1.6)."""
     shape = u_um.shape[:3]
-    sl = tuple(slice(m, n - m) if n > 2 * m + 2 else slice(0, n) for n, m in zip(shape, margins))
+    # every RESIDUAL_STEP-th LK voxel clear of the faces (a median needs no more; bounded memory on large stacks)
+    sl = tuple(slice(m, n - m, RESIDUAL_STEP) if n > 2 * m + 2 else slice(0, n, RESIDUAL_STEP)
+               for n, m in zip(shape, margins))
     v = u_um[sl].reshape(-1, 3)
-    centres = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
+    centres = np.stack(np.meshgrid(*[np.arange(s.start, s.stop, s.step) for s in sl], indexing="ij"), -1).reshape(-1, 3)
     dist = drift_models.window_distances(centres, cell, lk.spacing_um)
     outside = np.ones(len(v), bool) if cell is None else ~cell[tuple(centres.T)]
     far = drift_models.far_windows(outside, dist)
