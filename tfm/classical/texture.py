@@ -56,10 +56,16 @@ class BeadStatistics:
         return dataclasses.asdict(self)
 
 
-def autocorrelation_sigma(v) -> np.ndarray:
+def autocorrelation_sigma(v, most=None) -> np.ndarray:
     """Apparent bead size per axis (voxels) from the volume's autocorrelation: for beads
     of Gaussian profile sigma it falls as ``exp(-l² / (4 sigma²))`` with the lag ``l``,
-    whatever their density; lags 1 and 2 are used (white noise only adds to lag 0)."""
+    whatever their density; lags 1 and 2 are used (white noise only adds to lag 0).
+    ``most``: use at most this many central voxels per axis (taken as float32; a few
+    thousand beads suffice, and the FFT stays small on large stacks)."""
+    if most is not None:
+        v = np.asarray(v)
+        v = v[tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m) for n, m in zip(v.shape, most))]
+        v = v.astype(np.float32)
     x = v - v.mean()
     ac = np.fft.irfftn(np.abs(np.fft.rfftn(x)) ** 2, s=x.shape, axes=tuple(range(x.ndim)))
     out = []

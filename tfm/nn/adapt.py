@@ -314,9 +314,7 @@ def apparent_bead_size(volume, grid, max_shape=(64, 256, 256)) -> np.ndarray:
     of its central ``max_shape`` voxels, as acquired: the camera's noise is white there (on
     the working grid the anti-aliasing blur correlates it and biases the estimate), and a
     few thousand beads suffice."""
-    v = np.asarray(volume)
-    centre = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m) for n, m in zip(v.shape, max_shape))
-    return autocorrelation_sigma(v[centre].astype(np.float32)) * np.asarray(grid.spacing_um)
+    return autocorrelation_sigma(volume, most=max_shape) * np.asarray(grid.spacing_um)
 
 
 def prepare_pairs(pairs, spacing_um, net, poisson_ratio: float, cells=None, dilate_um: float = 3.0, crop: int = 16,

@@ -336,9 +336,8 @@ def face_margins(reference_working, most=(64, 256, 256)) -> list:
     background padding beyond it) is an edge that stays put, and pulls the motion measured
     there toward zero; under a low-NA objective (bead images 10 µm long) that reaches 5 LK
     planes into the stack."""
-    v = np.asarray(reference_working, np.float32)
-    centre = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m) for n, m in zip(v.shape, most))
-    return [FACE_MARGIN + int(math.ceil(2.0 * s / 2.0)) for s in autocorrelation_sigma(v[centre])]  # working -> LK voxels
+    sigma = autocorrelation_sigma(reference_working, most=most)  # working voxels
+    return [FACE_MARGIN + int(math.ceil(s)) for s in sigma]  # twice the size, in LK voxels of 2 working voxels
 
 
 def residual_translation(u_um, lk: Grid, cell=None, margins=(FACE_MARGIN,) * 3) -> np.ndarray:
