@@ -48,11 +48,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.stiffness --out benchmarks/results --search-trials 10
 	$(PY) -m benchmarks.adapt --out benchmarks/results
-	$(PY) -m benchmarks.adapt --seed 781 --no-fmtrack --report adapt_seed781 --out benchmarks/results
-	$(PY) -m benchmarks.adapt --condition bright --no-fmtrack --report adapt_bright --out benchmarks/results
-	$(PY) -m benchmarks.adapt --condition blurry --no-fmtrack --report adapt_blurry --out benchmarks/results
 	$(PY) -m benchmarks.adapt --headroom --out benchmarks/results
-	$(PY) -m benchmarks.adapt --condition blurry --headroom --report adapt_blurry_headroom --out benchmarks/results
+	# the other test sets: full reports to a scratch folder, one row each in adapt_summary
+	$(PY) -m benchmarks.adapt --seed 781 --no-fmtrack --report adapt_seed781 --out benchmarks/work/adapt --summary-out benchmarks/results
+	$(PY) -m benchmarks.adapt --condition bright --no-fmtrack --report adapt_bright --out benchmarks/work/adapt --summary-out benchmarks/results
+	$(PY) -m benchmarks.adapt --condition blurry --no-fmtrack --report adapt_blurry --out benchmarks/work/adapt --summary-out benchmarks/results
 	$(PY) -m benchmarks.flow_profile --out benchmarks/results
 	$(PY) -m benchmarks.make_docs
 

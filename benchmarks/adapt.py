@@ -361,18 +361,83 @@ def summarise(rows: list) -> dict:
             "photometric_ratio_median": float(np.median([r["photometric_after"] / r["photometric_before"] for r in rows]))}
 
 
-def _variant(rep: dict) -> str:
-    """What of the adaptation config differs from tfm.nn.adapt's defaults."""
+def _config_diff(rep: dict) -> list:
+    """What of the adaptation config differs from tfm.nn.adapt's defaults (a field that is
+    no longer a default's, where the knob was measured and removed, counts as differing)."""
     from tfm.nn import adapt
 
     base = dataclasses.asdict(adapt.AdaptConfig(steps=rep["steps"]))
+    removed = {"interpolation": "linear", "data_mask": False, "holdout": False, "select": "photometric", "trainable": "all"}
     diff = []
     for key, v in rep.get("config", base).items():
         if isinstance(v, dict):
-            diff += [f"{key}.{k}={w:g}" for k, w in v.items() if base[key].get(k) != w and isinstance(w, (int, float))]
-        elif v != base[key]:
+            diff += [f"{key}.{k}={w:g}" for k, w in v.items()
+                     if base.get(key, {}).get(k, 0.0) != w and isinstance(w, (int, float))]
+        elif v != base.get(key, removed.get(key, v)):
             diff.append(f"{key}={v}")
+    return diff
+
+
+def _variant(rep: dict) -> str:
+    diff = _config_diff(rep)
     return "tfm.nn.adapt defaults otherwise" if not diff else "a variant: " + ", ".join(diff)
+
+
+SUMMARY = "adapt_summary"
+
+
+def _command_for(command: str, name: str) -> str:
+    """The command that writes report ``name`` into the default --out."""
+    import shlex as sh
+
+    words, out, skip = sh.split(command), [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w in ("--out", "--report"):
+            skip = True
+        else:
+            out.append(w)
+    return sh.join(out + ([] if name == "adapt" else ["--report", name]))
+
+
+def summary_row(name: str, rep: dict) -> dict:
+    """One line of the adaptation study (:func:`write_summary`) from a report's JSON."""
+    s, pairs = rep["summary"], rep["pairs"]
+    ratio_u = np.array([r["u_rms_error_um_ratio"] for r in pairs])
+    adapted = sum(r["adapted"]["u_rms_error_um"] != r["base"]["u_rms_error_um"] for r in pairs)
+    variant = ", ".join((["joint (one model for the batch)"] if rep.get("joint") else []) + _config_diff(rep)) or "defaults"
+    return {"report": name, "condition": rep.get("condition", "dim"), "test_set": Path(rep["test_set"]).name,
+            "variant": variant, "command": _command_for(rep["command"], name), "n": s["n"],
+            "pairs_adapted": int(adapted), "u_ratio_median": s["u_ratio_median"], "f_ratio_median": s["f_ratio_median"],
+            "u_better_5pct": int(np.sum(ratio_u < 0.95)), "u_worse_5pct": s["u_worse_5pct"], "f_worse_5pct": s["f_worse_5pct"],
+            "photometric_ratio_median": s["photometric_ratio_median"], "machine": rep["machine"]}
+
+
+def write_summary(out: str, reports: dict) -> None:
+    """Update ``OUT/adapt_summary.{json,md}``: one row per report (``{name: report JSON}``),
+    rows of other reports kept (with their notes), so that every variant measured stays in
+    one table while its own report files need not."""
+    import json
+
+    path = Path(out) / f"{SUMMARY}.json"
+    rows = {r["report"]: r for r in (json.loads(path.read_text())["rows"] if path.is_file() else [])}
+    for name, rep in reports.items():
+        rows[name] = {**summary_row(name, rep), **({"note": rows[name]["note"]} if rows.get(name, {}).get("note") else {})}
+    ordered = sorted(rows.values(), key=lambda r: (list(CONDITIONS).index(r["condition"]) if r["condition"] in CONDITIONS
+                                                   else 9, r["variant"] != "defaults", r["report"]))
+    L = ["# Self-supervised adaptation: every condition and variant measured", "",
+         "One row per run of `python -m benchmarks.adapt` (the command regenerates its full report; a note says where a "
+         "knob has since been removed and at which commit it ran). Ratios are adapted / base, per pair, median; "
+         "'adapted' counts the pairs where a step passed the selection rule and replaced the base model; "
+         "better / worse: pairs whose displacement error moved by more than 5 %.", "",
+         "| condition | variant | pairs | adapted | u ratio | f ratio | u better / worse | command |",
+         "|---|---|---|---|---|---|---|---|"]
+    for r in ordered:
+        note = f" ({r['note']})" if r.get("note") else ""
+        L.append(f"| {r['condition']} | {r['variant']}{note} | {r['n']} | {r['pairs_adapted']} | {r['u_ratio_median']:.3f} | "
+                 f"{r['f_ratio_median']:.3f} | {r['u_better_5pct']} / {r['u_worse_5pct']} | `{r['command']}` |")
+    write_report(out, SUMMARY, {"rows": ordered}, "\n".join(L) + "\n")
 
 
 def markdown(rep: dict) -> str:
@@ -418,7 +483,7 @@ def markdown(rep: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--model", help="base model: saved model or run directory (default: the shipped weights)")
@@ -435,24 +500,26 @@ def main(argv=None) -> int:
                    help="loss weights other than tfm.nn.adapt.AdaptWeights' defaults (a variant), e.g. photometric=10")
     p.add_argument("--ncc-sigma", type=float, help="photometric window, working voxels (default: AdaptConfig's)")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="other AdaptConfig fields (a variant), e.g. holdout=true interpolation=cubic")
+                   help="other AdaptConfig fields (a variant), e.g. ignore_affine=true min_gain=0")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (default: AdaptConfig's)")
     p.add_argument("--joint", action="store_true",
                    help="adapt once on all the pairs together (a lab's batch of one acquisition), then score each")
     p.add_argument("--report", default="adapt", help="name of the report files (default adapt)")
+    p.add_argument("--summary-out", help="where adapt_summary.{json,md} is updated (default: --out); lets a run's full "
+                   "report go to a scratch folder while its row joins the study's table")
+    p.add_argument("--summary", action="store_true",
+                   help="only (re)build adapt_summary.{json,md} in --out from the adapt*.json reports there")
     p.add_argument("--headroom", action="store_true",
                    help="instead of adapting: what oracle corrections of the base field gain (report adapt_headroom, "
                         "or --report's name)")
-    args = p.parse_args(argv)
-    import jax
+    return p
 
-    from tfm.nn import infer
-    from tfm.synth.dataset import SyntheticDataset
 
+def _config(args):
+    """The AdaptConfig of a run: the defaults with the variant's --weights, --ncc-sigma,
+    --learning-rate and --set applied."""
     from tfm.nn import adapt
 
-    test = ensure_test_set(args.n, args.seed, args.condition)
-    model = infer.load_model(args.model)
     config = adapt.AdaptConfig(steps=args.steps)
     weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.weights)}
     config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, **weights),
@@ -461,7 +528,25 @@ def main(argv=None) -> int:
                                     if args.learning_rate else {}))
     fields = {k: (v.lower() == "true" if v.lower() in ("true", "false") else type(getattr(config, k))(v))
               for k, _, v in (f.partition("=") for f in args.set)}
-    config = dataclasses.replace(config, **fields)
+    return dataclasses.replace(config, **fields)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.summary:
+        import json
+
+        found = {f.stem: json.loads(f.read_text()) for f in sorted(Path(args.out).glob("adapt*.json"))}
+        write_summary(args.summary_out or args.out, {k: v for k, v in found.items() if "summary" in v and k != SUMMARY})
+        return 0
+    import jax
+
+    from tfm.nn import infer
+    from tfm.synth.dataset import SyntheticDataset
+
+    test = ensure_test_set(args.n, args.seed, args.condition)
+    model = infer.load_model(args.model)
+    config = _config(args)
     command = "python -m benchmarks.adapt " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.headroom:
         rows = []
@@ -491,6 +576,7 @@ def main(argv=None) -> int:
            "report": args.report, "config": dataclasses.asdict(config), "pairs": rows,
            "summary": summarise(rows)}
     write_report(args.out, args.report, rep, markdown(rep))  # kept if the FM-Track part fails
+    write_summary(args.summary_out or args.out, {args.report: rep})
     if FMTRACK.is_dir() and not args.no_fmtrack:
         figure = (ROOT / "docs" / "figures" / "fmtrack_adapt.png" if args.report == "adapt"
                   else Path(args.out) / f"{args.report}_fmtrack.png")  # a variant's figure stays beside its report

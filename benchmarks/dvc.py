@@ -36,20 +36,13 @@ import time
 import numpy as np
 
 from . import dvc_cases
+from .dvc_cases import AMPLITUDE, WAVELENGTH, field
 from .common import ROOT, machine, peak_rss_mb, run_one_size, write_report
 from .peers import saenopy_axes, saenopy_raw
 
 CASES = ("shift", "smooth_1.0", "smooth_1.4", "cell")
 
 PSF = (1.2, 0.8, 0.8)
-WAVELENGTH = 143.0
-AMPLITUDE = 1.14  # voxels: field RMS 1.4 voxel, max strain 2 pi a / lambda = 5 %
-
-
-def field(q, amplitude=AMPLITUDE, wavelength=WAVELENGTH):
-    k = 2 * np.pi / wavelength
-    z, y, x = q[..., 0], q[..., 1], q[..., 2]
-    return np.stack([amplitude * np.sin(k * x + 0.3), amplitude * np.sin(k * z + 1.1), amplitude * np.sin(k * y + 2.0)], -1)
 
 
 def make_pair(shape, density=0.0099, photons=200.0, amplitude=AMPLITUDE, seed=0):

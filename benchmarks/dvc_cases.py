@@ -27,9 +27,18 @@ FMTRACK_LIKE = {"shape": (150, 300, 300), "spacing": (0.8, 0.29286, 0.29286), "r
                 "density_per_um3": 4.4e-3, "psf_um": (1.1, 0.32, 0.3)}
 
 
-def _sine(q, rms):
-    from .dvc import WAVELENGTH, field
+WAVELENGTH = 143.0
+AMPLITUDE = 1.14  # voxels: field RMS 1.4 voxel, max strain 2 pi a / lambda = 5 %
 
+
+def field(q, amplitude=AMPLITUDE, wavelength=WAVELENGTH):
+    """The smooth sine field of the DVC benchmark's sweeps (voxels, on 1 µm voxels)."""
+    k = 2 * np.pi / wavelength
+    z, y, x = q[..., 0], q[..., 1], q[..., 2]
+    return np.stack([amplitude * np.sin(k * x + 0.3), amplitude * np.sin(k * z + 1.1), amplitude * np.sin(k * y + 2.0)], -1)
+
+
+def _sine(q, rms):
     return field(q, amplitude=rms / np.sqrt(1.5), wavelength=WAVELENGTH)
 
 

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     cmp = compare(classical, learned, mask, grid)
     pairs = cmp.pop("_pairs")
     rep.update(cmp)
-    centre = np.argwhere(mask).mean(0) * np.asarray(grid.spacing_um) + np.asarray(grid.origin_um)
+    centre = segment.centroid_um(mask, grid.spacing_um, grid.origin_um)
     rep.update(dl_mask_given=not args.no_mask, dl_support_um=args.support_um, cell_centre_um=centre.tolist())
     for name, res in (("dl", learned), ("classical", classical)):
         rep[f"{name}_contractility_pn"] = res.contractility(center_um=centre)  # about the cell's centre

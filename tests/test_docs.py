@@ -103,3 +103,34 @@ def test_shell_blocks_name_real_commands_and_options(doc):
                 assert re.search(rf"^{words[1]}:", makefile, re.M), words
             elif words[0] not in ("git", "cd"):
                 pytest.fail(f"{doc.name}: unknown command in a shell block: {' '.join(words)}")
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FILE_NAME = re.compile(r"`([\w./-]+\.(?:md|json))`")
+# names of files a command writes (in a run folder such as RUN/ or OUT/), not files of the repository
+WRITTEN_BY_RUNS = {"summary.json", "model.json", "MODEL_CARD.md"}
+
+
+def _missing(doc: Path, text: str) -> list:
+    out = []
+    for target in LINK.findall(text):
+        path = target.split("#")[0]
+        if path and not re.match(r"[a-z]+:", path) and not (doc.parent / path).exists():
+            out.append(f"{doc.name}: link {target}")
+    for name in FILE_NAME.findall(text):
+        if name in WRITTEN_BY_RUNS or name.split("/")[0].isupper():
+            continue
+        places = [ROOT / name, doc.parent / name] if "/" in name else \
+            [ROOT / "benchmarks" / "results" / name, ROOT / "docs" / name, ROOT / "docs" / "figures" / name, ROOT / name]
+        if not any(p.exists() for p in places):
+            out.append(f"{doc.name}: `{name}`")
+    return out
+
+
+def test_links_and_named_reports_exist():
+    """Every relative link of README.md and docs/*.md resolves, and every report or file
+    they name in backticks (``benchmarks/results/adapt.md``, ``adapt_summary.md``) exists:
+    no doc points at a report that was folded away."""
+    assert [m for doc in DOCS for m in _missing(doc, doc.read_text())] == []
+    probe = "[gone](results/nothing_here.md) and `adapt_bright_cubic.md`, not `RUN/search.json`"
+    assert len(_missing(ROOT / "docs" / "x.md", probe)) == 2  # the check can fail

@@ -5,7 +5,8 @@
   package face, neither prints nor draws (no print(), matplotlib or pyvista);
 * no module imports a private name (leading underscore) of another module;
 * nothing edits ``sys.path``; no module keeps a cache keyed on ``id()``;
-* functions stay under 80 lines and modules under 600.
+* functions stay under 80 lines and modules under 600;
+* no import circles in tfm/ or benchmarks/.
 """
 
 import ast
@@ -114,3 +115,68 @@ def test_the_checks_catch_what_they_forbid():
     assert any("tfm.viz" in p for p in core) and any("print()" in p for p in core)
     assert any("private name" in p for p in hygiene) and any("sys.path" in p for p in hygiene)
     assert any("id()" in p for p in hygiene) and any("lines (> 80)" in p for p in hygiene)
+
+
+def _import_graph(paths) -> dict:
+    """{module: modules of ``paths`` it imports} (lazy imports inside functions included;
+    ``from pkg import sub`` counts as importing ``pkg.sub`` where that is a module)."""
+    names = {".".join(_module(p)): p for p in paths}
+    graph = {}
+    for mod, path in names.items():
+        deps = set()
+        for _, target, imported in _imports(path, ast.parse(path.read_text())):
+            for t in [f"{target}.{n}" for n in imported] or [target]:
+                while t and t not in names:
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    deps.add(t)
+        graph[mod] = deps
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    """The import circles of ``graph``: its strongly connected components of two or more
+    modules (Tarjan's algorithm, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_circles_in_the_package_or_the_benchmarks():
+    graph = _import_graph(SOURCES + sorted((ROOT / "benchmarks").rglob("*.py")))
+    assert graph["benchmarks.dvc"] >= {"benchmarks.dvc_cases"}  # the graph sees the imports
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail

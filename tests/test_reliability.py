@@ -273,3 +273,11 @@ def test_killed_writers_leave_no_litter_and_writes_are_flushed(tmp_path, monkeyp
     alive.write_bytes(b"in progress")  # a running writer's temporary is left alone
     atomic.write_text(tmp_path / "out.h5", "again")
     assert alive.exists()
+
+
+def test_mask_centroid_is_the_mean_voxel_position_in_um():
+    mask = np.zeros((4, 6, 8), bool)
+    mask[1, 2, 3] = mask[3, 4, 7] = True
+    np.testing.assert_allclose(tfm.segment.centroid_um(mask, (2.0, 0.5, 0.25), (1.0, 0.0, -1.0)), [5.0, 1.5, 0.25])
+    np.testing.assert_allclose(tfm.segment.centroid_um(mask, (2.0, 0.5, 0.25)), [4.0, 1.5, 1.25])
+    assert tfm.segment.centroid_um(np.zeros((2, 2, 2), bool), 1.0) is None and tfm.segment.centroid_um(None, 1.0) is None

@@ -68,6 +68,15 @@ def cell_mask(volume, grid, threshold: float | None = None, smooth_um: float = 1
     return m
 
 
+def centroid_um(mask, spacing_um, origin_um=(0.0, 0.0, 0.0)):
+    """(z, y, x) µm: the mean position of a mask's voxels, ``origin_um + index *
+    spacing_um`` (the default origin: the volume's first voxel); None for no mask or an
+    empty one."""
+    if mask is None or not np.any(mask):
+        return None
+    return np.argwhere(np.asarray(mask, bool)).mean(0) * np.asarray(spacing_um) + np.asarray(origin_um)
+
+
 def crop_around(mask, size) -> tuple:
     """Slices of ``size`` voxels (per axis) centred on the mask's centroid, shifted to stay
     inside the volume and clipped to it: ``volume[crop_around(mask, (96, 256, 256))]``."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .segment import centroid_um
 from .atomic import atomic_path
 from .grid import Grid
 from .io import to_pyvista
@@ -232,7 +233,8 @@ def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask
         if mask.shape != ref.shape:
             raise ValueError(f"mask {mask.shape} is not on the bead volumes' voxels {ref.shape}")
     if z_um is None:
-        z_um = float(np.argwhere(mask)[:, 0].mean() * sp[0]) if mask is not None and mask.any() else 0.5 * (ref.shape[0] - 1) * sp[0]
+        c = centroid_um(mask, sp)
+        z_um = float(c[0]) if c is not None else 0.5 * (ref.shape[0] - 1) * sp[0]
     g = result.grid
     zax, yax, xax = g.axes_um()
     k = int(np.argmin(np.abs(zax - z_um)))
@@ -293,7 +295,8 @@ def force_planes_figure(results: dict, path, mask=None, spacing_um=None, title: 
     if mask is not None:
         sp = np.asarray(Grid.of(np.shape(mask), spacing_um).spacing_um)
         mask = np.asarray(mask, bool)
-        centre = np.argwhere(mask).mean(0) * sp
+        c = centroid_um(mask, sp)
+        centre = centre if c is None else c
     kz, ky = int(np.argmin(np.abs(zax - centre[0]))), int(np.argmin(np.abs(yax - centre[1])))
     mags = {k: np.linalg.norm(np.asarray(r.force), axis=-1) for k, r in results.items()}
     vmax = max(float(np.percentile(m, 99.9)) for m in mags.values()) or 1.0

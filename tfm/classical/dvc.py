@@ -58,6 +58,7 @@ import numpy as np
 
 from ..fields import resample
 from ..grid import Grid, check_spacing
+from ..segment import centroid_um
 from ..progress import resolve
 from . import correlation, texture, warp
 from . import drift as drift_models
@@ -352,7 +353,7 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
     dist = drift_models.window_distances(centres, mask, image_grid.spacing_um)
     mode = config.drift
     if mode == "auto":
-        centre = None if mask is None or not mask.any() else np.argwhere(mask).mean(0) * np.asarray(image_grid.spacing_um)
+        centre = centroid_um(mask, image_grid.spacing_um)
         mode, info["drift_evidence"] = drift_models.choose(u, maps["valid"], centres, dist, ref.shape,
                                                            image_grid.spacing_um, centre)
     correction, removed, extra = drift_models.correction(mode, u, drift, maps["valid"], centres, dist, ref.shape)

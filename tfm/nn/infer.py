@@ -50,6 +50,7 @@ from ..grid import Grid
 from ..learn import config as configs
 from ..learn import store
 from ..material import LinearElastic, NeoHookean
+from ..segment import centroid_um
 from ..progress import resolve
 from ..result import Result
 from . import flow
@@ -392,7 +393,7 @@ def _remove_drift(u_um, confidence, mode, mask, lk: Grid, data=None):
     dist = drift_models.window_distances(centres, mask, h)
     info = {}
     if mode == "auto":
-        centre = None if mask is None or not mask.any() else np.argwhere(mask).mean(0) * h
+        centre = centroid_um(mask, h)
         mode, info["drift_evidence"] = drift_models.choose(lat, valid, centres, dist, shape, h, centre)
     rigid = np.median(lat[drift_models.far_windows(valid, dist)], axis=0) if mode == "rigid" else np.zeros(3)
     corr, removed, extra = drift_models.correction(mode, lat, rigid, valid, centres, dist, shape)

@@ -1,7 +1,7 @@
 """The photometric pieces of self-supervised adaptation (:mod:`tfm.nn.adapt`), all
 differentiable in JAX: the network's field on the working grid (:func:`upsample2`), its
 smoothing at a bead image's scale (:func:`smoothing_matrices`, :func:`smooth_field`), the
-deformed volume pulled back by it (:func:`warp`, trilinear or Keys' cubic), where such a
+deformed volume pulled back by it (:func:`warp`), where such a
 warp reads within a volume's data (:func:`inside_data`) and the texture-weighted local
 ``1 - NCC`` that compares the result with the reference (:func:`photometric_loss`).
 """
@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..classical import warp as warps
 from ..fields import band_filter, gaussian_band, gaussian_matrix
 
 
@@ -50,17 +49,14 @@ def voxel_points(shape, margin: int, dtype):
     return jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=dtype) + margin for n in shape], indexing="ij"), -1)
 
 
-def warp(volume, u_vox, margin: int = 0, cubic: bool = False):
+def warp(volume, u_vox, margin: int = 0):
     """``volume(x + margin + u(x))`` for (N, Z+2m, Y+2m, X+2m) volumes and (N, Z, Y, X, 3)
     fields in voxels (0 -- the normalised background -- outside): the deformed volume pulled
-    back by ``u``. Trilinear, or with ``cubic`` Keys' cubic convolution
-    (:func:`tfm.classical.warp.keys_weights`: interpolating, third-order accurate, no
-    prefilter)."""
+    back by ``u``, trilinear. (Keys' cubic convolution was measured here and gave adaptation
+    no help at 2.3x the time: docs/learned.md section 8.)"""
     base = voxel_points(u_vox.shape[1:4], margin, u_vox.dtype)
 
     def one(v, u):
-        if cubic:
-            return warps._sample_cubic(jnp.pad(v, warps.SPLINE_PAD), base + u, warps.keys_weights)
         c = jnp.moveaxis(base + u, -1, 0)
         return jax.scipy.ndimage.map_coordinates(v, list(c), order=1, mode="constant", cval=0.0)
 
