@@ -141,6 +141,16 @@ def _apply_modes(vh, khat, a_long, a_trans):
     return a_long * long + a_trans * (vh - long)
 
 
+def box_transfer(shape, spacing, window) -> jnp.ndarray:
+    """(Z, Y, Xr): the mean over a centred box of ``window`` on the rFFT grid, ``prod_a sinc(k_a L_a / 2)``."""
+    ks = Grid(shape, spacing).wavevector_axes(rfft=True)
+    out = np.ones([len(k) for k in ks])
+    for a, (k, length) in enumerate(zip(ks, window)):
+        b = np.sinc(np.asarray(k) * length / (2 * np.pi))  # numpy's sinc(x) = sin(pi x) / (pi x)
+        out = out * b.reshape([-1 if i == a else 1 for i in range(3)])
+    return jnp.asarray(out, jnp.float32)
+
+
 def _fft(v):
     return jnp.fft.rfftn(v, axes=(1, 2, 3))
 
@@ -186,20 +196,22 @@ def project_ball(v, um, w, radius2, lam):
 
 
 @partial(jax.jit, static_argnames=("penalty", "iterations"))
-def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, radius2, penalty, iterations):
+def _admm(state, um, w, support, k2, khat, bk, lam2mu, mu, alpha, rho, gamma, radius2, penalty, iterations):
     """``iterations`` ADMM steps from ``state = (u_hat, x, z, y1, y2, lam)``; returns the
     state and the relative primal / dual residuals of the last step (computed on that step
     only: the reductions cost a pass over every field). ``radius2 > 0``: the data term is
     the constraint ``sum w |u - u_m|² <= radius2`` (its x-step a projection, ``lam`` its
     multiplier: the penalised problem's alpha is ``alpha / lam``); otherwise the penalty
-    ``sum w |u - u_m|² / 2`` (``lam`` unused)."""
+    ``sum w |u - u_m|² / 2`` (``lam`` unused). ``bk`` (Z, Y, Xr): the measurement's
+    transfer function B (1: a pointwise measurement; a window mean's: :func:`box_transfer`);
+    the data split is then ``x = B u``."""
     shape = um.shape[1:]
     al, at = lam2mu * k2, mu * k2
-    inv_l, inv_t = 1.0 / (1.0 + rho * al**2), 1.0 / (1.0 + rho * at**2)
-    # The u-step u = (I + rho K²)⁻¹ (a + rho K b), a = F(x + y1), b = F(z - y2), and K u, with
-    # every mode operator applied once: per wavevector, c_t v + (c_l - c_t) k̂ (k̂·v).
-    ca, cb = inv_t, rho * at * inv_t  # transverse parts of u from a and b
-    la, lb = inv_l, rho * al * inv_l  # longitudinal parts (of k̂·u)
+    inv_l, inv_t = 1.0 / (bk * bk + rho * al**2), 1.0 / (bk * bk + rho * at**2)
+    # The u-step u = (B² + rho K²)⁻¹ (B a + rho K b), a = F(x + y1), b = F(z - y2), and K u,
+    # with every mode operator applied once: per wavevector, c_t v + (c_l - c_t) k̂ (k̂·v).
+    ca, cb = bk * inv_t, rho * at * inv_t  # transverse parts of u from a and b
+    la, lb = bk * inv_l, rho * al * inv_l  # longitudinal parts (of k̂·u)
 
     def step(carry):
         uh, x, z, y1, y2, lam = carry
@@ -207,7 +219,7 @@ def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, radius
         uh_t = ca * a + cb * b  # the transverse operator applied to both
         ul = la * jnp.sum(khat * a, 0, keepdims=True) + lb * jnp.sum(khat * b, 0, keepdims=True)  # k̂·u
         uh = uh_t + khat * (ul - jnp.sum(khat * uh_t, 0, keepdims=True))
-        u = _ifft(uh, shape)
+        u = _ifft(bk * uh, shape)  # B u: what the data see
         ku = _ifft(at * uh + khat * ((al - at) * ul), shape)
         # Over-relaxation (Boyd et al. 2011, 3.4.3): the new iterates mixed with the old.
         u_r = RELAX * u + (1 - RELAX) * x
@@ -229,25 +241,25 @@ def _admm(state, um, w, support, k2, khat, lam2mu, mu, alpha, rho, gamma, radius
 
 
 @jax.jit
-def _green_max(r, w, k2, khat, lam2mu, mu):
-    """``max |K^-1 (r on the measured points)|`` (the mean mode left out)."""
+def _green_max(r, w, k2, khat, bk, lam2mu, mu):
+    """``max |K^-1 B (r on the measured points)|`` (the mean mode left out)."""
     safe = jnp.where(k2 > 0, k2, 1.0)
-    inv_l = jnp.where(k2 > 0, 1.0 / (lam2mu * safe), 0.0)
-    inv_t = jnp.where(k2 > 0, 1.0 / (mu * safe), 0.0)
+    inv_l = jnp.where(k2 > 0, bk / (lam2mu * safe), 0.0)
+    inv_t = jnp.where(k2 > 0, bk / (mu * safe), 0.0)
     g = _ifft(_apply_modes(_fft(r * (w > 0)), khat, inv_l, inv_t), r.shape[1:])
     return jnp.max(jnp.sqrt(jnp.sum(g * g, 0)))
 
 
 @jax.jit
-def _misfit(uh, um, w):
-    u = _ifft(uh, um.shape[1:])
+def _misfit(uh, um, w, bk):
+    u = _ifft(bk * uh, um.shape[1:])
     return jnp.sum(w * (u - um) ** 2) / jnp.maximum(jnp.sum(w), 1e-30) / 3.0
 
 
 class _FFTProblem:
     """The padded, scaled problem of the ``"fft"`` operator; ``run(alpha, state)`` solves it."""
 
-    def __init__(self, u, grid: Grid, material, weights, support, config: InverseConfig):
+    def __init__(self, u, grid: Grid, material, weights, support, config: InverseConfig, window_um=None, start_um=None):
         self.h = float(np.exp(np.mean(np.log(grid.spacing_um))))  # lengths in units of the mean voxel size
         self.scale_u = float(np.sqrt(np.mean(np.sum(u**2, -1)))) or 1.0
         e = material.youngs_modulus_pa
@@ -265,16 +277,21 @@ class _FFTProblem:
         self.shape = self.um.shape[1:]
         self.k2, self.khat = _modes(self.shape, tuple(h / self.h for h in grid.spacing_um))
         self.lam2mu, self.mu = material.p_wave_modulus_pa / e, material.shear_modulus_pa / e
+        self.u0 = None if start_um is None else jnp.asarray(np.moveaxis(np.pad(start_um / self.scale_u, pw), -1, 0), jnp.float32)
+        self.bk = jnp.ones_like(self.k2) if window_um is None else \
+            box_transfer(self.shape, tuple(h / self.h for h in grid.spacing_um), tuple(np.asarray(window_um) / self.h))
         self.config = config
         self.iterations = 0
 
     def initial(self):
-        zero = jnp.zeros_like(self.um)
-        return (_fft(self.um), self.um, zero, zero, zero, jnp.float32(0.0)), 4.0
+        """ADMM's start: u = x = the data, or ``start_um`` (u) and its measurement (x)."""
+        zero, uh = jnp.zeros_like(self.um), _fft(self.um if self.u0 is None else self.u0)
+        x = self.um if self.u0 is None else _ifft(self.bk * uh, self.shape)
+        return (uh, x, zero, zero, zero, jnp.float32(0.0)), 4.0
 
     def _block(self, state, alpha, rho, radius2, iterations):
         cfg = self.config
-        state, primal, dual = _admm(state, self.um, self.w, self.support, self.k2, self.khat, self.lam2mu, self.mu,
+        state, primal, dual = _admm(state, self.um, self.w, self.support, self.k2, self.khat, self.bk, self.lam2mu, self.mu,
                                     jnp.float32(alpha), jnp.float32(rho), jnp.float32(cfg.gamma), jnp.float32(radius2),
                                     cfg.penalty, iterations)
         self.iterations += iterations
@@ -351,11 +368,11 @@ class _FFTProblem:
         draw on the points of nonzero weight (Gaussian fields: the max is a few times the
         RMS; measured within 2x of the discrepancy principle's alpha on closed forms)."""
         r = np.random.default_rng(0).standard_normal(self.um.shape, dtype=np.float32)
-        out = float(_green_max(jnp.asarray(r), self.w, self.k2, self.khat, self.lam2mu, self.mu)) * math.sqrt(target)
+        out = float(_green_max(jnp.asarray(r), self.w, self.k2, self.khat, self.bk, self.lam2mu, self.mu)) * math.sqrt(target)
         return out or self.alpha_guess(target)
 
     def misfit(self, state) -> float:
-        return float(_misfit(state[0], self.um, self.w))
+        return float(_misfit(state[0], self.um, self.w, self.bk))
 
     def debias(self, alpha: float, start):
         """The penalty shrinks every force it keeps (by about ``alpha``); re-solving with a
@@ -493,7 +510,7 @@ def rms_of(u, w) -> float:
     return float(np.sqrt(np.sum(w[..., None] * u**2) / np.sum(w) / 3.0))
 
 
-def _noise_level(u, w, m, config: InverseConfig):
+def noise_level(u, w, m, config: InverseConfig):
     """The noise (given, or estimated but never below NOISE_FLOOR of the signal, where the
     grid's own resolution of the field dominates) and a warning where it rivals the signal."""
     rms = float(np.sqrt(np.mean(np.sum(u[w > 0] ** 2, -1)) / 3.0))
@@ -514,7 +531,8 @@ def _noise_level(u, w, m, config: InverseConfig):
     return sigma, notes
 
 
-def solve(displacement, grid: Grid, material, weights=None, mask=None, config: InverseConfig = InverseConfig()):
+def solve(displacement, grid: Grid, material, weights=None, mask=None, config: InverseConfig = InverseConfig(),
+          window_um=None, start_um=None):
     """Force density (pN/µm³) and fitted displacement (µm) from a measured displacement.
 
     Args:
@@ -525,6 +543,9 @@ def solve(displacement, grid: Grid, material, weights=None, mask=None, config: I
       mask: optional (Z, Y, X) bool, the cell, on ``grid``: left out of the noise estimate,
         and with its neighbourhood (``support_um``, default 2 grid spacings) the only place
         forces may be.
+      window_um: None: each point of nonzero weight measures ``u`` there; (z, y, x) µm: the
+        mean of ``u`` over a box of that size around it (``"fft"`` only; tfm.classical.windows).
+      start_um: optional (Z, Y, X, 3) µm, where the solver starts (default: the data).
 
     Returns ``(force, fitted_displacement, info)``; info holds the noise (given or
     estimated), alpha and how it was chosen, the misfit, iterations and timings.
@@ -535,14 +556,15 @@ def solve(displacement, grid: Grid, material, weights=None, mask=None, config: I
         zero = np.zeros(u.shape, np.float32)
         return zero, zero, {"operator": config.operator, "penalty": config.penalty, "noise_um": 0.0, "alpha": None,
                             "alpha_rule": "no_data", "misfit_um": 0.0, "iterations": 0, "time_total_s": time.perf_counter() - t0}
-    sigma, notes = _noise_level(u, w, m, config)
+    sigma, notes = noise_level(u, w, m, config)
     support = support_of(m, grid, config.support_um)
     if config.operator == "fem":
         from .inverse_fem import FEMProblem
-
+        if window_um is not None:
+            raise ValueError("window_um (window-mean measurements) needs operator='fft'")
         problem = FEMProblem(u, grid, material, w, support, config)
     else:
-        problem = _FFTProblem(u, grid, material, w, support, config)
+        problem = _FFTProblem(u, grid, material, w, support, config, window_um, start_um)
     info = {"operator": config.operator, "penalty": config.penalty, "noise_um": sigma,
             "noise_estimated": config.noise_um is None, "support_um": support_distance(m, grid, config.support_um),
             "warnings": notes}
