@@ -71,16 +71,19 @@ def analyse(result, mask, spacing):
     force dipole, pushes it outward beside its middle (the (F.e)e term of Kelvin's
     solution), so "pointing toward the cell" is expected beyond the tips, not everywhere.
     """
-    decay = segment.displacement_decay(result, mask, spacing)
+    measured = result.measured()  # the DVC's own field on its windows (the forces may be on a finer grid)
+    decay = segment.displacement_decay(measured, mask, spacing)
     d, valid, toward = decay["distance_um"], decay["valid"], decay["toward_cell"]
     c, axes, sizes = cell_axes(mask, spacing)
-    x = result.grid.coordinates_um()  # window centres, µm from the first voxel
+    x = measured.grid.coordinates_um()  # window centres, µm from the first voxel
     rel = x - c
     cos_long = np.abs(rel @ axes[0]) / np.maximum(np.linalg.norm(rel, axis=-1), 1e-12)
     near = valid & (d < 15)
     tips, sides = near & (cos_long > 0.8), near & (cos_long < 0.4)
     # Force dipole of the reconstructed forces within 15 µm of the cell, about its centroid.
-    m = result.dipole_moment(mask=d < 15, center_um=c)
+    image = tfm.Grid(mask.shape, spacing)
+    d_force = segment.distance_from_mask_um(mask, spacing)[segment.nearest_voxels(result.grid, image)]
+    m = result.dipole_moment(mask=d_force < 15, center_um=c)
     m = 0.5 * (m + m.T)
     w, v = np.linalg.eigh(m)
     angle = float(np.degrees(np.arccos(min(1.0, abs(float(v[:, 0] @ axes[0]))))))
@@ -130,7 +133,8 @@ def main(argv=None) -> int:
     viz.render_png(result, out / "view3d.png", cell=(mask.astype(np.float32), grid), beads=(ref, grid))
     dvc_info = result.info["dvc"]
     summary = {
-        "volume_shape": list(ref.shape), "dvc_grid": list(result.grid.shape), "windows_voxels": dvc_info["windows_voxels"],
+        "volume_shape": list(ref.shape), "dvc_grid": list(result.measured().grid.shape), "force_grid": list(result.grid.shape),
+        "force_grid_spacing_um": list(result.grid.spacing_um), "windows_voxels": dvc_info["windows_voxels"],
         "windows_auto": dvc_info.get("windows_auto"), "drift_model": dvc_info["drift_model"],
         "rigid_shift_voxels": dvc_info["rigid_shift_voxels"],
         "drift_removed_voxels": dvc_info["drift_removed_voxels"],
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
     }
     summary["net_force_fraction_of_contractility"] = float(np.linalg.norm(result.net_force()) / result.contractility())
     # FTTC on the same displacement, for comparison with the default inverse.
-    fttc = tfm.reconstruct_forces(result.displacement, result.grid, gel, method="fttc")
+    fttc = tfm.reconstruct_forces(result.measured().displacement, result.measured().grid, gel, method="fttc")
     _, fchecks = analyse(fttc, mask, SPACING_UM)
     summary["fttc"] = {"contractility_pn": fttc.contractility(), "net_force_pn": fttc.net_force().tolist(),
                        "net_force_fraction_of_contractility": float(np.linalg.norm(fttc.net_force()) / fttc.contractility()),

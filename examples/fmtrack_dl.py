@@ -45,6 +45,7 @@ def _classical_example():
 
 def compare(classical, learned, mask, grid) -> dict:
     """The two fields at the DVC's valid windows outside the cell."""
+    classical = classical.measured()  # the DVC's own field, where the forces were solved on a finer grid
     dvc = classical.info.get("dvc", classical.info)
     keep = np.asarray(dvc["valid"], bool) & ~np.asarray(dvc["masked"], bool)
     u_dl = resample(learned.displacement, learned.grid, classical.grid)
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     rep = {"volume_shape": list(ref.shape), "assumed_youngs_modulus_pa": 1000.0}
     if args.classical:
         classical = io.read_result(args.classical)
-        if tuple(np.asarray(classical.info["dvc"]["valid"]).shape) != classical.grid.shape:
+        if tuple(np.asarray(classical.measured().info.get("dvc", classical.measured().info)["valid"]).shape) != \
+                classical.measured().grid.shape:
             raise SystemExit(f"{args.classical} is not a classical reconstruction (no DVC validity map)")
         rep["classical_from"] = str(args.classical)
     else:

@@ -139,3 +139,17 @@ def test_crop_around_centres_on_the_mask_and_stays_inside():
         segment.crop_around(mask, (8, 10))
     with pytest.raises(ValueError, match="empty"):
         segment.crop_around(np.zeros((4, 4, 4), bool), (2, 2, 2))
+
+
+def test_force_planes_figure_takes_results_on_different_grids(result, tmp_path):
+    """The fine-grid force beside a coarser one (the DVC grid's, FTTC's): each is cut through
+    the cell on its own grid."""
+    from tfm import viz
+
+    res, g, sol = result
+    coarse = tfm.Grid((5, 6, 6), 4.0, (0.0, 2.0, 2.0))
+    other = tfm.Result(coarse, force=np.asarray(res.force)[::4, 2::4, 2::4][:5, :6, :6])
+    mask = np.linalg.norm(g.coordinates_um() - np.asarray(g.center_um()), axis=-1) < 4.0
+    out = viz.force_planes_figure({"fine": res, "coarse": other}, tmp_path / "f.png", mask=mask, spacing_um=1.0)
+    shape, std, colours = _image_stats(out)
+    assert std > 0.02 and colours > 50

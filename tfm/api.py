@@ -16,6 +16,7 @@ from .material import LinearElastic
 from .result import Result
 
 FORCE_METHODS = ("inverse", "fttc")
+FORCE_GRIDS = ("auto", "dvc", "fine")
 RECONSTRUCT_METHODS = ("classical", "dl")
 
 
@@ -118,7 +119,8 @@ def measure_displacement(reference, deformed, grid, mask=None, progress=None, **
 
 def reconstruct(reference, deformed, grid, material, method: str = "classical", mask=None,
                 regularization="auto", progress=None, dvc_options: dict | None = None, model=None,
-                dl_options: dict | None = None, force_method: str = "inverse", force_options: dict | None = None) -> Result:
+                dl_options: dict | None = None, force_method: str = "inverse", force_options: dict | None = None,
+                force_grid: str = "dvc", force_spacing_um: float = 1.5) -> Result:
     """Bead volume pair -> displacement and force density in one call.
 
     ``grid`` is the volumes' :class:`~tfm.grid.Grid` or their voxel size (z, y, x) in µm.
@@ -126,10 +128,20 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     ``method="classical"``: :func:`measure_displacement` (DVC), then
     :func:`reconstruct_forces` with ``force_method`` (``"inverse"``, the default, or
     ``"fttc"``) and ``force_options`` on the DVC grid; the inverse weighs each point by the
-    DVC's ``valid`` map and takes the cell as the windows the ``mask`` covers. Returns the
-    fields on the grid of DVC window centres; ``info`` holds both steps' info
-    (``info["dvc"]``, the force step's keys at top level) and the timings
-    (``time_dvc_s``, ``time_forces_s``).
+    DVC's ``valid`` map and takes the cell as the windows the ``mask`` covers. Where the
+    force is solved: ``force_grid="fine"`` on a grid about ``force_spacing_um`` apart whose
+    nodes include the DVC's window centres, each window entering as the mean of the
+    displacement over its gel part (:mod:`tfm.classical.windows`; with a ``mask``, the
+    least-squares force at the cell, early-stopped at the noise), ``"dvc"`` on the DVC grid
+    itself, each window a point measurement (the default: on the FM-Track stacks the fine
+    grid's force still depends on where its solver stops, docs/methods.md); ``"auto"`` is
+    ``"fine"`` where a ``mask`` is given to the inverse and the DVC returns its window grid,
+    else ``"dvc"`` (the fine grid without a mask is measured but slow). With
+    ``"fine"`` the result is on the fine grid, its displacement the field the forces
+    produce, and the DVC's own field is in ``info["dvc"]["displacement_um"]`` (on
+    ``info["dvc"]["grid"]``; ``result.measured()`` gives it as a Result). ``info`` holds both steps' info (``info["dvc"]``, the force
+    step's keys at top level, ``force_grid``) and the timings (``time_dvc_s``,
+    ``time_forces_s``).
 
     ``method="dl"``: the learned path (:func:`tfm.nn.infer.predict`): a parameter-free,
     coarse-to-fine motion measurement, then the physics-informed 3D network, in one call.
@@ -147,6 +159,12 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
         raise ValueError(f"method must be one of {RECONSTRUCT_METHODS}, got {method!r}")
     if force_method not in FORCE_METHODS:
         raise ValueError(f"force_method must be one of {FORCE_METHODS}, got {force_method!r}")
+    if force_grid not in FORCE_GRIDS:
+        raise ValueError(f"force_grid must be one of {FORCE_GRIDS}, got {force_grid!r}")
+    if force_grid == "fine" and force_method != "inverse":
+        raise ValueError("force_grid='fine' needs force_method='inverse'")
+    if not (np.isfinite(force_spacing_um) and force_spacing_um > 0):
+        raise ValueError(f"force_spacing_um must be a spacing > 0 (µm), got {force_spacing_um!r}")
     if method == "dl":
         if force_options:
             raise ValueError("force_options apply to method='classical'")
@@ -156,15 +174,48 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     t0 = time.perf_counter()
     disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, **(dvc_options or {}))
     t1 = time.perf_counter()
+    masked = mask is not None and disp.info["masked"].any()
+    if "window_grid" not in disp.info and (force_grid == "fine" or (force_grid == "auto" and masked and force_method == "inverse")):
+        return _forces_on_fine_grid(disp, Grid.of(np.shape(reference), grid), material, mask, regularization, force_options,
+                                    force_spacing_um, t0, t1)
+    if force_grid == "fine":
+        raise ValueError("force_grid='fine' needs the DVC's window grid (no output_spacing_um in dvc_options)")
     extra = {}
     if force_method == "inverse":
         extra = {"weights": disp.info["valid"].astype(np.float32),
                  "mask": disp.info["masked"] if mask is not None and disp.info["masked"].any() else None}
     forces = reconstruct_forces(disp.displacement, disp.grid, material, method=force_method,
                                 regularization=regularization, **extra, **(force_options or {}))
-    info = {**forces.info, "method": method, "force_method": force_method, "dvc": disp.info, "time_dvc_s": t1 - t0,
+    info = {**forces.info, "method": method, "force_method": force_method, "force_grid": "dvc", "dvc": disp.info,
+            "time_dvc_s": t1 - t0,
             "time_forces_s": time.perf_counter() - t1}
     return Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info)
+
+
+def _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force_options, spacing_um, t0, t1) -> Result:
+    """The force step of :func:`reconstruct` on a grid finer than the DVC's, the windows as
+    window-mean measurements (:func:`tfm.classical.windows.solve`)."""
+    from .classical import inverse, windows
+    from .fields import resample
+
+    options = dict(force_options or {})
+    if regularization not in ("auto", "discrepancy"):
+        options["alpha"] = float(regularization)
+    config = inverse.InverseConfig(**options)
+    window_um = np.asarray(disp.info["passes"][-1]["window"]) * np.asarray(image_grid.spacing_um)
+    fine, _, _ = windows.fine_grid(disp.grid, window_um, spacing_um)
+    mask_fine = None
+    if mask is not None and np.any(mask):  # the cell on the fine grid (nearest voxels' majority)
+        mask_fine = resample(np.asarray(mask, np.float32), image_grid, fine) > 0.5
+    force, u_fit, grid, info = windows.solve(disp.displacement, disp.grid, material, window_um,
+                                             weights=disp.info["valid"].astype(np.float32), mask=mask_fine,
+                                             config=config, target_um=spacing_um)
+    dvc_info = {**disp.info, "displacement_um": np.asarray(disp.displacement, np.float32),
+                "grid": {"shape": list(disp.grid.shape), "spacing_um": list(disp.grid.spacing_um),
+                         "origin_um": list(disp.grid.origin_um)}}
+    info = {**info, "method": "classical", "force_method": "inverse", "force_grid": "fine", "dvc": dvc_info,
+            "time_dvc_s": t1 - t0, "time_forces_s": time.perf_counter() - t1}
+    return Result(grid=grid, displacement=u_fit, force=force, info=info)
 
 
 def reconstruct_tractions(displacement, grid: Grid, material: LinearElastic, thickness_um: float | None = None,

@@ -49,6 +49,18 @@ class Result:
                 self.grid.check_field(value, name, components=comps)
                 setattr(self, name, value)
 
+    def measured(self) -> "Result":
+        """The DVC's measured displacement on its grid of window centres, with the DVC's
+        info (``valid``, ``masked``, ...), for a classical result whose force was solved on
+        a finer grid (``force_grid="fine"``: its own displacement is the fitted field);
+        otherwise the result itself."""
+        dvc = self.info.get("dvc", {})
+        if self.info.get("force_grid") != "fine" or "displacement_um" not in dvc:
+            return self
+        g = dvc["grid"]
+        return Result(Grid(tuple(g["shape"]), tuple(g["spacing_um"]), tuple(g["origin_um"])),
+                      np.asarray(dvc["displacement_um"]), info={**dvc, "method": "dvc"})
+
     def _need_force(self) -> np.ndarray:
         if self.force is None:
             raise ValueError("this Result holds no force field (run a force reconstruction first)")

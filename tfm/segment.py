@@ -153,8 +153,9 @@ def displacement_decay(result, mask, grid, bins_um=DECAY_BINS_UM, valid=None, mi
     d, g = dist[idx], grad[idx]
     u = np.asarray(result.displacement)
     mag = np.linalg.norm(u, axis=-1)
-    if valid is None:
-        valid = result.info.get("dvc", result.info).get("valid", np.ones(mag.shape, bool))
+    if valid is None:  # the DVC's valid windows where the result is on them (not on a finer force grid)
+        valid = result.info.get("dvc", result.info).get("valid")
+        valid = valid if valid is not None and np.shape(valid) == mag.shape else np.ones(mag.shape, bool)
     valid = np.asarray(valid, bool) & (d > 0)
     toward = -np.sum(u * g, -1) / np.maximum(mag * np.linalg.norm(g, axis=-1), 1e-12)
     rows = []

@@ -284,25 +284,24 @@ def bead_pair_figure(reference, deformed, spacing_um, result: Result, path, mask
 def force_planes_figure(results: dict, path, mask=None, spacing_um=None, title: str | None = None) -> Path:
     """|f| of several reconstructions of one field, side by side on one colour scale: the
     z-plane and the y-plane through the cell's centroid (or the grid's middle), the cell
-    outlined. ``results`` maps a label to a :class:`Result`; ``mask`` is on the voxels of
-    ``spacing_um`` (the bead volumes), first voxel at 0 µm."""
+    outlined. ``results`` maps a label to a :class:`Result` (each on its own grid); ``mask``
+    is on the voxels of ``spacing_um`` (the bead volumes), first voxel at 0 µm."""
     if not results:
         raise ValueError("results is empty")
-    first = next(iter(results.values()))
-    g = first.grid
-    zax, yax, xax = g.axes_um()
+    zax, yax, xax = next(iter(results.values())).grid.axes_um()
     centre = np.array([0.5 * (a[0] + a[-1]) for a in (zax, yax, xax)])
     if mask is not None:
         sp = np.asarray(Grid.of(np.shape(mask), spacing_um).spacing_um)
         mask = np.asarray(mask, bool)
         c = centroid_um(mask, sp)
         centre = centre if c is None else c
-    kz, ky = int(np.argmin(np.abs(zax - centre[0]))), int(np.argmin(np.abs(yax - centre[1])))
     mags = {k: np.linalg.norm(np.asarray(r.force), axis=-1) for k, r in results.items()}
     vmax = max(float(np.percentile(m, 99.9)) for m in mags.values()) or 1.0
     plt = pyplot()
     fig, ax = plt.subplots(2, len(results), figsize=(4.6 * len(results), 7.5), squeeze=False, constrained_layout=True)
     for j, (label, m) in enumerate(mags.items()):
+        zax, yax, xax = results[label].grid.axes_um()
+        kz, ky = int(np.argmin(np.abs(zax - centre[0]))), int(np.argmin(np.abs(yax - centre[1])))
         for i, (img, ext, name, ylab) in enumerate(((m[kz], (xax[0], xax[-1], yax[0], yax[-1]), f"z = {zax[kz]:.1f} µm", "y (µm)"),
                                                     (m[:, ky], (xax[0], xax[-1], zax[0], zax[-1]), f"y = {yax[ky]:.1f} µm", "z (µm)"))):
             im = ax[i, j].imshow(img, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=vmax, aspect="auto")

@@ -126,7 +126,7 @@ class InverseConfig:
 # ------------------------------------------------------------------ fft operator
 # Fields are held channel-first, (3, Z, Y, X): XLA's FFT over the leading spatial axes of a
 # channel-last array is about 1.5x slower on CPU.
-def _modes(shape, spacing):
+def fourier_modes(shape, spacing):
     """|k|² (Z, Y, Xr) and unit wavevectors (3, Z, Y, Xr) on the rFFT grid of ``shape``."""
     ks = Grid(shape, spacing).wavevector_axes(rfft=True)
     k = np.stack(np.meshgrid(*ks, indexing="ij"), 0)
@@ -135,7 +135,7 @@ def _modes(shape, spacing):
     return jnp.asarray(k2, jnp.float32), jnp.asarray(khat, jnp.float32)
 
 
-def _apply_modes(vh, khat, a_long, a_trans):
+def apply_modes(vh, khat, a_long, a_trans):
     """``a_long P_L v + a_trans (I - P_L) v`` per wavevector (P_L = k̂ k̂ᵀ)."""
     long = khat * jnp.sum(khat * vh, 0, keepdims=True)
     return a_long * long + a_trans * (vh - long)
@@ -151,11 +151,11 @@ def box_transfer(shape, spacing, window) -> jnp.ndarray:
     return jnp.asarray(out, jnp.float32)
 
 
-def _fft(v):
+def fft3(v):
     return jnp.fft.rfftn(v, axes=(1, 2, 3))
 
 
-def _ifft(vh, shape):
+def ifft3(vh, shape):
     return jnp.fft.irfftn(vh, s=shape, axes=(1, 2, 3))
 
 
@@ -163,8 +163,8 @@ def apply_fft_operator(u, spacing, material):
     """``K u``: the force density (pN/µm³) holding an infinite linear matrix in ``u``
     ((Z, Y, X, 3) µm, periodic on its grid; ``spacing`` µm)."""
     u = jnp.moveaxis(jnp.asarray(u, jnp.float32), -1, 0)
-    k2, khat = _modes(u.shape[1:], tuple(spacing))
-    f = _ifft(_apply_modes(_fft(u), khat, material.p_wave_modulus_pa * k2, material.shear_modulus_pa * k2), u.shape[1:])
+    k2, khat = fourier_modes(u.shape[1:], tuple(spacing))
+    f = ifft3(apply_modes(fft3(u), khat, material.p_wave_modulus_pa * k2, material.shear_modulus_pa * k2), u.shape[1:])
     return jnp.moveaxis(f, 0, -1)
 
 
@@ -215,12 +215,12 @@ def _admm(state, um, w, support, k2, khat, bk, lam2mu, mu, alpha, rho, gamma, ra
 
     def step(carry):
         uh, x, z, y1, y2, lam = carry
-        a, b = _fft(x + y1), _fft(z - y2)
+        a, b = fft3(x + y1), fft3(z - y2)
         uh_t = ca * a + cb * b  # the transverse operator applied to both
         ul = la * jnp.sum(khat * a, 0, keepdims=True) + lb * jnp.sum(khat * b, 0, keepdims=True)  # k̂·u
         uh = uh_t + khat * (ul - jnp.sum(khat * uh_t, 0, keepdims=True))
-        u = _ifft(bk * uh, shape)  # B u: what the data see
-        ku = _ifft(at * uh + khat * ((al - at) * ul), shape)
+        u = ifft3(bk * uh, shape)  # B u: what the data see
+        ku = ifft3(at * uh + khat * ((al - at) * ul), shape)
         # Over-relaxation (Boyd et al. 2011, 3.4.3): the new iterates mixed with the old.
         u_r = RELAX * u + (1 - RELAX) * x
         ku_r = RELAX * ku + (1 - RELAX) * z
@@ -246,13 +246,13 @@ def _green_max(r, w, k2, khat, bk, lam2mu, mu):
     safe = jnp.where(k2 > 0, k2, 1.0)
     inv_l = jnp.where(k2 > 0, bk / (lam2mu * safe), 0.0)
     inv_t = jnp.where(k2 > 0, bk / (mu * safe), 0.0)
-    g = _ifft(_apply_modes(_fft(r * (w > 0)), khat, inv_l, inv_t), r.shape[1:])
+    g = ifft3(apply_modes(fft3(r * (w > 0)), khat, inv_l, inv_t), r.shape[1:])
     return jnp.max(jnp.sqrt(jnp.sum(g * g, 0)))
 
 
 @jax.jit
 def _misfit(uh, um, w, bk):
-    u = _ifft(bk * uh, um.shape[1:])
+    u = ifft3(bk * uh, um.shape[1:])
     return jnp.sum(w * (u - um) ** 2) / jnp.maximum(jnp.sum(w), 1e-30) / 3.0
 
 
@@ -275,7 +275,7 @@ class _FFTProblem:
         self.support = jnp.asarray(np.pad(support, pw[:3], constant_values=config.pad_penalty)[None], jnp.float32)
         self._in_box = np.pad(np.ones(grid.shape, bool), pw[:3])
         self.shape = self.um.shape[1:]
-        self.k2, self.khat = _modes(self.shape, tuple(h / self.h for h in grid.spacing_um))
+        self.k2, self.khat = fourier_modes(self.shape, tuple(h / self.h for h in grid.spacing_um))
         self.lam2mu, self.mu = material.p_wave_modulus_pa / e, material.shear_modulus_pa / e
         self.u0 = None if start_um is None else jnp.asarray(np.moveaxis(np.pad(start_um / self.scale_u, pw), -1, 0), jnp.float32)
         self.bk = jnp.ones_like(self.k2) if window_um is None else \
@@ -285,8 +285,8 @@ class _FFTProblem:
 
     def initial(self):
         """ADMM's start: u = x = the data, or ``start_um`` (u) and its measurement (x)."""
-        zero, uh = jnp.zeros_like(self.um), _fft(self.um if self.u0 is None else self.u0)
-        x = self.um if self.u0 is None else _ifft(self.bk * uh, self.shape)
+        zero, uh = jnp.zeros_like(self.um), fft3(self.um if self.u0 is None else self.u0)
+        x = self.um if self.u0 is None else ifft3(self.bk * uh, self.shape)
         return (uh, x, zero, zero, zero, jnp.float32(0.0)), 4.0
 
     def _block(self, state, alpha, rho, radius2, iterations):
@@ -398,7 +398,7 @@ class _FFTProblem:
     def fields(self, state):
         """(displacement µm, force pN/µm³) on the unpadded grid."""
         crop = (slice(None), *self.crop)
-        u = np.moveaxis(np.asarray(_ifft(state[0], self.shape))[crop], 0, -1) * self.scale_u
+        u = np.moveaxis(np.asarray(ifft3(state[0], self.shape))[crop], 0, -1) * self.scale_u
         f = np.moveaxis(np.asarray(state[2])[crop], 0, -1) * self.scale_f
         return u.astype(np.float32), f.astype(np.float32)
 

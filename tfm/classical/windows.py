@@ -12,8 +12,20 @@ one measurement of :math:`B u` at its centre (:func:`tfm.classical.inverse.solve
 wherever the fine grid and the cell's support allow. The noise level and its warning come
 from the DVC grid, where the windows are (:func:`tfm.classical.inverse.noise_level`).
 
-What it leaves out: a window's beads are not spread evenly, and a window cut by the cell
-measures only its bead-bearing part; :math:`B` averages over the whole box.
+With a cell mask (:func:`solve_at_cell`, the default of :func:`solve` when a mask is
+given) the force is allowed only within ``support_um`` of the cell, a window cut by the
+cell measures the mean over its part outside the cell (where its beads are),
+:math:`d_j = B(\chi u)(c_j) / B\chi(c_j)`, :math:`\chi` = 1 in the gel, and the force is
+the least-squares fit on that support by conjugate gradients (CGLS, with a free
+translation), stopped by the discrepancy principle -- the first iterate whose misfit is
+within ``discrepancy`` x the noise -- or where the misfit stops falling (0.5 % over five
+iterations: the noise estimate is below what the windows can be fitted to, and further
+iterations fit the noise). Early-stopped CGLS is itself the regulariser: its iterates are
+the smoothest force fields that explain the data up to that misfit. Without a mask, the
+L1 inverse of :mod:`tfm.classical.inverse` with the window-mean model (slow to converge
+where the DVC grid is coarse: docs/methods.md).
+
+What it leaves out: a window's beads are not spread evenly over its gel part.
 """
 
 from __future__ import annotations
@@ -23,9 +35,15 @@ import math
 
 import numpy as np
 
+import jax
+import jax.numpy as jnp
+
 from ..fields import resample
 from ..grid import Grid
 from . import inverse
+from .fttc import pad_widths
+
+PLATEAU = (5, 0.005)  # CGLS stops where the misfit fell less than 0.5 % over 5 iterations
 
 
 def fine_grid(dvc_grid: Grid, window_um, target_um: float) -> tuple:
@@ -53,6 +71,91 @@ def place(values, shape, factor, margin) -> np.ndarray:
     return out
 
 
+def _cgls_operators(shape, spacing, window, lam2mu, mu, weights, support, gel):
+    """``(A, AT)`` of the window-mean measurement of the displacement ``G f`` of forces on
+    ``support`` plus a translation, ``sqrt(w) (B(chi G(s f)) / B chi + t)``, and its adjoint
+    (fields channel-first, scaled units; ``gel``: chi, 1 where the windows' beads are)."""
+    k2, khat = inverse.fourier_modes(shape, spacing)
+    bk = inverse.box_transfer(shape, spacing, window)
+    safe = jnp.where(k2 > 0, k2, 1.0)
+    g_l, g_t = jnp.where(k2 > 0, 1.0 / (lam2mu * safe), 0.0), jnp.where(k2 > 0, 1.0 / (mu * safe), 0.0)
+
+    def green(f):
+        return inverse.ifft3(inverse.apply_modes(inverse.fft3(f), khat, g_l, g_t), shape)
+
+    def box(v):
+        return inverse.ifft3(bk * inverse.fft3(v), shape)
+
+    sw = jnp.sqrt(weights)
+    den = jnp.maximum(box(gel), 1e-3)
+
+    def A(f, t):
+        return sw * (box(gel * green(support * f)) / den + t)
+
+    def AT(r):
+        return support * green(gel * box(sw * r / den)), jnp.sum(sw * r, (1, 2, 3), keepdims=True)
+
+    return jax.jit(A), jax.jit(AT), jax.jit(lambda f, t: green(support * f) + t)
+
+
+def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, noise_um: float,
+                  discrepancy: float = 1.1, support_um=None, max_iterations: int = 200, pad_fraction: float = 0.125):
+    """The force on the cell's support from window means placed on ``grid`` (the fine
+    grid: ``displacement`` and ``weights`` nonzero at the window centres, :func:`place`),
+    by early-stopped CGLS (the module docs). ``mask``: bool, the cell on ``grid``.
+    Returns ``(force, fitted_displacement, info)``."""
+    h = float(np.exp(np.mean(np.log(grid.spacing_um))))
+    w = np.asarray(weights, np.float32)
+    u = np.asarray(displacement, np.float32)
+    scale_u = float(np.sqrt(np.sum(w[..., None] * u**2) / max(float(np.sum(w)), 1e-30) / 3.0)) or 1.0
+    e = material.youngs_modulus_pa
+    pw = [(p, p) for p in pad_widths(grid.shape, "zero", pad_fraction)]
+    crop = tuple(slice(p, p + n) for (p, _), n in zip(pw, grid.shape))
+    support = inverse.support_of(mask, grid, "auto" if support_um is None else support_um)
+    d = jnp.asarray(np.moveaxis(np.pad(u / scale_u, pw + [(0, 0)]), -1, 0))
+    wp = jnp.asarray(np.pad(w, pw)[None])
+    shape = d.shape[1:]
+    A, AT, field = _cgls_operators(shape, tuple(x / h for x in grid.spacing_um), tuple(np.asarray(window_um) / h),
+                                   material.p_wave_modulus_pa / e, material.shear_modulus_pa / e, wp,
+                                   jnp.asarray(np.pad(support, pw)[None], jnp.float32),
+                                   jnp.asarray(np.pad(~np.asarray(mask, bool), pw, constant_values=True)[None], jnp.float32))
+    n = 3.0 * float(jnp.sum(wp))
+    # The discrepancy principle where the noise estimate is credible; where it rivals the
+    # signal (a DVC grid of a few windows: its "noise" is the field itself), the plateau alone.
+    credible = noise_um < inverse.LOW_SNR * scale_u
+    goal = (discrepancy * noise_um / scale_u) ** 2 * n if credible else 0.0
+    f, t = jnp.zeros_like(d), jnp.zeros((3, 1, 1, 1), jnp.float32)
+    r = jnp.sqrt(wp) * d
+    p_f, p_t = AT(r)
+    gamma = float(jnp.vdot(p_f, p_f) + jnp.vdot(p_t, p_t))
+    history, rule = [float(jnp.vdot(r, r))], "max_iterations"
+    for k in range(max_iterations):
+        q = A(p_f, p_t)
+        qq = float(jnp.vdot(q, q))
+        if not qq > 0 or not gamma > 0:
+            rule = "converged"
+            break
+        a = gamma / qq
+        f, t, r = f + a * p_f, t + a * p_t, r - a * q
+        history.append(float(jnp.vdot(r, r)))
+        if history[-1] <= goal:
+            rule = "discrepancy"
+            break
+        lag, drop = PLATEAU
+        if len(history) > lag and history[-1] > (1 - drop) ** 2 * history[-1 - lag]:
+            rule = "plateau"
+            break
+        s_f, s_t = AT(r)
+        g2 = float(jnp.vdot(s_f, s_f) + jnp.vdot(s_t, s_t))
+        p_f, p_t, gamma = s_f + g2 / gamma * p_f, s_t + g2 / gamma * p_t, g2
+    force = np.moveaxis(np.asarray(f * jnp.asarray(np.pad(support, pw)[None], jnp.float32))[(slice(None),) + crop], 0, -1)
+    u_fit = np.moveaxis(np.asarray(field(f, t))[(slice(None),) + crop], 0, -1)
+    info = {"solver": "cgls", "stop_rule": rule, "iterations": len(history) - 1,
+            "misfit_um": float(np.sqrt(history[-1] / n)) * scale_u, "discrepancy_target_um": discrepancy * noise_um,
+            "support_um": inverse.support_distance(mask, grid, "auto" if support_um is None else support_um)}
+    return (force * (e * scale_u / h**2)).astype(np.float32), (u_fit * scale_u).astype(np.float32), info
+
+
 def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=None,
           config: inverse.InverseConfig = inverse.InverseConfig(), target_um: float = 1.5) -> tuple:
     """Force density (pN/µm³) on a grid finer than the DVC's, from the DVC's windows.
@@ -62,12 +165,13 @@ def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=
       window_um: (z, y, x) µm, the size of the DVC's (last-pass) windows.
       weights: (Z, Y, X) >= 0 on ``dvc_grid``, the trust in each window (0: not measured).
       mask: optional bool cell mask on the fine grid (see :func:`fine_grid`) or on
-        ``dvc_grid`` (then taken as the windows it covers, for the noise estimate only).
+        ``dvc_grid`` (then resampled to the fine grid): forces only within
+        ``config.support_um`` of it (:func:`solve_at_cell`); without one, the L1 inverse.
       target_um: about how far apart the fine grid's nodes are.
 
     Returns ``(force, fitted_displacement, fine_grid, info)`` on the fine grid; info as
-    :func:`tfm.classical.inverse.solve`'s, plus ``force_grid_factor``.
-    """
+    :func:`solve_at_cell`'s or :func:`tfm.classical.inverse.solve`'s, plus
+    ``force_grid_factor``, ``window_um``, ``noise_um``."""
     u = np.asarray(displacement, np.float32)
     if u.shape != tuple(dvc_grid.shape) + (3,):
         raise ValueError(f"displacement must have shape {tuple(dvc_grid.shape) + (3,)} (the DVC grid's), got {u.shape}")
@@ -89,10 +193,19 @@ def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=
         else:
             raise ValueError(f"mask must be on the fine grid {tuple(grid.shape)} or the DVC grid {tuple(dvc_grid.shape)}, "
                              f"got {m.shape}")
+        if mask_fine is None:  # the windows' cell on the fine grid
+            mask_fine = resample(m.astype(np.float32), dvc_grid, grid) > 0.5
     estimated = config.noise_um is None
     if estimated and np.any(u[w > 0]):  # the noise where the windows are, on their grid
         sigma, _ = inverse.noise_level(u, w, mask_dvc if mask_dvc is not None and mask_dvc.any() else None, config)
         config = dataclasses.replace(config, noise_um=float(sigma))
+    if mask_fine is not None and mask_fine.any() and np.any(u[w > 0]):  # forces at the cell: early-stopped CGLS
+        force, u_fit, info = solve_at_cell(place(u, grid.shape, factor, margin), grid, material, window_um,
+                                           place(w, grid.shape, factor, margin), mask_fine, config.noise_um,
+                                           config.discrepancy, None if config.support_um == "auto" else config.support_um)
+        info.update(force_grid_factor=list(factor), window_um=window_um.tolist(), noise_um=config.noise_um,
+                    noise_estimated=estimated)
+        return force, u_fit, grid, info
     start = resample(u, dvc_grid, grid)  # a smooth start: the data are known at a few nodes only
     force, u_fit, info = inverse.solve(place(u, grid.shape, factor, margin), grid, material,
                                        weights=place(w, grid.shape, factor, margin),

@@ -31,6 +31,13 @@ def add_parser(sub) -> None:
                    help="dl: the fields on the network's grid, the resolution they have (default; 'working'), or "
                    "interpolated to every input voxel ('input': large for full stacks)")
     common.add_force_args(r, "--force-method")
+    r.add_argument("--force-grid", choices=("auto", "dvc", "fine"), default="dvc",
+                   help="classical: where the force is solved. fine: on a grid about --force-spacing-um apart, each DVC "
+                   "window the mean displacement over its gel part, so a small cell's force sits at its surface (on the "
+                   "DVC grid it is spread over nodes a window step apart and much of it is lost; docs/methods.md on its "
+                   "limits); dvc (default): on the DVC grid; auto: fine with --cell, else dvc")
+    r.add_argument("--force-spacing-um", type=float, default=1.5,
+                   help="classical, fine force grid: about how far apart its nodes are, µm (default 1.5)")
     r.set_defaults(run=run)
 
 
@@ -42,7 +49,8 @@ def _check_method_options(args) -> None:
                                  ("--regularization", args.regularization != "auto"),
                                  ("--force-method", args.force_method != "inverse"), ("--noise-um", args.noise_um),
                                  ("--penalty", args.penalty),
-                                 ("--target-beads", args.target_beads != 8.0), ("--output-spacing-um", args.output_spacing_um))
+                                 ("--target-beads", args.target_beads != 8.0), ("--output-spacing-um", args.output_spacing_um),
+                                 ("--force-grid", args.force_grid != "dvc"), ("--force-spacing-um", args.force_spacing_um != 1.5))
                   if v]
         if unused:
             raise common.UsageError(f"{', '.join(unused)}: options of the classical pipeline, not used by --method dl")
@@ -56,6 +64,10 @@ def run(args) -> int:
 
     _check_method_options(args)
     force_options = common.force_options(args) if args.method == "classical" else None
+    if args.method == "classical" and not (args.force_spacing_um > 0):
+        raise common.UsageError(f"--force-spacing-um must be > 0 (µm), got {args.force_spacing_um}")
+    if args.method == "classical" and args.force_grid == "fine" and args.force_method != "inverse":
+        raise common.UsageError("--force-grid fine needs --force-method inverse")
     if args.support_um is not None and not args.cell:
         raise common.UsageError("--support-um needs --cell (forces are kept within that distance of the cell)")
     law = NeoHookean if args.material == "neo-hookean" else LinearElastic
@@ -68,8 +80,9 @@ def run(args) -> int:
                                      "levels": "auto" if args.levels in (None, "auto") else int(args.levels),
                                      "output_grid": args.output_grid,
                                      **({"support_um": args.support_um} if args.support_um is not None else {})},
-                         force_method=args.force_method,
-                         force_options=force_options)
+                         force_method=args.force_method, force_options=force_options,
+                         **({"force_grid": args.force_grid, "force_spacing_um": args.force_spacing_um}
+                            if args.method == "classical" else {}))
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
     common.write_outputs(args, result, prov)
     return 0
