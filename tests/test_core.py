@@ -189,3 +189,36 @@ def test_antialiased_resampling_is_linear_interpolation_where_it_does_not_shrink
     np.testing.assert_allclose(const, 2.5, rtol=1e-6)  # the blur is normalised at the faces
     with pytest.raises(ValueError, match="antialias"):
         fields.resample(v, src, dst, order=3, antialias=True)
+
+
+def test_equilibrium_measures_net_force_and_torque_of_point_forces():
+    g = tfm.Grid((9, 9, 9), 1.0)
+    c = (4, 4, 4)
+
+    def field(*forces):
+        f = np.zeros(g.shape + (3,))
+        for idx, vec in forces:
+            f[idx] = vec
+        return tfm.Result(g, force=f)
+
+    dipole = field(((4, 4, 2), (0, 0, 5.0)), ((4, 4, 6), (0, 0, -5.0)))  # contractile pair along x
+    couple = field(((4, 4, 2), (0, 5.0, 0)), ((4, 4, 6), (0, -5.0, 0)))  # opposite forces along y, 4 µm apart
+    single = field((c, (1.0, 2.0, 2.0)),)
+    e = dipole.equilibrium()
+    assert e["net_force_over_total"] == 0 and e["net_torque_over_moment"] == 0
+    e = couple.equilibrium()
+    assert e["net_force_over_total"] == 0 and e["net_torque_over_moment"] == pytest.approx(1.0)
+    np.testing.assert_allclose(e["net_torque_pn_um"], [-20.0, 0.0, 0.0])  # (x - c) x f, z y x components
+    assert single.equilibrium()["net_force_over_total"] == pytest.approx(1.0)
+    assert tfm.Result(g, force=np.zeros(g.shape + (3,))).equilibrium()["net_force_over_total"] == 0.0
+
+
+def test_every_force_reconstruction_reports_its_equilibrium():
+    g = tfm.Grid((24, 24, 24), 1.0)
+    gel = tfm.LinearElastic(1000.0, 0.45)
+    u = np.asarray(A.EshelbySphere(5.0, -0.05, g.center_um(), gel).sample(g))
+    for method in ("fttc", "inverse"):
+        res = tfm.reconstruct_forces(u, g, gel, method=method)
+        eq = res.info["equilibrium"]
+        assert eq == res.equilibrium() and eq["net_force_over_total"] < 0.02 and eq["net_torque_over_moment"] < 0.02
+        assert res.summary()["net_torque_over_moment"] == eq["net_torque_over_moment"]

@@ -60,7 +60,7 @@ def reconstruct_forces(displacement, grid: Grid, material, method: str = "invers
     else:
         force, info = _inverse(displacement, grid, material, regularization, mask, weights, options)
     info = {"method": method, "youngs_modulus_pa": material.youngs_modulus_pa, "poisson_ratio": material.poisson_ratio, **info}
-    return Result(grid=grid, displacement=displacement, force=force, info=info)
+    return _with_equilibrium(Result(grid=grid, displacement=displacement, force=force, info=info))
 
 
 def _inverse(displacement, grid, material, regularization, mask, weights, options):
@@ -170,7 +170,8 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
             raise ValueError("force_options apply to method='classical'")
         from .nn.infer import predict
 
-        return predict(reference, deformed, grid, material, model=model, progress=progress, mask=mask, **(dl_options or {}))
+        return _with_equilibrium(predict(reference, deformed, grid, material, model=model, progress=progress, mask=mask,
+                                         **(dl_options or {})))
     t0 = time.perf_counter()
     disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, **(dvc_options or {}))
     t1 = time.perf_counter()
@@ -189,7 +190,15 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     info = {**forces.info, "method": method, "force_method": force_method, "force_grid": "dvc", "dvc": disp.info,
             "time_dvc_s": t1 - t0,
             "time_forces_s": time.perf_counter() - t1}
-    return Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info)
+    return _with_equilibrium(Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info))
+
+
+def _with_equilibrium(result: Result) -> Result:
+    """``result`` with ``info["equilibrium"]`` (:meth:`Result.equilibrium`: net force and
+    torque, and their relative sizes), for every 3D force reconstruction."""
+    if result.force is not None and result.grid.ndim == 3:
+        result.info["equilibrium"] = result.equilibrium()
+    return result
 
 
 def _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force_options, spacing_um, t0, t1) -> Result:
@@ -215,7 +224,7 @@ def _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force
                          "origin_um": list(disp.grid.origin_um)}}
     info = {**info, "method": "classical", "force_method": "inverse", "force_grid": "fine", "dvc": dvc_info,
             "time_dvc_s": t1 - t0, "time_forces_s": time.perf_counter() - t1}
-    return Result(grid=grid, displacement=u_fit, force=force, info=info)
+    return _with_equilibrium(Result(grid=grid, displacement=u_fit, force=force, info=info))
 
 
 def reconstruct_tractions(displacement, grid: Grid, material: LinearElastic, thickness_um: float | None = None,

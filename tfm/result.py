@@ -11,6 +11,8 @@ area (µm²) and give pN; a third, out-of-plane component (2.5D) is kept last.
   position); positive when the cell pulls the matrix inward.
 * ``dipole_moment()``: ``M_ij = sum (x - c)_i f_j dV`` (pN µm); its trace is negative
   for a contractile cell (``-F d`` for a dipole of two forces F at distance d).
+* ``net_torque()``: ``sum (x - c) x f dV`` (pN µm) -- about zero in equilibrium, like the
+  net force; ``equilibrium()`` gives both and their scale-free sizes.
 * ``strain_energy()``: ``1/2 sum u . f dV`` (pN µm = 1e-18 J), the work the cell did.
 """
 
@@ -115,6 +117,34 @@ class Result:
         f = self._need_force()[..., :d] * self._weights(mask)[..., None]
         return np.einsum("ni,nj->ij", x.reshape(-1, d), f.reshape(-1, d)) * self.grid.voxel_volume_um3
 
+    def net_torque(self, mask=None, center_um=None) -> np.ndarray:
+        """``sum (x - c) x f dV`` about ``center_um`` (default: the force centroid), pN µm (3D)."""
+        if self.grid.ndim != 3:
+            raise ValueError("net_torque needs a 3D result")
+        c = self.force_centroid_um(mask) if center_um is None else np.asarray(center_um, float)
+        x = (self.grid.coordinates_um() - c).reshape(-1, 3)
+        f = (self._need_force()[..., :3] * self._weights(mask)[..., None]).reshape(-1, 3)
+        # (z, y, x) is a left-handed order: the cross product taken in it flips the sign
+        return -np.cross(x, f).sum(0) * self.grid.voxel_volume_um3
+
+    def equilibrium(self) -> dict:
+        """How far the force field is from equilibrium (a cell in a gel exerts no net force
+        or torque on it): ``net_force_pn``, ``net_torque_pn_um`` (about the force centroid)
+        and their sizes relative to the field's, ``net_force_over_total`` (|net force| / sum
+        of |f| dV) and ``net_torque_over_moment`` (|net torque| / sum of |x - c| |f| dV);
+        zeros for a zero force field (3D results)."""
+        f = self._need_force()
+        if self.grid.ndim != 3 or not np.any(f):
+            return {"net_force_pn": [0.0] * 3, "net_torque_pn_um": [0.0] * 3, "net_force_over_total": 0.0,
+                    "net_torque_over_moment": 0.0}
+        net, torque, total = self.net_force(), self.net_torque(), self.total_force()
+        c = self.force_centroid_um()
+        lever = np.linalg.norm(self.grid.coordinates_um() - c, axis=-1)
+        moment = float(np.sum(lever * self.force_magnitude()) * self.grid.voxel_volume_um3)
+        return {"net_force_pn": [float(v) for v in net], "net_torque_pn_um": [float(v) for v in torque],
+                "net_force_over_total": float(np.linalg.norm(net) / total),
+                "net_torque_over_moment": float(np.linalg.norm(torque) / moment) if moment > 0 else 0.0}
+
     def strain_energy(self, mask=None) -> float:
         """1/2 sum u . f dV, pN µm (1 pN µm = 1e-18 J)."""
         if self.displacement is None:
@@ -154,6 +184,7 @@ class Result:
         if self.force is not None:
             out.update(
                 net_force_pn=[float(v) for v in self.net_force()],
+                **({k: v for k, v in self.equilibrium().items() if k != "net_force_pn"} if self.grid.ndim == 3 else {}),
                 total_force_pn=self.total_force(),
                 contractility_pn=self.contractility() if np.any(self.force) else 0.0,
             )
