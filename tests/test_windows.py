@@ -143,6 +143,8 @@ def test_reconstruct_with_a_mask_gets_a_small_cells_whole_force_from_rendered_be
     assert ratios[-0.05] == pytest.approx(ratios[-0.15], rel=0.05)
     with pytest.raises(ValueError, match="force_grid"):
         tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False, force_grid="voxels")
+    with pytest.raises(ValueError, match="regularised by stopping"):
+        tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False, force_grid="fine", regularization=0.1)
     with pytest.raises(ValueError, match="force_grid='fine' needs force_method='inverse'"):
         tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False, force_grid="fine", force_method="fttc")
 

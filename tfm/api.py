@@ -178,7 +178,7 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     masked = mask is not None and disp.info["masked"].any()
     if "window_grid" not in disp.info and (force_grid == "fine" or (force_grid == "auto" and masked and force_method == "inverse")):
         return _forces_on_fine_grid(disp, Grid.of(np.shape(reference), grid), material, mask, regularization, force_options,
-                                    force_spacing_um, t0, t1)
+                                    force_spacing_um, t0, t1, progress)
     if force_grid == "fine":
         raise ValueError("force_grid='fine' needs the DVC's window grid (no output_spacing_um in dvc_options)")
     extra = {}
@@ -201,24 +201,30 @@ def _with_equilibrium(result: Result) -> Result:
     return result
 
 
-def _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force_options, spacing_um, t0, t1) -> Result:
+def _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force_options, spacing_um, t0, t1,
+                         progress=None) -> Result:
     """The force step of :func:`reconstruct` on a grid finer than the DVC's, the windows as
     window-mean measurements (:func:`tfm.classical.windows.solve`)."""
     from .classical import inverse, windows
     from .fields import resample
 
     options = dict(force_options or {})
+    at_cell = mask is not None and np.any(mask)
+    if at_cell and (regularization not in ("auto", "discrepancy") or "alpha" in options or "penalty" in options):
+        raise ValueError("regularization / alpha / penalty: with a cell mask the fine force grid is regularised by "
+                         "stopping its least-squares fit at the noise (noise_um, discrepancy, support_um apply); a fixed "
+                         "alpha or another penalty needs force_grid='dvc'")
     if regularization not in ("auto", "discrepancy"):
         options["alpha"] = float(regularization)
     config = inverse.InverseConfig(**options)
     window_um = np.asarray(disp.info["passes"][-1]["window"]) * np.asarray(image_grid.spacing_um)
     fine, _, _ = windows.fine_grid(disp.grid, window_um, spacing_um)
     mask_fine = None
-    if mask is not None and np.any(mask):  # the cell on the fine grid (nearest voxels' majority)
+    if at_cell:  # the cell on the fine grid (nearest voxels' majority)
         mask_fine = resample(np.asarray(mask, np.float32), image_grid, fine) > 0.5
     force, u_fit, grid, info = windows.solve(disp.displacement, disp.grid, material, window_um,
                                              weights=disp.info["valid"].astype(np.float32), mask=mask_fine,
-                                             config=config, target_um=spacing_um)
+                                             config=config, target_um=spacing_um, progress=progress)
     dvc_info = {**disp.info, "displacement_um": np.asarray(disp.displacement, np.float32),
                 "grid": {"shape": list(disp.grid.shape), "spacing_um": list(disp.grid.spacing_um),
                          "origin_um": list(disp.grid.origin_um)}}

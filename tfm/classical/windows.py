@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from ..fields import resample
 from ..grid import Grid
+from ..progress import resolve
 from . import inverse
 from .fttc import pad_widths
 
@@ -98,11 +99,39 @@ def _cgls_operators(shape, spacing, window, lam2mu, mu, weights, support, gel):
     return jax.jit(A), jax.jit(AT), jax.jit(lambda f, t: green(support * f) + t)
 
 
+def _cgls(A, AT, r, history, goal: float, max_iterations: int, bar) -> tuple:
+    """CGLS for ``A (f, t) = r`` from zero (``history`` gets each squared residual norm);
+    returns ``((f, t), stop rule)``: the discrepancy ``goal``, the plateau, or the cap."""
+    p_f, p_t = AT(r)
+    f, t = jnp.zeros_like(p_f), jnp.zeros_like(p_t)
+    gamma = float(jnp.vdot(p_f, p_f) + jnp.vdot(p_t, p_t))
+    lag, drop = PLATEAU
+    for _ in range(max_iterations):
+        q = A(p_f, p_t)
+        qq = float(jnp.vdot(q, q))
+        if not qq > 0 or not gamma > 0:
+            return (f, t), "converged"
+        a = gamma / qq
+        f, t, r = f + a * p_f, t + a * p_t, r - a * q
+        history.append(float(jnp.vdot(r, r)))
+        bar.update(1, f"misfit {math.sqrt(history[-1] / max(history[0], 1e-30)):.3f} of the data")
+        if history[-1] <= goal:
+            return (f, t), "discrepancy"
+        if len(history) > lag and history[-1] > (1 - drop) ** 2 * history[-1 - lag]:
+            return (f, t), "plateau"
+        s_f, s_t = AT(r)
+        g2 = float(jnp.vdot(s_f, s_f) + jnp.vdot(s_t, s_t))
+        p_f, p_t, gamma = s_f + g2 / gamma * p_f, s_t + g2 / gamma * p_t, g2
+    return (f, t), "max_iterations"
+
+
 def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, noise_um: float,
-                  discrepancy: float = 1.1, support_um=None, max_iterations: int = 200, pad_fraction: float = 0.125):
+                  discrepancy: float = 1.1, support_um=None, max_iterations: int = 200, pad_fraction: float = 0.125,
+                  progress=None):
     """The force on the cell's support from window means placed on ``grid`` (the fine
     grid: ``displacement`` and ``weights`` nonzero at the window centres, :func:`place`),
-    by early-stopped CGLS (the module docs). ``mask``: bool, the cell on ``grid``.
+    by early-stopped CGLS (the module docs). ``mask``: bool, the cell on ``grid``;
+    ``progress``: where the iterations are reported (:mod:`tfm.progress`).
     Returns ``(force, fitted_displacement, info)``."""
     h = float(np.exp(np.mean(np.log(grid.spacing_um))))
     w = np.asarray(weights, np.float32)
@@ -124,30 +153,10 @@ def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, 
     # signal (a DVC grid of a few windows: its "noise" is the field itself), the plateau alone.
     credible = noise_um < inverse.LOW_SNR * scale_u
     goal = (discrepancy * noise_um / scale_u) ** 2 * n if credible else 0.0
-    f, t = jnp.zeros_like(d), jnp.zeros((3, 1, 1, 1), jnp.float32)
     r = jnp.sqrt(wp) * d
-    p_f, p_t = AT(r)
-    gamma = float(jnp.vdot(p_f, p_f) + jnp.vdot(p_t, p_t))
-    history, rule = [float(jnp.vdot(r, r))], "max_iterations"
-    for k in range(max_iterations):
-        q = A(p_f, p_t)
-        qq = float(jnp.vdot(q, q))
-        if not qq > 0 or not gamma > 0:
-            rule = "converged"
-            break
-        a = gamma / qq
-        f, t, r = f + a * p_f, t + a * p_t, r - a * q
-        history.append(float(jnp.vdot(r, r)))
-        if history[-1] <= goal:
-            rule = "discrepancy"
-            break
-        lag, drop = PLATEAU
-        if len(history) > lag and history[-1] > (1 - drop) ** 2 * history[-1 - lag]:
-            rule = "plateau"
-            break
-        s_f, s_t = AT(r)
-        g2 = float(jnp.vdot(s_f, s_f) + jnp.vdot(s_t, s_t))
-        p_f, p_t, gamma = s_f + g2 / gamma * p_f, s_t + g2 / gamma * p_t, g2
+    history = [float(jnp.vdot(r, r))]
+    with resolve(progress).task(max_iterations, "forces (fine grid)") as bar:
+        (f, t), rule = _cgls(A, AT, r, history, goal, max_iterations, bar)
     force = np.moveaxis(np.asarray(f * jnp.asarray(np.pad(support, pw)[None], jnp.float32))[(slice(None),) + crop], 0, -1)
     u_fit = np.moveaxis(np.asarray(field(f, t))[(slice(None),) + crop], 0, -1)
     info = {"solver": "cgls", "stop_rule": rule, "iterations": len(history) - 1,
@@ -157,7 +166,7 @@ def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, 
 
 
 def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=None,
-          config: inverse.InverseConfig = inverse.InverseConfig(), target_um: float = 1.5) -> tuple:
+          config: inverse.InverseConfig = inverse.InverseConfig(), target_um: float = 1.5, progress=None) -> tuple:
     """Force density (pN/µm³) on a grid finer than the DVC's, from the DVC's windows.
 
     Args:
@@ -168,6 +177,7 @@ def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=
         ``dvc_grid`` (then resampled to the fine grid): forces only within
         ``config.support_um`` of it (:func:`solve_at_cell`); without one, the L1 inverse.
       target_um: about how far apart the fine grid's nodes are.
+      progress: where the fit's iterations are reported (:mod:`tfm.progress`; with a mask).
 
     Returns ``(force, fitted_displacement, fine_grid, info)`` on the fine grid; info as
     :func:`solve_at_cell`'s or :func:`tfm.classical.inverse.solve`'s, plus
@@ -202,7 +212,8 @@ def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=
     if mask_fine is not None and mask_fine.any() and np.any(u[w > 0]):  # forces at the cell: early-stopped CGLS
         force, u_fit, info = solve_at_cell(place(u, grid.shape, factor, margin), grid, material, window_um,
                                            place(w, grid.shape, factor, margin), mask_fine, config.noise_um,
-                                           config.discrepancy, None if config.support_um == "auto" else config.support_um)
+                                           config.discrepancy, None if config.support_um == "auto" else config.support_um,
+                                           progress=progress)
         info.update(force_grid_factor=list(factor), window_um=window_um.tolist(), noise_um=config.noise_um,
                     noise_estimated=estimated)
         return force, u_fit, grid, info
