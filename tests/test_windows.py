@@ -88,20 +88,25 @@ def test_closed_form_force_recovered_from_exact_window_means_on_the_fine_grid():
     pts = dvc.coordinates_um().reshape(-1, 3)
     means = np.concatenate([np.asarray(cell.displacement((p[:, None, :] + offs).reshape(-1, 3))).reshape(len(p), -1, 3).mean(1)
                             for p in np.array_split(pts, 16)])
-    fine, _, _ = windows.fine_grid(dvc, (8.0, 8.0, 8.0), 1.33)
-    x = fine.coordinates_um() - c
-    r = np.linalg.norm(x, axis=-1)
-    force, _, grid, info = windows.solve(means.reshape(dvc.shape + (3,)), dvc, gel, 8.0, mask=r <= 7.0, target_um=1.33,
-                                         config=inverse.InverseConfig(noise_um=1e-3))
-    assert grid == fine and info["force_grid_factor"] == [3, 3, 3]
-    inward = np.sum(force * (-x / np.maximum(r, 1e-9)[..., None]), -1) * grid.voxel_volume_um3
-    total = cell.total_radial_force_pn
-    assert inward.sum() == pytest.approx(total, rel=0.10)
-    assert inward[r <= 14.0].sum() >= 0.95 * inward.sum()
-    assert np.linalg.norm(force.reshape(-1, 3).sum(0)) * grid.voxel_volume_um3 < 0.01 * total
+    total, sums = cell.total_radial_force_pn, []
+    for target, factor in ((1.33, 3), (2.0, 2)):  # two resolutions of the force grid: the same force
+        fine, _, _ = windows.fine_grid(dvc, (8.0, 8.0, 8.0), target)
+        x = fine.coordinates_um() - c
+        r = np.linalg.norm(x, axis=-1)
+        force, _, grid, info = windows.solve(means.reshape(dvc.shape + (3,)), dvc, gel, 8.0, mask=r <= 7.0, target_um=target,
+                                             config=inverse.InverseConfig(noise_um=1e-3))
+        assert grid == fine and info["force_grid_factor"] == [factor] * 3
+        inward = np.sum(force * (-x / np.maximum(r, 1e-9)[..., None]), -1) * grid.voxel_volume_um3
+        assert inward.sum() == pytest.approx(total, rel=0.10)
+        assert inward[r <= 14.0].sum() >= 0.95 * inward.sum()
+        assert np.linalg.norm(force.reshape(-1, 3).sum(0)) * grid.voxel_volume_um3 < 0.01 * total
+        sums.append(inward.sum())
+    assert sums[0] == pytest.approx(sums[1], rel=0.10)  # resolution independence (measured: 1.04 and 0.98 of the truth)
 
 
-def _sphere_pair(eps, radius=4.0):
+def _sphere_pair(eps, radius=4.0, shift_um=None):
+    """A bead pair around a contracting sphere (or, with ``shift_um``, moved by that
+    translation instead), 40 x 96 x 96 voxels of 0.8 x 0.3 x 0.3 µm, camera noise."""
     from tfm.synth import beads
 
     grid = tfm.Grid((40, 96, 96), (0.8, 0.3, 0.3))
@@ -111,7 +116,9 @@ def _sphere_pair(eps, radius=4.0):
     rng = np.random.default_rng(0)
     pos = beads.random_positions(grid, 0.02 / grid.voxel_volume_um3, rng, margin_um=2)
     pos = pos[np.linalg.norm(pos - c, axis=1) > radius]
-    ref, dfm = beads.render_pair(grid, pos, lambda q: np.asarray(cell.displacement(q)), psf_sigma_um=(1.0, 0.3, 0.3))
+    motion = (lambda q: np.asarray(cell.displacement(q))) if shift_um is None else \
+        (lambda q: np.broadcast_to(np.asarray(shift_um, float), np.shape(q)))
+    ref, dfm = beads.render_pair(grid, pos, motion, psf_sigma_um=(1.0, 0.3, 0.3))
     ref, dfm = beads.camera(ref, rng, 300, 0.02, 0.05), beads.camera(dfm, rng, 300, 0.02, 0.05)
     return ref, dfm, grid, gel, cell, np.linalg.norm(grid.coordinates_um() - c, axis=-1) <= radius, c
 
@@ -143,6 +150,15 @@ def test_reconstruct_with_a_mask_gets_a_small_cells_whole_force_from_rendered_be
     assert ratios[-0.05] == pytest.approx(ratios[-0.15], rel=0.05)
     with pytest.raises(ValueError, match="force_grid"):
         tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False, force_grid="voxels")
+    # an identical pair gives no force; a pure translation goes to the fit's translation, not to force
+    still = tfm.reconstruct(ref, ref, grid, gel, mask=mask, progress=False, force_grid="fine")
+    assert still.total_force() < 1e-4 * fine.total_force()  # the DVC's field of an identical pair: ~3e-7 µm
+    r_t, d_t, *_ = _sphere_pair(-0.15, shift_um=(0.3, -0.4, 0.6))
+    shifted = tfm.reconstruct(r_t, d_t, grid, gel, mask=mask, progress=False, force_grid="fine", dvc_options={"drift": None})
+    # what remains is the DVC's noise fitted at the cell (measured: inward -0.03, summed |f| 0.09 of the loaded cell's;
+    # the DVC grid's L1 inverse: -0.004 and 0.01)
+    assert abs(_inward(shifted, c)) < 0.05 * cell.total_radial_force_pn
+    assert shifted.total_force() < 0.15 * fine.total_force()
     with pytest.raises(ValueError, match="regularised by stopping"):
         tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False, force_grid="fine", regularization=0.1)
     with pytest.raises(ValueError, match="force_grid='fine' needs force_method='inverse'"):
@@ -164,3 +180,15 @@ def test_reconstruct_command_takes_the_force_grid(tmp_path):
     assert cli.main([*args, "--force-grid", "fine", "--force-method", "fttc", "-o", str(tmp_path / "x.h5")]) == 2
     assert cli.main([*args, "--force-spacing-um", "0", "-o", str(tmp_path / "y.h5")]) == 2
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_a_translation_within_the_noise_gives_exactly_no_force():
+    dvc = tfm.Grid((6, 6, 6), 4.0)
+    u = np.broadcast_to(np.array([0.2, -0.1, 0.3], np.float32), dvc.shape + (3,))
+    u = u + 1e-4 * np.random.default_rng(0).standard_normal(u.shape).astype(np.float32)
+    fine, _, _ = windows.fine_grid(dvc, (8.0,) * 3, 2.0)
+    cell = np.linalg.norm(fine.coordinates_um() - np.asarray(fine.center_um()), axis=-1) < 4.0
+    force, fitted, _, info = windows.solve(u, dvc, tfm.LinearElastic(1000.0, 0.45), 8.0, mask=cell, target_um=2.0,
+                                           config=inverse.InverseConfig(noise_um=1e-3))
+    assert info["stop_rule"] == "translation_fits" and not np.any(force)
+    np.testing.assert_allclose(fitted[0, 0, 0], [0.2, -0.1, 0.3], atol=1e-4)

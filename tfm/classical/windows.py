@@ -155,8 +155,13 @@ def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, 
     goal = (discrepancy * noise_um / scale_u) ** 2 * n if credible else 0.0
     r = jnp.sqrt(wp) * d
     history = [float(jnp.vdot(r, r))]
-    with resolve(progress).task(max_iterations, "forces (fine grid)") as bar:
-        (f, t), rule = _cgls(A, AT, r, history, goal, max_iterations, bar)
+    t0 = jnp.sum(wp * d, (1, 2, 3), keepdims=True) / jnp.sum(wp)  # the best translation alone
+    if float(jnp.sum(wp * (d - t0) ** 2)) <= goal:  # a translation already fits within the noise: no force
+        (f, t), rule = (jnp.zeros_like(d), t0), "translation_fits"
+        history.append(float(jnp.sum(wp * (d - t0) ** 2)))
+    else:
+        with resolve(progress).task(max_iterations, "forces (fine grid)") as bar:
+            (f, t), rule = _cgls(A, AT, r, history, goal, max_iterations, bar)
     force = np.moveaxis(np.asarray(f * jnp.asarray(np.pad(support, pw)[None], jnp.float32))[(slice(None),) + crop], 0, -1)
     u_fit = np.moveaxis(np.asarray(field(f, t))[(slice(None),) + crop], 0, -1)
     info = {"solver": "cgls", "stop_rule": rule, "iterations": len(history) - 1,
