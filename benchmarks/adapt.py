@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import shutil
 import sys
@@ -388,9 +389,7 @@ SUMMARY = "adapt_summary"
 
 def _command_for(command: str, name: str) -> str:
     """The command that writes report ``name`` into the default --out."""
-    import shlex as sh
-
-    words, out, skip = sh.split(command), [], False
+    words, out, skip = shlex.split(command), [], False
     for w in words:
         if skip:
             skip = False
@@ -398,7 +397,7 @@ def _command_for(command: str, name: str) -> str:
             skip = True
         else:
             out.append(w)
-    return sh.join(out + ([] if name == "adapt" else ["--report", name]))
+    return shlex.join(out + ([] if name == "adapt" else ["--report", name]))
 
 
 def summary_row(name: str, rep: dict) -> dict:
@@ -418,8 +417,6 @@ def write_summary(out: str, reports: dict) -> None:
     """Update ``OUT/adapt_summary.{json,md}``: one row per report (``{name: report JSON}``),
     rows of other reports kept (with their notes), so that every variant measured stays in
     one table while its own report files need not."""
-    import json
-
     path = Path(out) / f"{SUMMARY}.json"
     rows = {r["report"]: r for r in (json.loads(path.read_text())["rows"] if path.is_file() else [])}
     for name, rep in reports.items():
@@ -534,8 +531,6 @@ def _config(args):
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.summary:
-        import json
-
         found = {f.stem: json.loads(f.read_text()) for f in sorted(Path(args.out).glob("adapt*.json"))}
         write_summary(args.summary_out or args.out, {k: v for k, v in found.items() if "summary" in v and k != SUMMARY})
         return 0

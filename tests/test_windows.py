@@ -70,6 +70,12 @@ def test_fine_grid_holds_every_window_centre_and_every_window():
         windows.fine_grid(dvc, window, 0.0)
     with pytest.raises(ValueError, match="window_um"):
         windows.solve(np.zeros(dvc.shape + (3,)), dvc, tfm.LinearElastic(1000.0, 0.45), (0.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="NaN"):
+        windows.solve(np.full(dvc.shape + (3,), np.nan), dvc, tfm.LinearElastic(1000.0, 0.45), window)
+    with pytest.raises(ValueError, match="weights"):
+        windows.solve(np.zeros(dvc.shape + (3,)), dvc, tfm.LinearElastic(1000.0, 0.45), window, weights=-np.ones(dvc.shape))
+    with pytest.raises(ValueError, match="displacement must have shape"):
+        windows.solve(np.zeros((2, 2, 2, 3)), dvc, tfm.LinearElastic(1000.0, 0.45), window)
     with pytest.raises(ValueError, match="window-mean"):
         inverse.solve(np.ones((8, 8, 8, 3)), tfm.Grid((8, 8, 8), 1.0), tfm.LinearElastic(1000.0, 0.45),
                       config=inverse.InverseConfig(operator="fem"), window_um=(2.0, 2.0, 2.0))

@@ -183,8 +183,7 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
         raise ValueError("force_grid='fine' needs the DVC's window grid (no output_spacing_um in dvc_options)")
     extra = {}
     if force_method == "inverse":
-        extra = {"weights": disp.info["valid"].astype(np.float32),
-                 "mask": disp.info["masked"] if mask is not None and disp.info["masked"].any() else None}
+        extra = {"weights": disp.info["valid"].astype(np.float32), "mask": disp.info["masked"] if masked else None}
     forces = reconstruct_forces(disp.displacement, disp.grid, material, method=force_method,
                                 regularization=regularization, **extra, **(force_options or {}))
     info = {**forces.info, "method": method, "force_method": force_method, "force_grid": "dvc", "dvc": disp.info,

@@ -137,8 +137,8 @@ class Result:
         if self.grid.ndim != 3 or not np.any(f):
             return {"net_force_pn": [0.0] * 3, "net_torque_pn_um": [0.0] * 3, "net_force_over_total": 0.0,
                     "net_torque_over_moment": 0.0}
-        net, torque, total = self.net_force(), self.net_torque(), self.total_force()
         c = self.force_centroid_um()
+        net, torque, total = self.net_force(), self.net_torque(center_um=c), self.total_force()
         lever = np.linalg.norm(self.grid.coordinates_um() - c, axis=-1)
         moment = float(np.sum(lever * self.force_magnitude()) * self.grid.voxel_volume_um3)
         return {"net_force_pn": [float(v) for v in net], "net_torque_pn_um": [float(v) for v in torque],

@@ -141,14 +141,17 @@ def apply_modes(vh, khat, a_long, a_trans):
     return a_long * long + a_trans * (vh - long)
 
 
+def green_modes(k2, lam2mu, mu):
+    """``K^-1`` per wavevector: gains ``1 / ((lam + 2 mu) k²)``, ``1 / (mu k²)`` (no mean mode)."""
+    safe = jnp.where(k2 > 0, k2, 1.0)
+    return jnp.where(k2 > 0, 1.0 / (lam2mu * safe), 0.0), jnp.where(k2 > 0, 1.0 / (mu * safe), 0.0)
+
+
 def box_transfer(shape, spacing, window) -> jnp.ndarray:
     """(Z, Y, Xr): the mean over a centred box of ``window`` on the rFFT grid, ``prod_a sinc(k_a L_a / 2)``."""
-    ks = Grid(shape, spacing).wavevector_axes(rfft=True)
-    out = np.ones([len(k) for k in ks])
-    for a, (k, length) in enumerate(zip(ks, window)):
-        b = np.sinc(np.asarray(k) * length / (2 * np.pi))  # numpy's sinc(x) = sin(pi x) / (pi x)
-        out = out * b.reshape([-1 if i == a else 1 for i in range(3)])
-    return jnp.asarray(out, jnp.float32)
+    b = [np.sinc(np.asarray(k) * length / (2 * np.pi))  # numpy's sinc(x) = sin(pi x) / (pi x)
+         for k, length in zip(Grid(shape, spacing).wavevector_axes(rfft=True), window)]
+    return jnp.asarray(b[0][:, None, None] * b[1][None, :, None] * b[2][None, None, :], jnp.float32)
 
 
 def fft3(v):
@@ -243,10 +246,7 @@ def _admm(state, um, w, support, k2, khat, bk, lam2mu, mu, alpha, rho, gamma, ra
 @jax.jit
 def _green_max(r, w, k2, khat, bk, lam2mu, mu):
     """``max |K^-1 B (r on the measured points)|`` (the mean mode left out)."""
-    safe = jnp.where(k2 > 0, k2, 1.0)
-    inv_l = jnp.where(k2 > 0, bk / (lam2mu * safe), 0.0)
-    inv_t = jnp.where(k2 > 0, bk / (mu * safe), 0.0)
-    g = ifft3(apply_modes(fft3(r * (w > 0)), khat, inv_l, inv_t), r.shape[1:])
+    g = ifft3(apply_modes(fft3(r * (w > 0)), khat, *(bk * gain for gain in green_modes(k2, lam2mu, mu))), r.shape[1:])
     return jnp.max(jnp.sqrt(jnp.sum(g * g, 0)))
 
 
@@ -275,11 +275,11 @@ class _FFTProblem:
         self.support = jnp.asarray(np.pad(support, pw[:3], constant_values=config.pad_penalty)[None], jnp.float32)
         self._in_box = np.pad(np.ones(grid.shape, bool), pw[:3])
         self.shape = self.um.shape[1:]
-        self.k2, self.khat = fourier_modes(self.shape, tuple(h / self.h for h in grid.spacing_um))
+        spacing = tuple(h / self.h for h in grid.spacing_um)  # scaled units
+        self.k2, self.khat = fourier_modes(self.shape, spacing)
         self.lam2mu, self.mu = material.p_wave_modulus_pa / e, material.shear_modulus_pa / e
         self.u0 = None if start_um is None else jnp.asarray(np.moveaxis(np.pad(start_um / self.scale_u, pw), -1, 0), jnp.float32)
-        self.bk = jnp.ones_like(self.k2) if window_um is None else \
-            box_transfer(self.shape, tuple(h / self.h for h in grid.spacing_um), tuple(np.asarray(window_um) / self.h))
+        self.bk = jnp.ones_like(self.k2) if window_um is None else box_transfer(self.shape, spacing, np.divide(window_um, self.h))
         self.config = config
         self.iterations = 0
 

@@ -63,12 +63,17 @@ def fine_grid(dvc_grid: Grid, window_um, target_um: float) -> tuple:
     return Grid(shape, tuple(h), origin), tuple(factor.tolist()), tuple(margin.tolist())
 
 
+def dvc_nodes(dvc_shape, factor, margin) -> tuple:
+    """The slices of the fine grid (:func:`fine_grid`) that are the DVC grid's points."""
+    return tuple(slice(m, m + f * (n - 1) + 1, f) for m, f, n in zip(margin, factor, dvc_shape))
+
+
 def place(values, shape, factor, margin) -> np.ndarray:
     """``values`` on the DVC grid (Z, Y, X, ...) placed at their nodes of the fine grid of
     ``shape``, zeros elsewhere."""
     values = np.asarray(values)
     out = np.zeros(tuple(shape) + values.shape[3:], values.dtype)
-    out[tuple(slice(m, m + f * (n - 1) + 1, f) for m, f, n in zip(margin, factor, values.shape[:3]))] = values
+    out[dvc_nodes(values.shape[:3], factor, margin)] = values
     return out
 
 
@@ -78,8 +83,7 @@ def _cgls_operators(shape, spacing, window, lam2mu, mu, weights, support, gel):
     (fields channel-first, scaled units; ``gel``: chi, 1 where the windows' beads are)."""
     k2, khat = inverse.fourier_modes(shape, spacing)
     bk = inverse.box_transfer(shape, spacing, window)
-    safe = jnp.where(k2 > 0, k2, 1.0)
-    g_l, g_t = jnp.where(k2 > 0, 1.0 / (lam2mu * safe), 0.0), jnp.where(k2 > 0, 1.0 / (mu * safe), 0.0)
+    g_l, g_t = inverse.green_modes(k2, lam2mu, mu)
 
     def green(f):
         return inverse.ifft3(inverse.apply_modes(inverse.fft3(f), khat, g_l, g_t), shape)
@@ -140,13 +144,13 @@ def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, 
     e = material.youngs_modulus_pa
     pw = [(p, p) for p in pad_widths(grid.shape, "zero", pad_fraction)]
     crop = tuple(slice(p, p + n) for (p, _), n in zip(pw, grid.shape))
-    support = inverse.support_of(mask, grid, "auto" if support_um is None else support_um)
+    support = jnp.asarray(np.pad(inverse.support_of(mask, grid, "auto" if support_um is None else support_um), pw)[None],
+                          jnp.float32)
     d = jnp.asarray(np.moveaxis(np.pad(u / scale_u, pw + [(0, 0)]), -1, 0))
     wp = jnp.asarray(np.pad(w, pw)[None])
     shape = d.shape[1:]
     A, AT, field = _cgls_operators(shape, tuple(x / h for x in grid.spacing_um), tuple(np.asarray(window_um) / h),
-                                   material.p_wave_modulus_pa / e, material.shear_modulus_pa / e, wp,
-                                   jnp.asarray(np.pad(support, pw)[None], jnp.float32),
+                                   material.p_wave_modulus_pa / e, material.shear_modulus_pa / e, wp, support,
                                    jnp.asarray(np.pad(~np.asarray(mask, bool), pw, constant_values=True)[None], jnp.float32))
     n = 3.0 * float(jnp.sum(wp))
     # The discrepancy principle where the noise estimate is credible; where it rivals the
@@ -162,7 +166,7 @@ def solve_at_cell(displacement, grid: Grid, material, window_um, weights, mask, 
     else:
         with resolve(progress).task(max_iterations, "forces (fine grid)") as bar:
             (f, t), rule = _cgls(A, AT, r, history, goal, max_iterations, bar)
-    force = np.moveaxis(np.asarray(f * jnp.asarray(np.pad(support, pw)[None], jnp.float32))[(slice(None),) + crop], 0, -1)
+    force = np.moveaxis(np.asarray(f)[(slice(None),) + crop], 0, -1)  # on the support: CGLS adds only A^T r's
     u_fit = np.moveaxis(np.asarray(field(f, t))[(slice(None),) + crop], 0, -1)
     info = {"solver": "cgls", "stop_rule": rule, "iterations": len(history) - 1,
             "misfit_um": float(np.sqrt(history[-1] / n)) * scale_u, "discrepancy_target_um": discrepancy * noise_um,
@@ -190,19 +194,21 @@ def solve(displacement, dvc_grid: Grid, material, window_um, weights=None, mask=
     u = np.asarray(displacement, np.float32)
     if u.shape != tuple(dvc_grid.shape) + (3,):
         raise ValueError(f"displacement must have shape {tuple(dvc_grid.shape) + (3,)} (the DVC grid's), got {u.shape}")
+    if not np.all(np.isfinite(u)):
+        raise ValueError("displacement holds NaN or infinite values (give unmeasured windows weight 0 and any finite value)")
     window_um = np.broadcast_to(np.asarray(window_um, float), (3,))
     if not np.all(np.isfinite(window_um) & (window_um > 0)):
         raise ValueError(f"window_um must be three sizes > 0 (µm), got {window_um.tolist()}")
     w = np.ones(dvc_grid.shape) if weights is None else np.asarray(weights, np.float64)
-    if w.shape != tuple(dvc_grid.shape):
-        raise ValueError(f"weights must have the DVC grid's shape {tuple(dvc_grid.shape)}, got {w.shape}")
+    if w.shape != tuple(dvc_grid.shape) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights must be finite, >= 0 and of the DVC grid's shape {tuple(dvc_grid.shape)}, got shape {w.shape}")
     grid, factor, margin = fine_grid(dvc_grid, window_um, target_um)
     mask_fine = mask_dvc = None
     if mask is not None:
         m = np.asarray(mask, bool)
         if m.shape == tuple(grid.shape):
             mask_fine = m
-            mask_dvc = m[tuple(slice(mg, mg + f * (n - 1) + 1, f) for mg, f, n in zip(margin, factor, dvc_grid.shape))]
+            mask_dvc = m[dvc_nodes(dvc_grid.shape, factor, margin)]
         elif m.shape == tuple(dvc_grid.shape):
             mask_dvc = m
         else:
