@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.adapt --condition bright --no-fmtrack --report adapt_bright --out benchmarks/work/adapt --summary-out benchmarks/results
 	$(PY) -m benchmarks.adapt --condition blurry --no-fmtrack --report adapt_blurry --out benchmarks/work/adapt --summary-out benchmarks/results
 	$(PY) -m benchmarks.flow_profile --out benchmarks/results
+	$(PY) -m benchmarks.series --out benchmarks/results
 	$(PY) -m benchmarks.make_docs
 
 clean:

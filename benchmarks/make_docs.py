@@ -21,6 +21,7 @@ SECTIONS = [
     ("synth", [("synth.md", "python -m benchmarks.synth")]),
     ("stiffness", [("stiffness.md", "python -m benchmarks.stiffness")]),
     ("adapt", [("adapt_summary.md", "python -m benchmarks.adapt --summary")]),
+    ("series", [("series.md", "python -m benchmarks.series")]),
 ]
 # Reports the docs link to without inlining them.
 LINKED = {"adapt": [("adapt.md", "python -m benchmarks.adapt",
@@ -36,8 +37,9 @@ READ_FIRST = """What to read first:
   24 held-out synthetic pairs, their time per pair, and the real FM-Track pair.
 - **DVC against pyALDVC** and **the force inverse against FTTC and saenopy**: the classical pipeline's two halves
   beside their peers, on identical inputs.
-- The rest: 3D FTTC, the synthetic-data generator, the stiffness CNN, and self-supervised adaptation (one table of
-  every condition and variant measured).
+- The rest: 3D FTTC, the synthetic-data generator, the stiffness CNN, self-supervised adaptation (one table of
+  every condition and variant measured), and time series and batches (a contractility ramp, reuse between frames,
+  Dask workers).
 
 Ratios are stated as method / reference; medians over pairs unless a table says otherwise."""
 

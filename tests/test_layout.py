@@ -1,6 +1,6 @@
 """The house rules of the code base, checked on its source (docs/layout.md):
 
-* the numerical core (everything under tfm/ but the package face ``tfm/__init__.py``,
+* the numerical core (everything under tfm/ but the package face ``tfm/__init__.py``, ``series``, ``batch``,
   ``io``, ``viz`` and the ``cli``) imports none of io, viz or the cli, never imports the
   package face, neither prints nor draws (no print(), matplotlib or pyvista);
 * no module imports a private name (leading underscore) of another module;
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-FACE = {"io", "viz", "cli"}
+FACE = {"io", "viz", "cli", "series", "batch"}
 DRAWING = {"matplotlib", "pyvista", "vtk"}
 SOURCES = sorted((ROOT / "tfm").rglob("*.py"))
 SCRIPTS = sorted(p for d in ("benchmarks", "examples", "scripts", "tests") for p in (ROOT / d).rglob("*.py"))

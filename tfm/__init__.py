@@ -17,8 +17,10 @@ from .grid import Grid  # noqa: E402
 from .material import LinearElastic, Material, NeoHookean  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .result import Result  # noqa: E402
+from .series import reconstruct_series  # noqa: E402
 
 __all__ = [
     "Grid", "LinearElastic", "Material", "NeoHookean", "Progress", "Result", "analytic", "fields", "io",
-    "measure_displacement", "reconstruct", "reconstruct_forces", "reconstruct_tractions", "segment", "__version__",
+    "measure_displacement", "reconstruct", "reconstruct_forces", "reconstruct_series", "reconstruct_tractions", "segment",
+    "__version__",
 ]

@@ -21,7 +21,7 @@ RECONSTRUCT_METHODS = ("classical", "dl")
 
 
 def reconstruct_forces(displacement, grid: Grid, material, method: str = "inverse", regularization="auto",
-                       mask=None, weights=None, **options) -> Result:
+                       mask=None, weights=None, start_um=None, **options) -> Result:
     """Body-force density (pN/µm³) that a cell applies to the matrix, from the matrix's
     displacement (µm).
 
@@ -40,6 +40,8 @@ def reconstruct_forces(displacement, grid: Grid, material, method: str = "invers
         estimate and, with ``support_um``, where (within that distance) forces may be.
       weights: inverse: optional (Z, Y, X) >= 0, the trust in each measurement (e.g. the
         DVC's ``valid`` map; 0 = not measured).
+      start_um: inverse: optional (Z, Y, X, 3) µm where its solver starts (a previous
+        frame's fitted field): fewer iterations to the same tolerance.
       **options: inverse: fields of :class:`~tfm.classical.inverse.InverseConfig`
         (``operator``, ``boundary``, ``penalty``, ``noise_um``, ``support_um``, ...); FTTC:
         ``pad``, ``pad_fraction``.
@@ -52,18 +54,18 @@ def reconstruct_forces(displacement, grid: Grid, material, method: str = "invers
     if method not in FORCE_METHODS:
         raise ValueError(f"method must be one of {FORCE_METHODS}, got {method!r}")
     if method == "fttc":
-        if mask is not None or weights is not None:
-            raise ValueError("mask and weights apply to method='inverse' (FTTC uses every point equally)")
+        if mask is not None or weights is not None or start_um is not None:
+            raise ValueError("mask, weights and start_um apply to method='inverse' (FTTC uses every point equally)")
         if not isinstance(material, LinearElastic):
             raise TypeError(f"material must be a tfm.LinearElastic for method='fttc', got {type(material).__name__}")
         force, info = fttc_3d(displacement, grid, material, regularization=regularization, **options)
     else:
-        force, info = _inverse(displacement, grid, material, regularization, mask, weights, options)
+        force, info = _inverse(displacement, grid, material, regularization, mask, weights, options, start_um)
     info = {"method": method, "youngs_modulus_pa": material.youngs_modulus_pa, "poisson_ratio": material.poisson_ratio, **info}
     return _with_equilibrium(Result(grid=grid, displacement=displacement, force=force, info=info))
 
 
-def _inverse(displacement, grid, material, regularization, mask, weights, options):
+def _inverse(displacement, grid, material, regularization, mask, weights, options, start_um=None):
     from .classical import inverse
 
     if isinstance(regularization, str):
@@ -84,11 +86,12 @@ def _inverse(displacement, grid, material, regularization, mask, weights, option
     if unknown:
         raise TypeError(f"unknown option(s) for method='inverse': {', '.join(unknown)} (known: {', '.join(sorted(names))})")
     config = inverse.InverseConfig(alpha=alpha, **options)
-    force, u_fit, info = inverse.solve(displacement, grid, material, weights=weights, mask=mask, config=config)
+    force, u_fit, info = inverse.solve(displacement, grid, material, weights=weights, mask=mask, config=config,
+                                       start_um=start_um)
     return force, {**info, "displacement_fit": u_fit}
 
 
-def measure_displacement(reference, deformed, grid, mask=None, progress=None, **options) -> Result:
+def measure_displacement(reference, deformed, grid, mask=None, progress=None, initial_um=None, **options) -> Result:
     """Displacement between a relaxed (``reference``) and a loaded (``deformed``) bead
     volume by digital volume correlation (:mod:`tfm.classical.dvc`), or between two 2D
     bead images by PIV with the same correlator (flat windows, :mod:`tfm.classical.piv`).
@@ -99,6 +102,8 @@ def measure_displacement(reference, deformed, grid, mask=None, progress=None, **
         the voxel size (z, y, x) / pixel size (y, x) in µm.
       mask: optional boolean (Z, Y, X), True inside the cell (excluded).
       progress: a :class:`tfm.progress.Progress`, or True for a progress bar (default silent).
+      initial_um: 3D: a field on the last pass's window centres to start from (the
+        previous frame of a time series; :func:`tfm.classical.dvc.correlate`).
       **options: fields of :class:`~tfm.classical.dvc.DVCConfig` (``windows``,
         ``overlap``, ``iterations``, ``drift``, ``min_quality``, ...); for images,
         ``windows`` are 2D sizes (an int or ``(wy, wx)`` per pass).
@@ -110,17 +115,20 @@ def measure_displacement(reference, deformed, grid, mask=None, progress=None, **
       map, and the drift removed.
     """
     if np.ndim(reference) == 2:
+        if initial_um is not None:
+            raise ValueError("initial_um applies to 3D volumes (the DVC)")
         u, out, info = piv.correlate_2d(reference, deformed, grid, mask=mask, progress=progress, **options)
         return Result(grid=out, displacement=u, info={"method": "piv", **info})
     config = dvc.DVCConfig(**options)
-    u, out, info = dvc.correlate(reference, deformed, grid, mask=mask, config=config, progress=progress)
+    u, out, info = dvc.correlate(reference, deformed, grid, mask=mask, config=config, progress=progress,
+                                 initial_um=initial_um)
     return Result(grid=out, displacement=u, info={"method": "dvc", **info})
 
 
 def reconstruct(reference, deformed, grid, material, method: str = "classical", mask=None,
                 regularization="auto", progress=None, dvc_options: dict | None = None, model=None,
                 dl_options: dict | None = None, force_method: str = "inverse", force_options: dict | None = None,
-                force_grid: str = "dvc", force_spacing_um: float = 1.5) -> Result:
+                force_grid: str = "dvc", force_spacing_um: float = 1.5, warm_start: Result | None = None) -> Result:
     """Bead volume pair -> displacement and force density in one call.
 
     ``grid`` is the volumes' :class:`~tfm.grid.Grid` or their voxel size (z, y, x) in µm.
@@ -153,18 +161,17 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
     :class:`~tfm.material.NeoHookean` too. ``mask`` is where the drift fit measures "far"
     from (the network itself sees the cell as the bead-free region).
 
+    ``warm_start``: a classical result of a pair with the same reference and options (the
+    previous frame of a time series, :func:`tfm.series.reconstruct_series`): the DVC's
+    last pass starts from its measured field (the coarse passes skipped) and the inverse on
+    the DVC grid from its fitted field; it changes the time, not the answer's accuracy
+    (the iterations still run to their tolerances). Ignored by ``method="dl"``.
+
     Returns a :class:`~tfm.result.Result` with ``displacement`` (µm) and ``force`` (pN/µm³).
     """
     if method not in RECONSTRUCT_METHODS:
         raise ValueError(f"method must be one of {RECONSTRUCT_METHODS}, got {method!r}")
-    if force_method not in FORCE_METHODS:
-        raise ValueError(f"force_method must be one of {FORCE_METHODS}, got {force_method!r}")
-    if force_grid not in FORCE_GRIDS:
-        raise ValueError(f"force_grid must be one of {FORCE_GRIDS}, got {force_grid!r}")
-    if force_grid == "fine" and force_method != "inverse":
-        raise ValueError("force_grid='fine' needs force_method='inverse'")
-    if not (np.isfinite(force_spacing_um) and force_spacing_um > 0):
-        raise ValueError(f"force_spacing_um must be a spacing > 0 (µm), got {force_spacing_um!r}")
+    _check_force_step(force_method, force_grid, force_spacing_um)
     if method == "dl":
         if force_options:
             raise ValueError("force_options apply to method='classical'")
@@ -173,20 +180,62 @@ def reconstruct(reference, deformed, grid, material, method: str = "classical", 
         return _with_equilibrium(predict(reference, deformed, grid, material, model=model, progress=progress, mask=mask,
                                          **(dl_options or {})))
     t0 = time.perf_counter()
-    disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, **(dvc_options or {}))
+    initial = _initial_field(warm_start, dvc_options)
+    disp = measure_displacement(reference, deformed, grid, mask=mask, progress=progress, initial_um=initial,
+                                **(dvc_options or {}))
+    start = warm_start.info.get("displacement_fit") if warm_start is not None and initial is not None else None
+    return forces_from_measurement(disp, Grid.of(np.shape(reference), grid), material, mask=mask,
+                                   regularization=regularization, force_method=force_method, force_options=force_options,
+                                   force_grid=force_grid, force_spacing_um=force_spacing_um, progress=progress,
+                                   start_um=start, time_dvc_s=time.perf_counter() - t0)
+
+
+def _check_force_step(force_method, force_grid, force_spacing_um) -> None:
+    if force_method not in FORCE_METHODS:
+        raise ValueError(f"force_method must be one of {FORCE_METHODS}, got {force_method!r}")
+    if force_grid not in FORCE_GRIDS:
+        raise ValueError(f"force_grid must be one of {FORCE_GRIDS}, got {force_grid!r}")
+    if force_grid == "fine" and force_method != "inverse":
+        raise ValueError("force_grid='fine' needs force_method='inverse'")
+    if not (np.isfinite(force_spacing_um) and force_spacing_um > 0):
+        raise ValueError(f"force_spacing_um must be a spacing > 0 (µm), got {force_spacing_um!r}")
+
+
+def _initial_field(warm_start, dvc_options):
+    """The DVC's starting field from a previous classical result (None: start afresh)."""
+    if warm_start is None:
+        return None
+    if not isinstance(warm_start, Result) or "dvc" not in warm_start.info:
+        raise TypeError("warm_start must be a classical tfm.Result of tfm.reconstruct (the previous frame)")
+    if (dvc_options or {}).get("output_spacing_um") is not None or "window_grid" in warm_start.info["dvc"]:
+        return None  # a resampled field is not on the windows: start afresh
+    return warm_start.measured().displacement
+
+
+def forces_from_measurement(disp: Result, image_grid: Grid, material, mask=None, regularization="auto",
+                            force_method: str = "inverse", force_options: dict | None = None, force_grid: str = "dvc",
+                            force_spacing_um: float = 1.5, progress=None, start_um=None, time_dvc_s: float = 0.0) -> Result:
+    """The force step of :func:`reconstruct` (same arguments) from a measured displacement
+    ``disp`` (:func:`measure_displacement`'s Result, or a field accumulated from such, with
+    its info's ``valid``, ``masked`` and ``passes``) of volumes on ``image_grid``.
+    ``start_um``: where the inverse on the DVC grid starts (a previous fitted field)."""
+    _check_force_step(force_method, force_grid, force_spacing_um)
+    t0 = time.perf_counter() - time_dvc_s
     t1 = time.perf_counter()
     masked = mask is not None and disp.info["masked"].any()
     if "window_grid" not in disp.info and (force_grid == "fine" or (force_grid == "auto" and masked and force_method == "inverse")):
-        return _forces_on_fine_grid(disp, Grid.of(np.shape(reference), grid), material, mask, regularization, force_options,
+        return _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force_options,
                                     force_spacing_um, t0, t1, progress)
     if force_grid == "fine":
         raise ValueError("force_grid='fine' needs the DVC's window grid (no output_spacing_um in dvc_options)")
     extra = {}
     if force_method == "inverse":
         extra = {"weights": disp.info["valid"].astype(np.float32), "mask": disp.info["masked"] if masked else None}
+        if start_um is not None and np.shape(start_um) == disp.displacement.shape:
+            extra["start_um"] = start_um
     forces = reconstruct_forces(disp.displacement, disp.grid, material, method=force_method,
                                 regularization=regularization, **extra, **(force_options or {}))
-    info = {**forces.info, "method": method, "force_method": force_method, "force_grid": "dvc", "dvc": disp.info,
+    info = {**forces.info, "method": "classical", "force_method": force_method, "force_grid": "dvc", "dvc": disp.info,
             "time_dvc_s": t1 - t0,
             "time_forces_s": time.perf_counter() - t1}
     return _with_equilibrium(Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info))

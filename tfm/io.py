@@ -165,35 +165,70 @@ def write_image(path, image, spacing_um) -> None:
 
 def write_volume(path, volume, spacing_um) -> None:
     """Write a (Z, Y, X) stack as an ImageJ TIFF that records its voxel size (µm, or a Grid)."""
+    _write_imagej(path, volume, spacing_um, "ZYX", "volume must be 3D (Z, Y, X)")
+
+
+def _write_imagej(path, data, spacing_um, axes: str, need: str) -> None:
+    """``data`` with ``axes`` (ending Z, Y, X) as an ImageJ TIFF with its voxel size, atomically."""
     import tifffile
 
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"volume must be 3D (Z, Y, X), got shape {vol.shape}")
+    data = np.asarray(data)
+    if data.ndim != len(axes):
+        raise ValueError(f"{need}, got shape {data.shape}")
     dz, dy, dx = check_spacing(spacing_um.spacing_um if isinstance(spacing_um, Grid) else spacing_um)
-    if vol.dtype == np.float64:
-        vol = vol.astype(np.float32)
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, vol, imagej=True, resolution=(1.0 / dx, 1.0 / dy), metadata={"spacing": dz, "unit": "um", "axes": "ZYX"})
+        tifffile.imwrite(tmp, data, imagej=True, resolution=(1.0 / dx, 1.0 / dy),
+                         metadata={"spacing": dz, "unit": "um", "axes": axes})
+
+
+def read_frames(path, spacing_um=None, channel: int | None = None):
+    """Read a time series of 3D stacks from one file: ``(frames, grid)``, ``frames`` a
+    (T, Z, Y, X) array (a file with no time axis is one frame). The file's time axis is
+    the one tifffile names T (ImageJ hyperstacks, OME-TIFF); the rest as
+    :func:`read_volume`. The whole series is read: for series larger than memory, give
+    one file per frame (``tfm series REF F1 F2 ...`` reads them one at a time)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"series file not found: {path}")
+    raster = read_raster(path)
+    if "T" not in raster.axes:
+        vol, grid = read_volume(path, spacing_um, channel)
+        return vol[None], grid
+    file_spacing = _ome_spacing(raster.ome_xml, axes="ZYX") if raster.ome_xml else None
+    if file_spacing is None and raster.imagej is not None:
+        file_spacing = _imagej_spacing(raster, need_z=True)
+    i = raster.axes.index("T")
+    axes = raster.axes[:i] + raster.axes[i + 1:]
+    frames = np.stack([_axes_to(np.take(raster.data, t, axis=i), axes, channel, 3, path) for t in range(raster.data.shape[i])])
+    if frames.dtype == bool or not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
+        raise ValueError(f"{path} holds {frames.dtype} pixels; tfm reads integer or floating-point images")
+    return frames, Grid(frames.shape[1:], _spacing(path, spacing_um, file_spacing, 3))
+
+
+def write_frames(path, frames, spacing_um) -> None:
+    """Write a (T, Z, Y, X) series as an ImageJ hyperstack that records its voxel size."""
+    _write_imagej(path, frames, spacing_um, "TZYX", "frames must be 4D (T, Z, Y, X)")
 
 
 # ----------------------------------------------------------------------------- HDF5
-def _split_arrays(obj, path: str, out: list):
+def split_arrays(obj, path: str, out: list):
     """Replace arrays of more than 8 elements by ``{"__dataset__": path}`` placeholders,
     collecting ``(path, array)`` in ``out``; the rest must be JSON-serialisable."""
     if isinstance(obj, dict):
-        return {str(k): _split_arrays(v, f"{path}/{k}", out) for k, v in obj.items()}
+        return {str(k): split_arrays(v, f"{path}/{k}", out) for k, v in obj.items()}
     if isinstance(obj, np.ndarray) and obj.size > 8:
         out.append((path, obj))
         return {"__dataset__": path}
     return jsonable(obj)
 
 
-def _join_arrays(obj, h):
+def join_arrays(obj, h):
     if isinstance(obj, dict):
         if set(obj) == {"__dataset__"}:
             return h[obj["__dataset__"]][...]
-        return {k: _join_arrays(v, h) for k, v in obj.items()}
+        return {k: join_arrays(v, h) for k, v in obj.items()}
     return obj
 
 
@@ -246,7 +281,7 @@ def write_result(path, result: Result, provenance: dict | None = None, preview_f
         h.attrs["tfm_version"] = __version__
         h.attrs["created_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         arrays: list = []
-        h.attrs["info_json"] = json.dumps(_split_arrays(result.info, "info", arrays))
+        h.attrs["info_json"] = json.dumps(split_arrays(result.info, "info", arrays))
         for name, arr in arrays:
             chunks = tuple(min(n, 64) for n in arr.shape) if arr.ndim >= 3 else None
             h.create_dataset(name, data=arr, compression="gzip", compression_opts=4, chunks=chunks)
@@ -259,7 +294,7 @@ def write_result(path, result: Result, provenance: dict | None = None, preview_f
     return path
 
 
-def _open_h5(path, what: str):
+def open_h5(path, what: str):
     import h5py
 
     path = Path(path)
@@ -276,7 +311,7 @@ def read_result(path, preview: bool = False) -> Result:
     fields only). A damaged file, or one that lacks what a result holds (its grid, a
     dataset its info refers to, the preview asked for), is a ValueError."""
     path = Path(path)
-    with _open_h5(path, "result") as h:
+    with open_h5(path, "result") as h:
         if h.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a tfm result file (attribute format={h.attrs.get('format')!r})")
         if preview and "preview" not in h:
@@ -290,7 +325,7 @@ def read_result(path, preview: bool = False) -> Result:
             if preview:
                 info = {"preview_of": list(h["grid"].attrs["shape"]), "preview_factor": list(src.attrs["factor"])}
             else:
-                info = _join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
+                info = join_arrays(json.loads(h.attrs.get("info_json", "{}")), h)
             info["provenance"] = json.loads(h.attrs.get("provenance_json", "{}"))
         except KeyError as exc:
             raise ValueError(f"{path} is an incomplete tfm result file (missing {exc})") from None
@@ -318,7 +353,7 @@ def read_displacement(path, spacing_um=None, dataset: str = "displacement"):
             raise ValueError(f"{path} is a bare array: pass spacing_um=(z, y, x) in µm (--spacing-um)")
         grid = Grid(u.shape[:-1], check_spacing(spacing_um)) if u.ndim == 4 else None
     else:
-        with _open_h5(path, "displacement") as h:
+        with open_h5(path, "displacement") as h:
             is_result = h.attrs.get("format") == FORMAT
             if not is_result:
                 if dataset not in h:

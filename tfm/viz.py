@@ -336,6 +336,29 @@ def decay_figure(decay: dict, path, title: str = "displacement decay") -> Path:
     return save_figure(fig, path, dpi=120)
 
 
+def series_figure(table, path, title: str = "time series", truth=None) -> Path:
+    """A time series' table (:func:`tfm.series.reconstruct_series`) against time: the
+    contractility (with ``truth``, a sequence per frame, where known), the strain energy,
+    max |u| and the net force relative to the total, one panel each."""
+    plt = pyplot()
+    timed = all(row.get("time_s") is not None for row in table)
+    t = [row["time_s"] if timed else row["frame"] for row in table]
+    panels = (("contractility_pn", "contractility (nN)", 1e-3), ("strain_energy_pn_um", "strain energy (fJ)", 1e-3),
+              ("max_displacement_um", "max |u| (µm)", 1.0), ("net_force_over_total", "|net force| / sum |f|", 1.0))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), constrained_layout=True)
+    for ax, (key, label, scale) in zip(axes, panels):
+        ax.plot(t, [np.nan if row[key] is None else row[key] * scale for row in table], "o-", color="C0", label="tfm")
+        if key == "contractility_pn" and truth is not None:
+            ax.plot(t, np.asarray(truth, float) * scale, "s--", color="C3", label="truth")
+            ax.legend()
+        ax.set_xlabel("time (s)" if timed else "frame")
+        if not timed and len(table) <= 8 and all(row.get("label") for row in table):
+            ax.set_xticks(t, [row["label"] for row in table], rotation=20)
+        ax.set_ylabel(label)
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=110)
+
+
 def roc_figure(y_true, proba, path, class_names=None, title: str = "ROC") -> Path:
     """ROC curve(s) of class probabilities ``proba`` (N, K) against ``y_true`` to an image
     file (one curve per class for K > 2; :mod:`tfm.stiffness.metrics`)."""

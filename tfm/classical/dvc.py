@@ -304,7 +304,7 @@ def smooth_predictor(u):
 
 
 # ---------------------------------------------------------------------------- driver
-def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfig(), progress=None):
+def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfig(), progress=None, initial_um=None):
     """Measure the displacement between two bead volumes.
 
     Args:
@@ -314,6 +314,12 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
       mask: optional boolean (Z, Y, X), True where there is no gel (the cell): excluded.
       config: :class:`DVCConfig`.
       progress: a :class:`tfm.progress.Progress` (or True) for a progress bar.
+      initial_um: optional (nz, ny, nx, 3) µm on the last pass's window centres (a
+        previous result with the same windows, e.g. the last frame of a time series): the
+        coarse passes are skipped and the last pass starts from it plus this pair's rigid
+        shift (its iterations correct up to ``max_shift_fraction`` of a window); where
+        fewer windows than ``min_valid_fraction`` then correlate, the full coarse-to-fine
+        run follows. ``info["initial"]`` says which ran.
 
     Returns:
       ``(displacement_um, grid, info)``: displacement (nz, ny, nx, 3) in µm at the
@@ -330,24 +336,15 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
     drift = correlation.rigid_shift(ref, dfm)
     info = {"windows_voxels": [list(w) for w in config.windows], "windows_auto": auto, "overlap": config.overlap,
             "passes": [], "rigid_shift_voxels": drift.tolist(), "drift": config.drift}
-    u, layout = None, None
-    n_pass = len(config.windows)
-    budget = (n_pass - 1) * config.coarse_iterations + config.iterations
-    with resolve(progress).task(budget, "DVC") as bar:
-        for p, window in enumerate(config.windows):
-            last = p == n_pass - 1
-            overlap = config.overlap if last else config.coarse_overlap
-            step = tuple(max(1, int(round(w * (1 - overlap)))) for w in window)
-            new = _Layout.make(ref.shape, window, step)
-            u = np.broadcast_to(drift, (*new.shape, 3)).copy() if u is None else resample(u, layout.voxel_grid(), new.voxel_grid())
-            layout = new
-            cubic = last or not config.fast_passes
-            # The last pass runs at least twice: its first iteration moves to the cubic warp;
-            # the second measures the (then near-zero) residual where the peak fit has no bias.
-            u, maps, rec = _run_pass(vol, u, layout, _masked_windows(mask, layout), cubic, config, bar,
-                                     f"pass {p + 1}/{n_pass}", config.iterations if last else config.coarse_iterations,
-                                     min(2, config.iterations) if last else 1)
-            info["passes"].append(rec)
+    u, layout, maps = None, None, None
+    passes = list(enumerate(config.windows))
+    if initial_um is not None:
+        u, layout, maps = _from_initial(vol, initial_um, drift, ref.shape, image_grid, mask, config, info, progress)
+    if maps is None:
+        info["passes"] = []
+        with resolve(progress).task((len(passes) - 1) * config.coarse_iterations + config.iterations, "DVC") as bar:
+            for p, window in passes:
+                u, layout, maps = _pass(vol, u, layout, p, window, drift, ref.shape, mask, config, bar, info)
     _check_valid(maps, config)
     centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
     dist = drift_models.window_distances(centres, mask, image_grid.spacing_um)
@@ -368,6 +365,47 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
     if config.output_spacing_um is not None:
         return _dense(u_um, out_grid, config.output_spacing_um, info)
     return u_um, out_grid, info
+
+
+def _pass(vol, u, layout, p: int, window, drift, shape, mask, config: DVCConfig, bar, info):
+    """Pass ``p`` of the coarse-to-fine run, from the previous pass's ``u`` on ``layout``
+    (None: the rigid ``drift``); appends its record to ``info["passes"]``."""
+    n_pass = len(config.windows)
+    last = p == n_pass - 1
+    overlap = config.overlap if last else config.coarse_overlap
+    step = tuple(max(1, int(round(w * (1 - overlap)))) for w in window)
+    new = _Layout.make(shape, window, step)
+    u = np.broadcast_to(drift, (*new.shape, 3)).copy() if u is None else resample(u, layout.voxel_grid(), new.voxel_grid())
+    cubic = last or not config.fast_passes
+    # The last pass runs at least twice: its first iteration moves to the cubic warp;
+    # the second measures the (then near-zero) residual where the peak fit has no bias.
+    u, maps, rec = _run_pass(vol, u, new, _masked_windows(mask, new), cubic, config, bar, f"pass {p + 1}/{n_pass}",
+                             config.iterations if last else config.coarse_iterations, min(2, config.iterations) if last else 1)
+    info["passes"].append(rec)
+    return u, new, maps
+
+
+def _from_initial(vol, initial_um, drift, shape, image_grid: Grid, mask, config: DVCConfig, info, progress):
+    """The last pass alone, started from ``initial_um`` (µm, its window centres) plus the
+    rigid ``drift``: ``(u, layout, maps)``, or ``(None, None, None)`` where too few windows
+    then correlate (the caller runs every pass)."""
+    window = config.windows[-1]
+    layout = _Layout.make(shape, window, tuple(max(1, int(round(w * (1 - config.overlap)))) for w in window))
+    start = np.asarray(initial_um, np.float64)
+    if start.shape != (*layout.shape, 3) or not np.all(np.isfinite(start)):
+        raise ValueError(f"initial_um must be a finite field on the last pass's {layout.shape} window centres "
+                         f"(shape {(*layout.shape, 3)}), got shape {start.shape}")
+    u0 = start / np.asarray(image_grid.spacing_um) + drift
+    with resolve(progress).task(config.iterations, "DVC (from the initial field)") as bar:
+        u, maps, rec = _run_pass(vol, u0, layout, _masked_windows(mask, layout), True, config, bar, "last pass",
+                                 config.iterations, min(2, config.iterations))
+    outside = ~maps["masked"]
+    frac = float(maps["valid"][outside].mean()) if outside.any() else 0.0
+    info["initial"] = {"used": bool(frac >= config.min_valid_fraction), "valid_fraction": frac}
+    if not info["initial"]["used"]:
+        return None, None, None
+    info["passes"] = [rec]
+    return u, layout, maps
 
 
 def _dense(u_um, window_grid: Grid, spacing_um, info):

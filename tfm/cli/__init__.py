@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import adapt, displacement, forces, reconstruct, stiffness, synth, tractions2d, train, view
+from . import adapt, batch, displacement, forces, reconstruct, series, stiffness, synth, tractions2d, train, view
 
-COMMANDS = (forces, displacement, reconstruct, tractions2d, synth, train, adapt, view, stiffness)
+COMMANDS = (forces, displacement, reconstruct, series, batch, tractions2d, synth, train, adapt, view, stiffness)
 
 
 def build_parser() -> argparse.ArgumentParser:

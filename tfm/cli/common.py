@@ -133,11 +133,13 @@ def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
     return p
 
 
-def add_volume_args(p: argparse.ArgumentParser) -> None:
-    """Inputs and outputs of the bead-pair commands (displacement, reconstruct)."""
-    p.add_argument("reference", help="relaxed bead stack (TIFF / OME-TIFF)")
-    p.add_argument("deformed", help="deformed bead stack, same shape")
-    p.add_argument("-o", "--output", required=True, help="result file to write (.h5)")
+def add_volume_args(p: argparse.ArgumentParser, pair: bool = True) -> None:
+    """Inputs and outputs of the bead-pair commands (displacement, reconstruct); with
+    ``pair=False`` the command names its own inputs and output (tfm series)."""
+    if pair:
+        p.add_argument("reference", help="relaxed bead stack (TIFF / OME-TIFF)")
+        p.add_argument("deformed", help="deformed bead stack, same shape")
+        p.add_argument("-o", "--output", required=True, help="result file to write (.h5)")
     p.add_argument("--spacing-um", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in µm (overrides the files' metadata)")
     p.add_argument("--channel", type=int, help="channel of multi-channel bead stacks (default: the only one)")
     p.add_argument("--cell", help="cell-channel stack: the thresholded cell is excluded from correlation")
@@ -154,6 +156,9 @@ def add_volume_args(p: argparse.ArgumentParser) -> None:
                    "(default auto)")
     p.add_argument("--output-spacing-um", type=float, nargs="+", metavar="H",
                    help="also resample the displacement to this spacing, µm (H or HZ HY HX; cubic spline through the windows)")
+    if not pair:
+        p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+        return
     p.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
     p.add_argument("--preview-factor", type=int, nargs="+", metavar="K",
                    help="also store a copy of the fields at every K-th point (K or KZ KY KX) in the result file's "
@@ -183,7 +188,7 @@ def check_pair_outputs(args) -> None:
 
 def load_pair(args):
     """The two bead stacks, their Grid, the cell mask (or None) and the DVC options."""
-    from .. import io, segment
+    from .. import io
 
     ref, grid = io.read_volume(args.reference, spacing_um=args.spacing_um, channel=args.channel)
     dfm, grid_def = io.read_volume(args.deformed, spacing_um=args.spacing_um, channel=args.channel)
@@ -191,19 +196,29 @@ def load_pair(args):
         same_spacing(grid.spacing_um, grid_def.spacing_um, "stacks")
     if ref.shape != dfm.shape:
         raise UsageError(f"the stacks differ in shape: {args.reference} {ref.shape}, {args.deformed} {dfm.shape}")
-    mask = None
-    if args.cell:
-        cell, _ = io.read_volume(args.cell, spacing_um=grid.spacing_um)
-        if cell.shape != ref.shape:
-            raise UsageError(f"--cell {args.cell} has shape {cell.shape}, the bead stacks {ref.shape}")
-        mask = segment.cell_mask(cell, grid, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)
+    mask = cell_mask(args, args.cell, grid) if args.cell else None
+    return ref, dfm, grid, mask, dvc_options(args)
+
+
+def cell_mask(args, path, grid, option: str = "--cell"):
+    """The thresholded cell of the cell-channel stack ``path`` on the bead stacks' ``grid``."""
+    from .. import io, segment
+
+    cell, _ = io.read_volume(path, spacing_um=grid.spacing_um)
+    if cell.shape != grid.shape:
+        raise UsageError(f"{option} {path} has shape {cell.shape}, the bead stacks {grid.shape}")
+    return segment.cell_mask(cell, grid, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)
+
+
+def dvc_options(args) -> dict:
+    """The DVC's options from :func:`add_volume_args`'s arguments."""
     options = {"drift": None if args.drift == "none" else args.drift, "overlap": args.overlap,
                "target_beads": args.target_beads}
     if args.windows:
         options["windows"] = parse_windows(args.windows, 3)
     if args.output_spacing_um:
         options["output_spacing_um"] = one_or_three(args.output_spacing_um, "--output-spacing-um", float)
-    return ref, dfm, grid, mask, options
+    return options
 
 
 def provenance(args, command: str, **inputs) -> dict:
@@ -232,3 +247,29 @@ def write_outputs(args, result, prov: dict) -> None:
             summary["valid_windows"] = float(np.asarray(dvc_info["valid"])[outside].mean()) if outside.any() else 0.0
         print(json.dumps(jsonable(summary), indent=2))
         print(f"wrote {args.output}" + (f" and {args.vtk}" if getattr(args, "vtk", None) else ""))
+
+
+def json_table(rows) -> str:
+    """Rows of a table as JSON lines (one per row), for the terminal."""
+    return "\n".join(json.dumps(jsonable(row)) for row in rows)
+
+
+def dask_client(scheduler: str, workers: int = 2, memory_limit="auto"):
+    """``(client, cluster)``: ``scheduler="local"`` starts a LocalCluster of ``workers``
+    single-threaded worker processes, each restarted by Dask when it exceeds
+    ``memory_limit`` (its row or frame then fails, the others go on); an address connects
+    to a running scheduler (cluster None: it is not ours to close)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--scheduler needs dask.distributed: pip install 'tfm[dask]'") from None
+    if scheduler == "local":
+        if workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {workers}")
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                               dashboard_address=None)
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout=30), None
+    except OSError as exc:
+        raise UsageError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None

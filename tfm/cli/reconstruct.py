@@ -14,6 +14,12 @@ def add_parser(sub) -> None:
                        "both in one pass of the physics-informed 3D network (--method dl).",
                        epilog=common.EPILOG_UNITS, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_volume_args(r)
+    add_method_args(r)
+    r.set_defaults(run=run)
+
+
+def add_method_args(r) -> None:
+    """The gel, the method and its options (tfm reconstruct, tfm series)."""
     r.add_argument("--youngs-modulus-pa", type=float, required=True, help="Young's modulus of the gel, Pa")
     r.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
     r.add_argument("--method", choices=("classical", "dl"), default="classical",
@@ -38,7 +44,6 @@ def add_parser(sub) -> None:
                    "limits); dvc (default): on the DVC grid; auto: fine with --cell, else dvc")
     r.add_argument("--force-spacing-um", type=float, default=1.5,
                    help="classical, fine force grid: about how far apart its nodes are, µm (default 1.5)")
-    r.set_defaults(run=run)
 
 
 def _check_method_options(args) -> None:
@@ -58,31 +63,43 @@ def _check_method_options(args) -> None:
         raise common.UsageError("--model, --tile, --tile-overlap, --levels and --output-grid need --method dl")
 
 
-def run(args) -> int:
-    from ..api import reconstruct
+def material(args):
+    """The gel of ``--material``, ``--youngs-modulus-pa`` and ``--poisson-ratio``."""
     from ..material import LinearElastic, NeoHookean
 
+    law = NeoHookean if args.material == "neo-hookean" else LinearElastic
+    return law(args.youngs_modulus_pa, args.poisson_ratio)
+
+
+def method_kwargs(args, options: dict) -> dict:
+    """The keyword arguments of tfm.reconstruct (but the volumes, grid, material and mask)
+    from the method options, checked; ``options``: the DVC's (common.dvc_options)."""
     _check_method_options(args)
     force_options = common.force_options(args) if args.method == "classical" else None
     if args.method == "classical" and not (args.force_spacing_um > 0):
         raise common.UsageError(f"--force-spacing-um must be > 0 (µm), got {args.force_spacing_um}")
     if args.method == "classical" and args.force_grid == "fine" and args.force_method != "inverse":
         raise common.UsageError("--force-grid fine needs --force-method inverse")
-    if args.support_um is not None and not args.cell:
+    if args.support_um is not None and not (args.cell or getattr(args, "cells", None)):
         raise common.UsageError("--support-um needs --cell (forces are kept within that distance of the cell)")
-    law = NeoHookean if args.material == "neo-hookean" else LinearElastic
-    material = law(args.youngs_modulus_pa, args.poisson_ratio)
+    return dict(method=args.method, regularization=args.regularization, dvc_options=options, model=args.model,
+                dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
+                            "levels": "auto" if args.levels in (None, "auto") else int(args.levels),
+                            "output_grid": args.output_grid,
+                            **({"support_um": args.support_um} if args.support_um is not None else {})},
+                force_method=args.force_method, force_options=force_options,
+                **({"force_grid": args.force_grid, "force_spacing_um": args.force_spacing_um}
+                   if args.method == "classical" else {}))
+
+
+def run(args) -> int:
+    from ..api import reconstruct
+
+    kwargs = method_kwargs(args, common.dvc_options(args))
+    gel = material(args)
     common.check_pair_outputs(args)
     ref, dfm, grid, mask, options = common.load_pair(args)
-    result = reconstruct(ref, dfm, grid, material, method=args.method, mask=mask, regularization=args.regularization,
-                         progress=common.progress(args), dvc_options=options, model=args.model,
-                         dl_options={"tile": args.tile, "overlap": args.tile_overlap, "drift": options["drift"],
-                                     "levels": "auto" if args.levels in (None, "auto") else int(args.levels),
-                                     "output_grid": args.output_grid,
-                                     **({"support_um": args.support_um} if args.support_um is not None else {})},
-                         force_method=args.force_method, force_options=force_options,
-                         **({"force_grid": args.force_grid, "force_spacing_um": args.force_spacing_um}
-                            if args.method == "classical" else {}))
+    result = reconstruct(ref, dfm, grid, gel, mask=mask, progress=common.progress(args), **{**kwargs, "dvc_options": options})
     prov = common.provenance(args, "tfm reconstruct", reference=args.reference, deformed=args.deformed, cell=args.cell)
     common.write_outputs(args, result, prov)
     return 0
