@@ -251,3 +251,58 @@ def test_manifest_rows_are_checked_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="lacks the column.*deformed"):
         batch.read_manifest(tmp_path / "bad.csv")
     assert json.loads(json.dumps(batch.SUMMARY))  # the summary's columns are plain names
+
+
+def _run_until(cmd, ready, sig, timeout=120):
+    """Start ``cmd``, wait until ``ready()``, then send it ``sig``; returns its exit status."""
+    import os
+    import signal  # noqa: F401  (the caller's signal)
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "tfm.cli", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    t0 = time.time()
+    while not ready() and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(sig)
+    return proc.wait(timeout=60)
+
+
+def test_series_killed_outright_resumes_without_recomputing_finished_frames(sphere_series, tmp_path, monkeypatch):
+    import signal
+
+    ref, frames, mask, _ = sphere_series
+    tfm.io.write_volume(tmp_path / "ref.tif", ref, 1.0)
+    names = []
+    for t in range(5):
+        tfm.io.write_volume(tmp_path / f"f{t}.tif", frames[t], 1.0)
+        names.append(str(tmp_path / f"f{t}.tif"))
+    out = tmp_path / "s.h5"
+    parts = series.parts_dir(out)
+    cmd = ["series", str(tmp_path / "ref.tif"), *names, "-o", str(out), "--youngs-modulus-pa", "1000", "--quiet"]
+    code = _run_until(cmd, lambda: len(list(parts.glob("frame_*.h5"))) >= 2, signal.SIGKILL)
+    assert code == -signal.SIGKILL and not out.exists()
+    done = len(list(parts.glob("frame_*.h5")))
+    calls = []
+    real = tfm.api.reconstruct
+    monkeypatch.setattr(tfm.api, "reconstruct", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(cmd) == 0
+    assert len(calls) == 5 - done and 2 <= done < 5
+    assert len(series.read_series(out)) == 5 and not parts.exists()
+
+
+def test_batch_interrupted_resumes_without_recomputing_finished_rows(pairs, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    cmd = ["batch", str(pairs / "manifest.csv"), "-o", str(out), "--workers", "1", "--quiet"]
+    code = _run_until(cmd, lambda: len(list(out.glob("p*.h5"))) >= 1, signal.SIGINT)
+    assert code == 130  # interrupted, as the command says
+    done = {p.stem for p in out.glob("p*.h5")}
+    assert main(cmd) == 1  # the bad rows are still bad
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["name"] for r in rows if r["status"] == "skipped"} == done
+    assert {r["status"] for r in rows if r["name"] not in done} <= {"done", "invalid", "failed"}
