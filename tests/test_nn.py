@@ -13,6 +13,7 @@ import pytest
 
 import tfm
 from tfm.fields import resample
+from tfm.learn import config as configs
 from tfm.learn import store
 from tfm.learn.optim import OptimConfig
 from tfm.nn import features, flow, infer, physics, train
@@ -289,6 +290,17 @@ def test_config_errors_name_the_argument():
         UNet3D(TINY)(jnp.zeros((1, 10, 8, 8, 3)), jnp.zeros((1, 10, 8, 8, 8)), jnp.ones(1), jnp.ones((1, 3)))
     with pytest.raises(ValueError, match="FlowConfig.window"):
         flow.FlowConfig(window=0)
+    with pytest.raises(ValueError, match="drift_fit"):
+        ModelConfig(drift_fit="both")
+
+
+def test_drift_convention_of_a_model_is_the_one_it_is_given_at_inference():
+    """Models saved before the choice existed (their JSON has no drift_fit) fitted drift
+    alone, and keep doing so; a joint model's features have a cache of their own."""
+    old = {k: v for k, v in json.loads(TINY.to_json()).items() if k != "drift_fit"}
+    assert configs.from_dict(ModelConfig, old).drift_fit == "alone"
+    joint = UNet3D(ModelConfig(widths=(8, 8), drift_fit="joint"))
+    assert features.cache_key(joint) != features.cache_key(UNet3D(TINY))
 
 
 def test_store_round_trip(tmp_path, monkeypatch):

@@ -131,6 +131,15 @@ def test_series_frames_as_dask_tasks_equal_the_frames_run_one_after_another(sphe
         series.reconstruct_series(ref, frames[:3], GRID, GEL, mode="incremental", client=object())
 
 
+def test_series_with_the_learned_path(sphere_series):
+    ref, frames, mask, truth = sphere_series
+    s = _quiet(series.reconstruct_series, ref, frames[::2], GRID, GEL, method="dl", mask=mask)
+    assert len(s) == 3 and not any(s.column("warm_start")) and s.frame(0).info["model"]
+    c = s.column("contractility_pn")
+    assert np.all(np.diff(c) > 0) and np.all(c > 0)  # rises with the load (not proportional: docs/learned.md)
+    assert s.frame(2).grid == s.grid
+
+
 def test_series_refuses_bad_arguments(sphere_series):
     ref, frames, mask, _ = sphere_series
     with pytest.raises(ValueError, match="mode"):

@@ -9,8 +9,8 @@ recorded one after another):
 * ``"rigid"``: the whole-volume phase-correlation shift;
 * ``"median"``: the median displacement of the valid windows in the far half;
 * ``"affine"``: a least-squares ``b + G x`` over those far windows (also uniform strain);
-* ``"slicewise"``: a translation per z-plane of the window grid (the median of that
-  plane's far windows; planes without 5 of them interpolated between planes);
+* ``"slicewise"``: a translation per z-plane of the window grid (fitted to that plane's
+  far windows; planes without 5 of them interpolated between planes);
 * ``None``: nothing removed;
 * ``"auto"`` (the default of :mod:`tfm.classical.dvc`): the model the far field asks for
   (:func:`choose`): a translation (applied as ``"rigid"``), an affine field or a
@@ -19,6 +19,11 @@ recorded one after another):
   (1/r², no uniform part: Kelvin's solution), which absorbs the cell's own field, and a
   richer model must also lower the RMS residual by at least :data:`MIN_GAIN` (15 %): a
   contracting cell is not taken for a uniform strain.
+
+Affine and slicewise drift (chosen or asked for) are fitted together with that dipole
+field too, and only their drift part is subtracted (:func:`correction` given the voxel
+size), so the cell's own far field -- 1/r², not yet zero where a stack ends -- stays in
+the measurement; fitted alone, a plane's median takes a share of it.
 
 "Far" is measured in µm from the cell mask, or from the volume's centre without one.
 """
@@ -141,17 +146,17 @@ def choose(u, valid, centres, dist, shape, spacing_um=(1.0, 1.0, 1.0), centre_um
     if n < 60:  # too few far windows to tell models apart
         return "rigid", {"far_windows": n // 3, "reason": "too few far-field windows to compare models"}
     x = centres[far] * h
-    c = np.asarray(centre_um, float) if centre_um is not None else np.average(
-        centres.reshape(-1, 3) * h, axis=0, weights=np.linalg.norm(u - np.median(u[far], 0), axis=-1).ravel() + 1e-12)
+    c = cell_centre(u, far, centres, h, centre_um)
     y = u[far] * h
     plane = np.nonzero(far)[0]
     planes = [k for k in np.unique(plane) if np.sum(plane == k) >= 5]
     dip = dipole_basis(x - c)
     evidence = {}
     for mode in ("translation", "affine", "slicewise"):
-        a = np.concatenate([_design(mode, x - c, plane, planes), dip], -1)
-        coef, keep = _fit(y, a)
-        rms = float(np.sqrt(np.mean(np.sum(((y - a @ coef) / h)[keep] ** 2, -1))))
+        rows = np.isin(plane, planes) if mode == "slicewise" else np.ones(len(plane), bool)  # planes with their column
+        a = np.concatenate([_design(mode, x[rows] - c, plane[rows], planes), dip[rows]], -1)
+        coef, keep = _fit(y[rows], a)
+        rms = float(np.sqrt(np.mean(np.sum(((y[rows] - a @ coef) / h)[keep] ** 2, -1))))
         k = a.shape[-1]
         evidence[mode] = {"rms_voxels": rms, "parameters": k, "bic": n * math.log(max(rms, 1e-12) ** 2) + k * math.log(n)}
     best = "translation"
@@ -163,10 +168,62 @@ def choose(u, valid, centres, dist, shape, spacing_um=(1.0, 1.0, 1.0), centre_um
     return chosen, {"far_windows": n // 3, "models": evidence, "chosen": chosen, "cell_centre_um": c.tolist()}
 
 
-def correction(mode, u, rigid, valid, centres, dist, shape):
+def cell_centre(u, far, centres, h, centre_um=None) -> np.ndarray:
+    """Where the dipole basis is centred (µm): ``centre_um`` (the mask's centroid), else
+    the windows' mean weighted by how far each moves from the far field's median."""
+    if centre_um is not None:
+        return np.asarray(centre_um, float)
+    weights = np.linalg.norm(u - np.median(u[far], 0), axis=-1).ravel() + 1e-12
+    return np.average(centres.reshape(-1, 3) * h, axis=0, weights=weights)
+
+
+def _joint(mode, u, valid, centres, dist, shape, spacing_um, centre_um):
+    """The drift of ``mode`` (``"affine"`` or ``"slicewise"``) fitted to the far windows
+    together with a force dipole's far field at the cell (as :func:`choose` fits it), and
+    only the drift part of that fit evaluated at every window, in voxels: the cell's own
+    decaying field stays in ``u``. ``(field, translation at the volume centre, info)``;
+    None where too few far windows support the joint fit (the caller fits drift alone)."""
+    h = np.asarray(spacing_um, float)
+    far = far_windows(valid, dist)
+    c = cell_centre(u, far, centres, h, centre_um)
+    plane_all = np.broadcast_to(np.arange(u.shape[0])[:, None, None], u.shape[:3])
+    if mode == "slicewise":  # each plane's own far half, as the drift-alone fit takes it
+        far = np.stack([far_windows(valid[k], dist[k]) if valid[k].any() else valid[k] for k in range(u.shape[0])])
+    planes = [k for k in np.unique(plane_all[far]) if np.sum(plane_all[far] == k) >= 5]
+    if mode == "slicewise":  # a plane's windows enter where the plane has its translation
+        far = far & np.isin(plane_all, planes)
+    plane = plane_all[far]
+    x = centres[far] * h - c
+    drift_cols = _design(mode, x, plane, planes)
+    a = np.concatenate([drift_cols, dipole_basis(x)], -1)
+    if 3 * len(x) < 2 * a.shape[-1] + 30 or not planes:
+        return None
+    coef, _ = _fit(u[far] * h, a)
+    p = drift_cols.shape[-1]
+    x_all = centres.reshape(-1, 3) * h - c
+    if mode == "affine":
+        field = (_design(mode, x_all, None, None) @ coef[:p]).reshape(u.shape) / h
+        grad = coef[3:p].reshape(3, 3)  # [i][j] = d u_i / d x_j, µm / µm
+        x0 = (np.asarray(shape, float) - 1) / 2  # the volume's centre, voxel indices
+        removed = (coef[:3] + grad @ (x0 * h - c)) / h
+        return field, removed, {"drift_affine_gradient": (grad * h[None, :] / h[:, None]).tolist(), "drift_fit": "joint"}
+    per = np.full((u.shape[0], 3), np.nan)
+    for i, k in enumerate(planes):
+        per[k] = coef[3 * i:3 * i + 3] / h
+    ok = ~np.isnan(per[:, 0])
+    for comp in range(3):  # planes without 5 far windows: interpolated between planes
+        per[:, comp] = np.interp(np.arange(u.shape[0]), np.flatnonzero(ok), per[ok, comp])
+    return per[:, None, None, :], np.median(per, axis=0), {"drift_per_plane_voxels": per.tolist(), "drift_fit": "joint"}
+
+
+def correction(mode, u, rigid, valid, centres, dist, shape, spacing_um=None, centre_um=None):
     """``(field to subtract, its translation at the volume centre, info)`` for drift
     ``mode``; ``u`` (nz, ny, nx, 3) and ``rigid`` in voxels, ``centres`` the window centres
-    (voxel indices), ``dist`` their distances (µm), ``shape`` the volume's."""
+    (voxel indices), ``dist`` their distances (µm), ``shape`` the volume's. With
+    ``spacing_um`` (and the cell's centre ``centre_um``, µm, where known), ``"affine"`` and
+    ``"slicewise"`` are fitted jointly with a force dipole's far field and only their drift
+    part is subtracted (:func:`_joint`), so a cell's own far field is not taken out with the
+    drift; without it, drift alone is fitted to the far windows."""
     if mode not in DRIFTS:
         raise ValueError(f"drift must be one of {DRIFTS}, got {mode!r}")
     if mode == "auto":
@@ -176,6 +233,10 @@ def correction(mode, u, rigid, valid, centres, dist, shape):
     if mode == "median":
         m = np.median(u[far_windows(valid, dist)], axis=0)
         return m, m, {}
+    if mode in ("affine", "slicewise") and spacing_um is not None:
+        joint = _joint(mode, u, valid, centres, dist, shape, spacing_um, centre_um)
+        if joint is not None:
+            return joint
     if mode == "affine":
         far = far_windows(valid, dist)
         x0 = (np.asarray(shape) - 1) / 2

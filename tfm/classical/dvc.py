@@ -349,11 +349,12 @@ def correlate(reference, deformed, grid, mask=None, config: DVCConfig = DVCConfi
     centres = np.stack(np.meshgrid(*layout.centres(), indexing="ij"), -1)
     dist = drift_models.window_distances(centres, mask, image_grid.spacing_um)
     mode = config.drift
+    centre = centroid_um(mask, image_grid.spacing_um)
     if mode == "auto":
-        centre = centroid_um(mask, image_grid.spacing_um)
         mode, info["drift_evidence"] = drift_models.choose(u, maps["valid"], centres, dist, ref.shape,
                                                            image_grid.spacing_um, centre)
-    correction, removed, extra = drift_models.correction(mode, u, drift, maps["valid"], centres, dist, ref.shape)
+    correction, removed, extra = drift_models.correction(mode, u, drift, maps["valid"], centres, dist, ref.shape,
+                                                         image_grid.spacing_um, centre)
     info.update(extra, drift_model=mode)
     u = u - correction
     info.update(quality=maps["quality"].astype(np.float32), valid=maps["valid"], masked=maps["masked"],

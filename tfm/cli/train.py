@@ -31,6 +31,10 @@ def add_parser(sub) -> None:
     n.add_argument("--widths", type=int, nargs="+", default=[24, 32, 48], help="channels per U-Net level (default 24 32 48)")
     n.add_argument("--no-physics-forward", action="store_true",
                    help="force from the network alone, without the constitutive layer in the forward pass (an ablation)")
+    n.add_argument("--drift-fit", choices=("alone", "joint"), default="alone",
+                   help="how the stacks' drift is taken out of the motion the network learns from and is later given: "
+                   "joint (fitted with the cell's dipole far field, which then stays in the motion, as the DVC does) or "
+                   "alone (the shipped weights' convention; default)")
     n.add_argument("--spacing-um", type=float, nargs=3, metavar=("HZ", "HY", "HX"), default=[0.8, 0.6, 0.6],
                    help="finest working voxel, µm: finer stacks are binned toward it by integer factors (default 0.8 0.6 0.6)")
     n.add_argument("--crop", type=int, nargs="+", default=[24, 32, 32],
@@ -59,7 +63,7 @@ def run(args) -> int:
     cfg = train.TrainConfig(
         data=tuple(args.data),
         model=ModelConfig(widths=tuple(args.widths), physics_forward=not args.no_physics_forward,
-                          spacing_um=tuple(args.spacing_um), seed=args.seed),
+                          spacing_um=tuple(args.spacing_um), seed=args.seed, drift_fit=args.drift_fit),
         loss=physics.LossWeights(displacement=args.w_displacement, force=args.w_force, consistency=args.w_consistency,
                                  moments=args.w_moments, support=args.w_support),
         epochs=args.epochs, batch_size=args.batch_size,

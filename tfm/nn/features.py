@@ -55,8 +55,11 @@ FIELDS = ("motion", "context", "u", "g", "cell")
 
 def cache_key(model: UNet3D) -> str:
     """Hash of everything the cached features depend on."""
-    text = json.dumps({"flow": configs.to_dict(model.config.flow), "spacing_um": model.config.spacing_um,
-                       "multiple": infer.lk_multiple(model, 1), "version": FEATURES_VERSION}, sort_keys=True)
+    parts = {"flow": configs.to_dict(model.config.flow), "spacing_um": model.config.spacing_um,
+             "multiple": infer.lk_multiple(model, 1), "version": FEATURES_VERSION}
+    if model.config.drift_fit != "alone":  # (the key of every cache made before the choice existed stays)
+        parts["drift_fit"] = model.config.drift_fit
+    text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

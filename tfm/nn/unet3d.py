@@ -86,6 +86,9 @@ G_SCALE = 0.01  # network output 1 = 0.01 E / h of force density
 ARCHITECTURE = 2  # version of the architecture; models of another version are refused by name
 
 
+DRIFT_FITS = ("alone", "joint")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of :class:`UNet3D` and the working grid it was trained on (saved as JSON
@@ -97,6 +100,11 @@ class ModelConfig:
     impl: str = "auto"  # convolution implementation: "auto", "native" or "stacked2d"
     spacing_um: tuple = (0.8, 0.6, 0.6)  # finest working voxel (z, y, x), µm: stacks finer than this are brought to it
     flow: FlowConfig = FlowConfig()  # the motion front end it was trained with
+    # How the stacks' drift was taken out of the motion it was trained on (and so must be at
+    # inference): "alone", the drift model fitted to the far field by itself (every model
+    # trained so far, the shipped weights among them), or "joint", fitted together with a
+    # cell's dipole far field so the cell's own far field stays (as the DVC fits it).
+    drift_fit: str = "alone"
     architecture: int = ARCHITECTURE
     seed: int = 0  # parameter initialisation
 
@@ -108,6 +116,8 @@ class ModelConfig:
             raise ValueError(f"widths must be positive channel counts, got {self.widths}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.drift_fit not in DRIFT_FITS:
+            raise ValueError(f"drift_fit must be one of {DRIFT_FITS}, got {self.drift_fit!r}")
         if len(self.spacing_um) != 3 or any(not float(h) > 0 for h in self.spacing_um):
             raise ValueError(f"spacing_um must be 3 positive voxel sizes, got {self.spacing_um}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
