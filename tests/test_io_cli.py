@@ -233,3 +233,62 @@ def test_2d_images_carry_their_pixel_size(tmp_path):
 def _stack(tmp_path):
     io.write_volume(tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), (1, 1, 1))
     return tmp_path / "s.tif"
+
+
+# ---------------------------------------------------------------------------- OME-Zarr
+def test_ome_zarr_volume_round_trip_levels_and_channels(tmp_path):
+    vol = np.random.default_rng(0).integers(0, 4000, (12, 32, 40)).astype(np.uint16)
+    io.write_volume(tmp_path / "v.ome.zarr", vol, (0.8, 0.3, 0.25), levels=3)
+    back, grid = io.read_volume(tmp_path / "v.ome.zarr")
+    assert back.dtype == vol.dtype and np.array_equal(back, vol) and grid.spacing_um == (0.8, 0.3, 0.25)
+    coarse, g1 = io.read_volume(tmp_path / "v.ome.zarr", level=1)
+    assert coarse.shape == (12, 16, 20) and g1.spacing_um == pytest.approx((0.8, 0.6, 0.5))
+    with pytest.raises(ValueError, match="level must be one of 0..2"):
+        io.read_volume(tmp_path / "v.ome.zarr", level=3)
+    with pytest.raises(ValueError, match="level applies to OME-Zarr"):
+        io.write_volume(tmp_path / "v.tif", vol, 1.0) or io.read_volume(tmp_path / "v.tif", level=1)
+    with pytest.raises(FileNotFoundError):
+        io.read_volume(tmp_path / "absent.ome.zarr")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(ValueError, match="no OME-Zarr image"):
+        io.read_volume(tmp_path / "empty.zarr")
+
+
+def test_ome_zarr_result_round_trip_keeps_fields_grid_info_and_reads_as_images(tmp_path):
+    grid = tfm.Grid((8, 10, 12), (1.0, 0.5, 0.4), (2.0, 1.0, 3.0))
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal((*grid.shape, 3)).astype(np.float32)
+    res = tfm.Result(grid, u, 3 * u, info={"alpha": 0.5, "valid": rng.random(grid.shape) > 0.5, "dvc": {"q": np.ones(20)}})
+    path = io.write_result(tmp_path / "r.ome.zarr", res, {"command": "test"})
+    back = io.read_result(path)
+    assert back.grid == grid and np.array_equal(back.displacement, u) and np.array_equal(back.force, 3 * u)
+    assert np.array_equal(back.info["valid"], res.info["valid"]) and back.info["dvc"]["q"].shape == (20,)
+    assert back.info["alpha"] == 0.5 and back.info["provenance"] == {"command": "test"}
+    fx, g = io.read_volume(path / "force", channel=2)  # any OME-Zarr reader sees the components as channels
+    assert np.array_equal(fx, 3 * u[..., 2]) and g.spacing_um == grid.spacing_um
+    with pytest.raises(ValueError, match="preview"):
+        io.write_result(tmp_path / "p.ome.zarr", res, preview_factor=2)
+
+
+def test_reconstruct_command_reads_and_writes_ome_zarr_as_it_does_tiff(tmp_path):
+    from tfm.synth import timeseries
+
+    grid = tfm.Grid((48, 48, 48), 1.0)
+    data = timeseries.contracting_sphere(grid, 6.0, [-0.1], tfm.LinearElastic(1000.0, 0.45), seed=4)
+    for name, vol in (("ref", data["reference"]), ("def", data["frames"][0]), ("cell", data["mask"].astype(np.uint8) * 200)):
+        io.write_volume(tmp_path / f"{name}.tif", vol, grid)
+        io.write_volume(tmp_path / f"{name}.ome.zarr", vol, grid, levels=2)
+    common = ["--youngs-modulus-pa", "1000", "--force-grid", "fine", "--quiet"]
+    assert cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "-o", str(tmp_path / "t.h5"),
+                 "--cell", str(tmp_path / "cell.tif"), *common]) == 0
+    zarr_args = ["reconstruct", str(tmp_path / "ref.ome.zarr"), str(tmp_path / "def.ome.zarr"), "-o",
+                 str(tmp_path / "z.ome.zarr"), "--cell", str(tmp_path / "cell.ome.zarr"), *common]
+    assert cli.main(zarr_args) == 0
+    assert cli.main(zarr_args) == 0  # a tfm result may be replaced by the next run
+    a, b = io.read_result(tmp_path / "t.h5"), io.read_result(tmp_path / "z.ome.zarr")
+    np.testing.assert_array_equal(a.force, b.force)
+    assert b.contractility() > 0
+    assert cli.main(["reconstruct", str(tmp_path / "ref.ome.zarr"), str(tmp_path / "def.ome.zarr"), "-o",
+                 str(tmp_path / "ref.ome.zarr"), *common]) == 2  # an input is never overwritten
+    assert cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "-o", str(tmp_path / "x.h5"),
+                 "--level", "1", *common]) == 2

@@ -1,10 +1,15 @@
-"""Files in and out: TIFF / OME-TIFF / ImageJ stacks, HDF5 results, VTK for ParaView.
+"""Files in and out: TIFF / OME-TIFF / ImageJ stacks, OME-Zarr images and results, HDF5
+results, VTK for ParaView.
 
 This is the only module that converts units or axis orders:
 
 * TIFF voxel sizes are read from OME ``PhysicalSize{X,Y,Z}`` (with their units) or from
   ImageJ metadata (``spacing`` for z, the resolution tags for x and y, ``unit``).
   A file without a voxel size needs ``spacing_um`` from the caller: tfm never guesses.
+* OME-Zarr (``.zarr`` folders, through the ome-zarr library): a level and a channel of an
+  image are read (only those from disk), the voxel size from the level's
+  ``coordinateTransformations`` scale in its axes' units; results are written with the
+  vector components as the channel axis (c, z, y, x).
 * HDF5 results store arrays in tfm's own layout ((Z, Y, X, 3), components z, y, x) with
   units as attributes, plus the grid, the run's ``info`` and provenance.
 * VTK image data runs x fastest with vector components (x, y, z): arrays are reordered
@@ -24,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .atomic import atomic_path, jsonable
+from .atomic import atomic_dir, atomic_path, jsonable
 from .grid import Grid, check_spacing
 from .imagefile import ome_pixels, read_raster
 from .result import Result
@@ -124,22 +129,108 @@ def _spacing(path, spacing_um, file_spacing, ndim: int) -> tuple:
     raise ValueError(f"{path} stores no {what} size: pass spacing_um={order} in µm (--spacing-um on the command line)")
 
 
-def read_volume(path, spacing_um=None, channel: int | None = None):
+def read_volume(path, spacing_um=None, channel: int | None = None, level: int = 0):
     """Read a 3D stack (Z, Y, X) and the :class:`~tfm.grid.Grid` it is sampled on.
 
     Args:
       path: TIFF, OME-TIFF or ImageJ TIFF holding one 3D stack (or several channels;
-        pick one with ``channel``). A single plane is read as a one-plane stack.
+        pick one with ``channel``), or an OME-Zarr image (a ``.zarr`` folder). A single
+        plane is read as a one-plane stack.
       spacing_um: (z, y, x) voxel size; overrides the file's. Required when the file
         has none (tfm never guesses a voxel size).
       channel: index of the channel to read from a multi-channel (or colour) stack.
+      level: OME-Zarr: the multiscale level (0, the default: full resolution); its voxel
+        size is that level's ``coordinateTransformations`` scale (in µm from the axes'
+        units). Only that level's chosen channel is read from disk.
 
     Returns:
       ``(volume, grid)``: the volume in the file's dtype and its Grid (voxel size in µm,
       origin 0), which the pair-level functions (``tfm.reconstruct`` ...) take.
     """
-    data, file_spacing = _read_tiff(path, channel, 3)
+    if is_zarr(path):
+        data, file_spacing = _read_zarr(path, channel, level)
+    elif level != 0:
+        raise ValueError(f"level applies to OME-Zarr images (a .zarr folder), not {path}")
+    else:
+        data, file_spacing = _read_tiff(path, channel, 3)
     return data, Grid(data.shape, _spacing(path, spacing_um, file_spacing, 3))
+
+
+# --------------------------------------------------------------------------- OME-Zarr
+ZARR_SUFFIX = ".zarr"
+
+
+def is_zarr(path) -> bool:
+    """Whether ``path`` names a Zarr store (``NAME.zarr``, ``NAME.ome.zarr``) or a group in
+    one (``result.ome.zarr/force``)."""
+    return any(part.lower().endswith(ZARR_SUFFIX) for part in Path(path).parts)
+
+
+def _need_ome_zarr():
+    try:
+        import ome_zarr  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError:
+        raise ImportError("OME-Zarr needs the ome-zarr and zarr packages: pip install 'tfm[zarr]'") from None
+
+
+def _zarr_image(path):
+    """The first image node of the OME-Zarr at ``path`` (ome-zarr's Reader)."""
+    _need_ome_zarr()
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"OME-Zarr image not found: {path}")
+    location = parse_url(str(path))
+    nodes = [] if location is None else [n for n in Reader(location)() if n.data and "axes" in n.metadata]
+    if not nodes:
+        raise ValueError(f"{path} holds no OME-Zarr image (multiscales metadata with axes)")
+    return nodes[0]
+
+
+def _read_zarr(path, channel, level: int):
+    """``(volume, file_spacing)`` of level ``level`` of an OME-Zarr image, a channel picked."""
+    node = _zarr_image(path)
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(node.data):
+        raise ValueError(f"level must be one of 0..{len(node.data) - 1} for {path} ({len(node.data)} levels), got {level!r}")
+    axes = [a["name"] if isinstance(a, dict) else str(a) for a in node.metadata["axes"]]
+    units = {a["name"]: a.get("unit") for a in node.metadata["axes"] if isinstance(a, dict)}
+    transforms = node.metadata.get("coordinateTransformations") or []
+    scale = next((t["scale"] for t in (transforms[level] if level < len(transforms) else []) if t.get("type") == "scale"),
+                 None)
+    data = _axes_to(node.data[level], "".join(axes).upper(), channel, 3, path)  # lazy: dask until here
+    data = np.asarray(data)
+    if data.dtype == bool or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise ValueError(f"{path} holds {data.dtype} pixels; tfm reads integer or floating-point images")
+    spacing = None
+    if scale is not None and all(a in axes for a in "zyx"):
+        factors = [_unit_scale(units.get(a) or "micrometer") for a in "zyx"]
+        if None not in factors:
+            spacing = tuple(float(scale[axes.index(a)]) * f for a, f in zip("zyx", factors))
+    return data, spacing
+
+
+def _write_zarr_image(group, data, spacing_um, axes: str, levels: int = 1, origin_um=None) -> None:
+    """``data`` (axes ``axes``, ending z, y, x) as an OME-Zarr image in zarr ``group``:
+    ``levels`` pyramid levels (each halving y and x), voxel size and origin in µm."""
+    from ome_zarr.writer import write_image
+
+    factors = [{"y": 2**k, "x": 2**k} for k in range(1, int(levels))]
+    units = {a: "micrometer" for a in "zyx"}
+    scale = {**({"c": 1.0} if "c" in axes.lower() else {}), **dict(zip("zyx", map(float, spacing_um)))}
+    write_image(np.asarray(data), group, axes=axes.lower(), scale=scale, axes_units=units, scale_factors=factors or None)
+    if origin_um is not None and any(origin_um):
+        ms = group.attrs["ome"]["multiscales"] if "ome" in group.attrs else group.attrs["multiscales"]
+        for ds in ms[0]["datasets"]:  # the levels' translations, shifted by the grid's origin
+            for t in ds["coordinateTransformations"]:
+                if t["type"] == "translation":
+                    t["translation"] = [v + (origin_um["zyx".index(a)] if a in "zyx" else 0.0)
+                                        for v, a in zip(t["translation"], axes.lower())]
+        if "ome" in group.attrs:
+            group.attrs["ome"] = {**group.attrs["ome"], "multiscales": ms}
+        else:
+            group.attrs["multiscales"] = ms
 
 
 def read_image(path, spacing_um=None, channel: int | None = None):
@@ -163,9 +254,24 @@ def write_image(path, image, spacing_um) -> None:
         tifffile.imwrite(tmp, img, imagej=True, resolution=(1.0 / dx, 1.0 / dy), metadata={"unit": "um", "axes": "YX"})
 
 
-def write_volume(path, volume, spacing_um) -> None:
-    """Write a (Z, Y, X) stack as an ImageJ TIFF that records its voxel size (µm, or a Grid)."""
-    _write_imagej(path, volume, spacing_um, "ZYX", "volume must be 3D (Z, Y, X)")
+def write_volume(path, volume, spacing_um, levels: int = 1) -> None:
+    """Write a (Z, Y, X) stack that records its voxel size (µm, or a Grid): an ImageJ TIFF,
+    or for a ``.zarr`` path an OME-Zarr image with ``levels`` multiscale levels (each
+    halving y and x), written atomically as a folder."""
+    if not is_zarr(path):
+        _write_imagej(path, volume, spacing_um, "ZYX", "volume must be 3D (Z, Y, X)")
+        return
+    _need_ome_zarr()
+    import zarr
+
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"volume must be 3D (Z, Y, X), got shape {vol.shape}")
+    spacing = check_spacing(spacing_um.spacing_um if isinstance(spacing_um, Grid) else spacing_um)
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels must be a whole number >= 1, got {levels!r}")
+    with atomic_dir(path) as tmp:
+        _write_zarr_image(zarr.open_group(str(tmp), mode="w"), vol, spacing, "zyx", levels)
 
 
 def _write_imagej(path, data, spacing_um, axes: str, need: str) -> None:
@@ -270,10 +376,15 @@ def preview(result: Result, factor) -> Result:
 def write_result(path, result: Result, provenance: dict | None = None, preview_factor=None) -> Path:
     """Write ``result`` to HDF5 atomically: the fields chunked (64³ blocks) and compressed,
     float32. ``preview_factor`` (an int, or one per axis): also store :func:`preview`'s
-    copy in the group ``preview`` (``read_result(path, preview=True)``). Returns the path."""
+    copy in the group ``preview`` (``read_result(path, preview=True)``). A ``.zarr`` path
+    is written as OME-Zarr instead (:func:`write_result_zarr`). Returns the path."""
     import h5py
 
     path = Path(path)
+    if is_zarr(path):
+        if preview_factor is not None:
+            raise ValueError("preview_factor applies to HDF5 results (an OME-Zarr result has its own multiscale levels)")
+        return write_result_zarr(path, result, provenance)
     small = preview(result, preview_factor) if preview_factor is not None else None
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h:
         h.attrs["format"] = FORMAT
@@ -306,11 +417,87 @@ def open_h5(path, what: str):
         raise ValueError(f"cannot read {path} as HDF5 (truncated, damaged or not HDF5): {exc}") from None
 
 
+def write_result_zarr(path, result: Result, provenance: dict | None = None, levels: int = 2) -> Path:
+    """``result`` as an OME-Zarr folder, atomically: the groups ``displacement`` (µm) and
+    ``force`` (pN/µm³; Pa on 2D grids) are OME-Zarr images with axes (c, z, y, x), the
+    channels the components z, y, x, the grid's spacing and origin as their scale and
+    translation, ``levels`` multiscale levels (napari, Fiji/MoBIE and other OME-Zarr
+    viewers open them); the info's arrays under ``info/``, the rest of the info and the
+    provenance as JSON attributes of the root. 3D results."""
+    if result.grid.ndim != 3:
+        raise ValueError("OME-Zarr results are written for 3D grids; write 2D results as .h5")
+    _need_ome_zarr()
+    import zarr
+
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        arrays: list = []
+        root.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, tfm_version=__version__,
+                          info_json=json.dumps(split_arrays(result.info, "info", arrays)),
+                          provenance_json=json.dumps(jsonable(provenance or {})),
+                          grid={"shape": list(result.grid.shape), "spacing_um": list(result.grid.spacing_um),
+                                "origin_um": list(result.grid.origin_um)})
+        for name, arr in arrays:
+            root.create_array(name, data=np.asarray(arr))
+        for name, unit in (("displacement", "um"), ("force", "pN/um^3")):
+            field = getattr(result, name)
+            if field is None:
+                continue
+            chans = np.moveaxis(np.asarray(field, np.float32), -1, 0)  # (c = z, y, x components, z, y, x)
+            group = root.create_group(name)
+            _write_zarr_image(group, chans, result.grid.spacing_um, "czyx", levels, result.grid.origin_um)
+            group.attrs["tfm"] = {"units": unit, "components": "z,y,x"}
+    return path
+
+
+def _read_result_zarr(path) -> Result:
+    _need_ome_zarr()
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        attrs = dict(root.attrs)
+    except Exception as exc:  # noqa: BLE001 - zarr raises several kinds for a folder that is not a group
+        raise ValueError(f"cannot read {path} as Zarr: {exc}") from None
+    if attrs.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a tfm result (attribute format={attrs.get('format')!r})")
+    g = attrs["grid"]
+    grid = Grid(tuple(g["shape"]), tuple(g["spacing_um"]), tuple(g["origin_um"]))
+    fields = {}
+    for name in ("displacement", "force"):
+        if name in root:
+            level0 = root[name][dict(root[name].attrs)["ome"]["multiscales"][0]["datasets"][0]["path"]
+                                if "ome" in root[name].attrs else "0"]
+            fields[name] = np.moveaxis(np.asarray(level0[...]), 0, -1)
+    info = join_arrays(json.loads(attrs.get("info_json", "{}")), {k: root[k] for k in _array_paths(root)})
+    info["provenance"] = json.loads(attrs.get("provenance_json", "{}"))
+    return Result(grid=grid, displacement=fields.get("displacement"), force=fields.get("force"), info=info)
+
+
+def _array_paths(root, prefix: str = "info") -> list:
+    """The paths of the arrays under ``root[prefix]`` (the info's large arrays)."""
+    if prefix not in root:
+        return []
+    out = []
+    for name, item in root[prefix].members():
+        key = f"{prefix}/{name}"
+        out += _array_paths(root, key) if hasattr(item, "members") else [key]
+    return out
+
+
 def read_result(path, preview: bool = False) -> Result:
     """Read a Result written by :func:`write_result` (``preview=True``: its preview copy,
-    fields only). A damaged file, or one that lacks what a result holds (its grid, a
-    dataset its info refers to, the preview asked for), is a ValueError."""
+    fields only; an OME-Zarr result (``.zarr``) reads its full-resolution level). A damaged
+    file, or one that lacks what a result holds (its grid, a dataset its info refers to,
+    the preview asked for), is a ValueError."""
     path = Path(path)
+    if is_zarr(path):
+        if preview:
+            raise ValueError("preview applies to HDF5 results; read an OME-Zarr result's coarser levels with a viewer")
+        if not path.is_dir():
+            raise FileNotFoundError(f"result file not found: {path}")
+        return _read_result_zarr(path)
     with open_h5(path, "result") as h:
         if h.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a tfm result file (attribute format={h.attrs.get('format')!r})")

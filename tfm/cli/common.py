@@ -114,8 +114,9 @@ def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
     if p.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {p}: the file is written as {suffixes[0]}; name it with that suffix "
                          f"({' or '.join(suffixes)})")
-    if p.is_dir():
-        raise UsageError(f"{option} {p} is a directory; give a file name")
+    if p.is_dir() and not (p.suffix.lower() == ".zarr" and _is_tfm_zarr(p)):
+        raise UsageError(f"{option} {p} is a directory" + (" that is not a tfm result; name another" if
+                                                            p.suffix.lower() == ".zarr" else "; give a file name"))
     for i in inputs:
         if i is not None and (_same_file(p, Path(i)) or p.absolute() == Path(i).absolute()):
             raise UsageError(f"{option} {p} is also an input; writing it would destroy that input")
@@ -133,15 +134,32 @@ def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
     return p
 
 
+def _is_tfm_zarr(path: Path) -> bool:
+    """An existing OME-Zarr folder written by tfm (it may be replaced by a new result)."""
+    import json as _json
+
+    for meta in (path / "zarr.json", path / ".zattrs"):
+        if meta.is_file():
+            try:
+                attrs = _json.loads(meta.read_text())
+            except ValueError:
+                return False
+            return attrs.get("attributes", attrs).get("format") == "tfm-result"
+    return False
+
+
 def add_volume_args(p: argparse.ArgumentParser, pair: bool = True) -> None:
     """Inputs and outputs of the bead-pair commands (displacement, reconstruct); with
     ``pair=False`` the command names its own inputs and output (tfm series)."""
     if pair:
         p.add_argument("reference", help="relaxed bead stack (TIFF / OME-TIFF)")
         p.add_argument("deformed", help="deformed bead stack, same shape")
-        p.add_argument("-o", "--output", required=True, help="result file to write (.h5)")
+        p.add_argument("-o", "--output", required=True, help="result to write: .h5 (HDF5), or .ome.zarr (an OME-Zarr "
+                       "folder that napari and other OME-Zarr viewers open)")
     p.add_argument("--spacing-um", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in µm (overrides the files' metadata)")
     p.add_argument("--channel", type=int, help="channel of multi-channel bead stacks (default: the only one)")
+    p.add_argument("--level", type=int, default=0, help="OME-Zarr inputs (.zarr): the multiscale level to read (default 0, "
+                   "full resolution; a coarser level for a quick look)")
     p.add_argument("--cell", help="cell-channel stack: the thresholded cell is excluded from correlation")
     p.add_argument("--cell-threshold", type=float, help="intensity threshold of the cell channel (default: Otsu)")
     p.add_argument("--cell-dilate-um", type=float, default=0.0, help="grow the cell mask by this distance, µm")
@@ -180,8 +198,10 @@ def preview_factor(args):
 def check_pair_outputs(args) -> None:
     preview_factor(args)
     inputs = (args.reference, args.deformed, getattr(args, "cell", None))
-    check_output(args.output, (".h5", ".hdf5"), inputs)
+    check_output(args.output, (".h5", ".hdf5", ".zarr"), inputs)
     check_output(args.vtk, (".vti",), inputs, "--vtk")
+    if args.output.lower().endswith(".zarr") and preview_factor(args) is not None:
+        raise UsageError("--preview-factor applies to .h5 results (an OME-Zarr result has its own multiscale levels)")
     if args.vtk and Path(args.vtk).absolute() == Path(args.output).absolute():
         raise UsageError("--vtk and -o name the same file")
 
@@ -190,8 +210,9 @@ def load_pair(args):
     """The two bead stacks, their Grid, the cell mask (or None) and the DVC options."""
     from .. import io
 
-    ref, grid = io.read_volume(args.reference, spacing_um=args.spacing_um, channel=args.channel)
-    dfm, grid_def = io.read_volume(args.deformed, spacing_um=args.spacing_um, channel=args.channel)
+    ref, grid = io.read_volume(args.reference, spacing_um=args.spacing_um, channel=args.channel, **_level(args, args.reference))
+    dfm, grid_def = io.read_volume(args.deformed, spacing_um=args.spacing_um, channel=args.channel,
+                                   **_level(args, args.deformed))
     if args.spacing_um is None:
         same_spacing(grid.spacing_um, grid_def.spacing_um, "stacks")
     if ref.shape != dfm.shape:
@@ -200,11 +221,21 @@ def load_pair(args):
     return ref, dfm, grid, mask, dvc_options(args)
 
 
+def _level(args, path) -> dict:
+    """``level=`` for an OME-Zarr input; a level other than 0 on a TIFF is refused."""
+    from .. import io
+
+    level = getattr(args, "level", 0)
+    if level and not io.is_zarr(path):
+        raise UsageError(f"--level applies to OME-Zarr inputs (.zarr), not {path}")
+    return {"level": level} if io.is_zarr(path) else {}
+
+
 def cell_mask(args, path, grid, option: str = "--cell"):
     """The thresholded cell of the cell-channel stack ``path`` on the bead stacks' ``grid``."""
     from .. import io, segment
 
-    cell, _ = io.read_volume(path, spacing_um=grid.spacing_um)
+    cell, _ = io.read_volume(path, spacing_um=grid.spacing_um, **_level(args, path))
     if cell.shape != grid.shape:
         raise UsageError(f"{option} {path} has shape {cell.shape}, the bead stacks {grid.shape}")
     return segment.cell_mask(cell, grid, threshold=args.cell_threshold, dilate_um=args.cell_dilate_um)

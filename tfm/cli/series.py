@@ -51,8 +51,10 @@ def run(args) -> int:
     inputs = [args.reference, *args.frames, args.cell, *(args.cells or [])]
     common.check_output(args.output, (".h5", ".hdf5"), inputs)
     for path in inputs:
-        if path is not None and not Path(path).is_file():
+        if path is not None and not (Path(path).is_file() or (io.is_zarr(path) and Path(path).is_dir())):
             raise common.UsageError(f"input file not found: {path}")
+    if args.level:
+        raise common.UsageError("--level: tfm series reads OME-Zarr frames at their full resolution (level 0)")
     if args.interval_s is not None and not args.interval_s > 0:
         raise common.UsageError(f"--interval-s must be > 0, got {args.interval_s}")
     ref, grid = io.read_volume(args.reference, spacing_um=args.spacing_um, channel=args.channel)
