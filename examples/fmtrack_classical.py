@@ -82,7 +82,7 @@ def analyse(result, mask, spacing):
     tips, sides = near & (cos_long > 0.8), near & (cos_long < 0.4)
     # Force dipole of the reconstructed forces within 15 µm of the cell, about its centroid.
     image = tfm.Grid(mask.shape, spacing)
-    d_force = segment.distance_from_mask_um(mask, spacing)[segment.nearest_voxels(result.grid, image)]
+    d_force = segment.distance_at_voxels_um(mask, spacing, np.stack(segment.nearest_voxels(result.grid, image), -1))
     m = result.dipole_moment(mask=d_force < 15, center_um=c)
     m = 0.5 * (m + m.T)
     w, v = np.linalg.eigh(m)

@@ -65,7 +65,7 @@ def compare(classical, learned, mask, grid) -> dict:
 def force_near_cell(res, mask, grid, within_um=(5.0, 10.0, 20.0)) -> dict:
     """Share of the total |f| (pN) at points within each distance of the cell (µm): where a
     reconstruction puts the force (the matrix itself carries none)."""
-    dist = segment.distance_from_mask_um(mask, grid)[segment.nearest_voxels(res.grid, grid)]
+    dist = segment.distance_at_voxels_um(mask, grid.spacing_um, np.stack(segment.nearest_voxels(res.grid, grid), -1))
     mag = res.force_magnitude()
     total = float(mag.sum())
     return {f"{d:g}": float(mag[dist <= d].sum()) / total if total > 0 else 0.0 for d in within_um}

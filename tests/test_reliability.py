@@ -281,3 +281,23 @@ def test_mask_centroid_is_the_mean_voxel_position_in_um():
     np.testing.assert_allclose(tfm.segment.centroid_um(mask, (2.0, 0.5, 0.25), (1.0, 0.0, -1.0)), [5.0, 1.5, 0.25])
     np.testing.assert_allclose(tfm.segment.centroid_um(mask, (2.0, 0.5, 0.25)), [4.0, 1.5, 1.25])
     assert tfm.segment.centroid_um(np.zeros((2, 2, 2), bool), 1.0) is None and tfm.segment.centroid_um(None, 1.0) is None
+
+
+def test_distance_at_voxels_is_the_distance_transform_there():
+    """The KD-tree of the mask's boundary gives the exact Euclidean distance transform at
+    the voxels asked for (anisotropic voxels, a non-convex mask touching a face, points
+    inside and outside), and refuses what it cannot answer."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_dilation(rng.random((20, 30, 25)) > 0.995, iterations=2)
+    mask[:, 0, :3] = True  # at a face
+    h = (0.8, 0.3, 0.45)
+    idx = np.stack(np.meshgrid(*[np.arange(0, n, 3) for n in mask.shape], indexing="ij"), -1)
+    want = ndimage.distance_transform_edt(~mask, sampling=h)[tuple(np.moveaxis(idx, -1, 0))]
+    got = tfm.segment.distance_at_voxels_um(mask, h, idx)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-9 and (got == 0).any()
+    with pytest.raises(ValueError, match="empty"):
+        tfm.segment.distance_at_voxels_um(np.zeros((4, 4, 4), bool), h, np.zeros((1, 3), int))
+    with pytest.raises(ValueError, match="inside the mask's volume"):
+        tfm.segment.distance_at_voxels_um(mask, h, np.array([[20, 0, 0]]))

@@ -103,6 +103,32 @@ def distance_from_mask_um(mask, grid) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=Grid.of(mask.shape, grid).spacing_um)
 
 
+def distance_at_voxels_um(mask, spacing_um, index_points) -> np.ndarray:
+    """Euclidean distance (µm) from the voxels ``index_points`` (``(..., 3)`` integer
+    indices) to the nearest voxel of ``mask`` (0 inside): :func:`distance_from_mask_um`'s
+    values at those voxels only, from a KD-tree of the mask's boundary voxels (those with a
+    neighbour outside it: the nearest mask voxel to a point outside is always one of them).
+    On a 176 x 512 x 512 stack the whole-volume transform takes seconds; this, milliseconds."""
+    from scipy.spatial import cKDTree
+
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        raise ValueError("mask is empty")
+    idx = np.asarray(index_points, dtype=int)
+    flat = idx.reshape(-1, m.ndim)
+    if np.any(flat < 0) or np.any(flat >= np.asarray(m.shape)):
+        raise ValueError("index_points must lie inside the mask's volume")
+    span = [np.flatnonzero(np.any(m, axis=tuple(j for j in range(m.ndim) if j != a))) for a in range(m.ndim)]
+    lo = np.maximum([s[0] - 1 for s in span], 0)
+    hi = np.minimum([s[-1] + 2 for s in span], m.shape)
+    box = m[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    edge = box & ~ndimage.binary_erosion(box, structure=np.ones((3,) * m.ndim, bool), border_value=0)
+    h = np.asarray(spacing_um, float)
+    dist, _ = cKDTree((np.argwhere(edge) + lo) * h).query(flat * h)
+    dist[m[tuple(flat.T)]] = 0.0
+    return dist.reshape(idx.shape[:-1])
+
+
 def nearest_voxels(points: Grid, image: Grid) -> tuple:
     """Index arrays (one per axis, ``points.shape``) of the ``image`` voxel nearest to each
     point of the grid ``points`` (e.g. a result's grid, in the image's coordinates): index a

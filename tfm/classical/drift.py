@@ -33,7 +33,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import linalg, ndimage
+from scipy import linalg
+
+from ..segment import distance_at_voxels_um
 
 DRIFTS = ("auto", "rigid", "median", "affine", "slicewise", None)
 MIN_GAIN = 0.15  # "auto": a richer model must lower the far field's RMS residual by this fraction
@@ -44,9 +46,8 @@ def window_distances(centres, mask, spacing_um) -> np.ndarray:
     without one, from the centres' mean."""
     h = np.asarray(spacing_um, float)
     if mask is not None and mask.any():
-        dist = ndimage.distance_transform_edt(~mask, sampling=h)
         idx = np.clip(np.round(centres).astype(int), 0, np.asarray(mask.shape) - 1)
-        return dist[idx[..., 0], idx[..., 1], idx[..., 2]]
+        return distance_at_voxels_um(mask, h, idx)
     return np.linalg.norm((centres - centres.reshape(-1, 3).mean(0)) * h, axis=-1)
 
 
