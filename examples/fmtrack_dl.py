@@ -105,7 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--support-um", type=float, default=4.0,
                    help="forces of the network farther than this from the cell mask are set to zero (µm, default 4)")
     p.add_argument("--no-mask", action="store_true",
-                   help="run the network without the cell mask (its own support map decides where forces are)")
+                   help="run without the cell mask (the network's own support map decides where its forces are; the "
+                   "classical pipeline, unless --classical is given, runs without it too); the mask still measures "
+                   "distances from the cell")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "CytoD_Beads.tif").is_file():
@@ -124,7 +126,8 @@ def main(argv=None) -> int:
         rep["classical_from"] = str(args.classical)
     else:
         t0 = time.perf_counter()
-        classical = tfm.reconstruct(ref, dfm, grid, gel, mask=mask, progress=False)
+        # without the mask, both methods run without it: where each puts the force on its own
+        classical = tfm.reconstruct(ref, dfm, grid, gel, mask=None if args.no_mask else mask, progress=False)
         rep["time_classical_s"] = time.perf_counter() - t0
     drift = classical.info["dvc"]["drift_model"]
     t0 = time.perf_counter()
