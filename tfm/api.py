@@ -237,10 +237,11 @@ def forces_from_measurement(disp: Result, image_grid: Grid, material, mask=None,
             extra["start_um"] = start_um
     forces = reconstruct_forces(disp.displacement, disp.grid, material, method=force_method,
                                 regularization=regularization, **extra, **(force_options or {}))
+    # forces.info holds its equilibrium already (reconstruct_forces: the same force on the same grid)
     info = {**forces.info, "method": "classical", "force_method": force_method, "force_grid": "dvc", "dvc": disp.info,
             "time_dvc_s": t1 - t0,
             "time_forces_s": time.perf_counter() - t1}
-    return _with_equilibrium(Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info))
+    return Result(grid=disp.grid, displacement=disp.displacement, force=forces.force, info=info)
 
 
 def _with_equilibrium(result: Result) -> Result:

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from .atomic import write_text
-from .io import is_zarr
+from .io import volume_exists
 from .progress import resolve
 
 COLUMNS = ("reference", "deformed", "cell", "name", "spacing_um", "youngs_modulus_pa", "poisson_ratio", "material",
@@ -144,7 +144,7 @@ def _row(number: int, cells: dict, base: Path, defaults: dict) -> Row:
         if not text:
             return None
         p = Path(text) if Path(text).is_absolute() else base / text
-        if not (p.is_file() or (is_zarr(p) and p.is_dir())):  # a TIFF, or an OME-Zarr folder
+        if not volume_exists(p):  # a TIFF, or an OME-Zarr folder
             raise ValueError(f"{key}: file not found: {p}")
         return str(p.resolve())
 

@@ -32,6 +32,7 @@ from ._version import __version__
 from .atomic import atomic_dir, atomic_path, jsonable
 from .grid import Grid, check_spacing
 from .imagefile import ome_pixels, read_raster
+from .zarrfile import image_node, is_zarr, need_ome_zarr, write_image_group
 from .result import Result
 
 FORMAT = "tfm-result"
@@ -108,16 +109,26 @@ def _read_tiff(path, channel, ndim: int):
     if not path.is_file():
         raise FileNotFoundError(f"{'volume' if ndim == 3 else 'image'} file not found: {path}")
     raster = read_raster(path)
+    return _check_pixels(_axes_to(raster.data, raster.axes, channel, ndim, path), path), _raster_spacing(raster, ndim)
+
+
+def _raster_spacing(raster, ndim: int):
+    """The (z, y, x) or (y, x) pixel size (µm) an image file stores (OME first, then
+    ImageJ), or None."""
     file_spacing = None
     if raster.ome_xml:
         file_spacing = _ome_spacing(raster.ome_xml, axes="ZYX"[-ndim:])
     if file_spacing is None and raster.imagej is not None:
         sp3 = _imagej_spacing(raster, need_z=ndim == 3)
         file_spacing = None if sp3 is None else sp3[-ndim:]
-    data = _axes_to(raster.data, raster.axes, channel, ndim, path)
+    return file_spacing
+
+
+def _check_pixels(data, path):
+    """``data``, refused unless its pixels are integers or floating point."""
     if data.dtype == bool or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise ValueError(f"{path} holds {data.dtype} pixels; tfm reads integer or floating-point images")
-    return data, file_spacing
+    return data
 
 
 def _spacing(path, spacing_um, file_spacing, ndim: int) -> tuple:
@@ -157,41 +168,29 @@ def read_volume(path, spacing_um=None, channel: int | None = None, level: int = 
 
 
 # --------------------------------------------------------------------------- OME-Zarr
-ZARR_SUFFIX = ".zarr"
+def volume_exists(path) -> bool:
+    """Whether ``path`` is a stack :func:`read_volume` can open: a file, or an OME-Zarr folder."""
+    path = Path(path)
+    return path.is_file() or (is_zarr(path) and path.is_dir())
 
 
-def is_zarr(path) -> bool:
-    """Whether ``path`` names a Zarr store (``NAME.zarr``, ``NAME.ome.zarr``) or a group in
-    one (``result.ome.zarr/force``)."""
-    return any(part.lower().endswith(ZARR_SUFFIX) for part in Path(path).parts)
+def is_result_zarr(path) -> bool:
+    """Whether ``path`` is an OME-Zarr folder holding a tfm result (a new result may
+    replace it; any other folder must not be)."""
+    if not (is_zarr(path) and Path(path).is_dir()):
+        return False
+    need_ome_zarr()
+    import zarr
 
-
-def _need_ome_zarr():
     try:
-        import ome_zarr  # noqa: F401
-        import zarr  # noqa: F401
-    except ImportError:
-        raise ImportError("OME-Zarr needs the ome-zarr and zarr packages: pip install 'tfm[zarr]'") from None
-
-
-def _zarr_image(path):
-    """The first image node of the OME-Zarr at ``path`` (ome-zarr's Reader)."""
-    _need_ome_zarr()
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"OME-Zarr image not found: {path}")
-    location = parse_url(str(path))
-    nodes = [] if location is None else [n for n in Reader(location)() if n.data and "axes" in n.metadata]
-    if not nodes:
-        raise ValueError(f"{path} holds no OME-Zarr image (multiscales metadata with axes)")
-    return nodes[0]
+        return zarr.open_group(str(path), mode="r").attrs.get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - zarr raises several kinds for a folder that is not a group
+        return False
 
 
 def _read_zarr(path, channel, level: int):
     """``(volume, file_spacing)`` of level ``level`` of an OME-Zarr image, a channel picked."""
-    node = _zarr_image(path)
+    node = image_node(path)
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(node.data):
         raise ValueError(f"level must be one of 0..{len(node.data) - 1} for {path} ({len(node.data)} levels), got {level!r}")
     axes = [a["name"] if isinstance(a, dict) else str(a) for a in node.metadata["axes"]]
@@ -200,37 +199,13 @@ def _read_zarr(path, channel, level: int):
     scale = next((t["scale"] for t in (transforms[level] if level < len(transforms) else []) if t.get("type") == "scale"),
                  None)
     data = _axes_to(node.data[level], "".join(axes).upper(), channel, 3, path)  # lazy: dask until here
-    data = np.asarray(data)
-    if data.dtype == bool or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise ValueError(f"{path} holds {data.dtype} pixels; tfm reads integer or floating-point images")
+    data = _check_pixels(np.asarray(data), path)
     spacing = None
     if scale is not None and all(a in axes for a in "zyx"):
         factors = [_unit_scale(units.get(a) or "micrometer") for a in "zyx"]
         if None not in factors:
             spacing = tuple(float(scale[axes.index(a)]) * f for a, f in zip("zyx", factors))
     return data, spacing
-
-
-def _write_zarr_image(group, data, spacing_um, axes: str, levels: int = 1, origin_um=None) -> None:
-    """``data`` (axes ``axes``, ending z, y, x) as an OME-Zarr image in zarr ``group``:
-    ``levels`` pyramid levels (each halving y and x), voxel size and origin in µm."""
-    from ome_zarr.writer import write_image
-
-    factors = [{"y": 2**k, "x": 2**k} for k in range(1, int(levels))]
-    units = {a: "micrometer" for a in "zyx"}
-    scale = {**({"c": 1.0} if "c" in axes.lower() else {}), **dict(zip("zyx", map(float, spacing_um)))}
-    write_image(np.asarray(data), group, axes=axes.lower(), scale=scale, axes_units=units, scale_factors=factors or None)
-    if origin_um is not None and any(origin_um):
-        ms = group.attrs["ome"]["multiscales"] if "ome" in group.attrs else group.attrs["multiscales"]
-        for ds in ms[0]["datasets"]:  # the levels' translations, shifted by the grid's origin
-            for t in ds["coordinateTransformations"]:
-                if t["type"] == "translation":
-                    t["translation"] = [v + (origin_um["zyx".index(a)] if a in "zyx" else 0.0)
-                                        for v, a in zip(t["translation"], axes.lower())]
-        if "ome" in group.attrs:
-            group.attrs["ome"] = {**group.attrs["ome"], "multiscales": ms}
-        else:
-            group.attrs["multiscales"] = ms
 
 
 def read_image(path, spacing_um=None, channel: int | None = None):
@@ -261,7 +236,7 @@ def write_volume(path, volume, spacing_um, levels: int = 1) -> None:
     if not is_zarr(path):
         _write_imagej(path, volume, spacing_um, "ZYX", "volume must be 3D (Z, Y, X)")
         return
-    _need_ome_zarr()
+    need_ome_zarr()
     import zarr
 
     vol = np.asarray(volume)
@@ -271,7 +246,7 @@ def write_volume(path, volume, spacing_um, levels: int = 1) -> None:
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
         raise ValueError(f"levels must be a whole number >= 1, got {levels!r}")
     with atomic_dir(path) as tmp:
-        _write_zarr_image(zarr.open_group(str(tmp), mode="w"), vol, spacing, "zyx", levels)
+        write_image_group(zarr.open_group(str(tmp), mode="w"), vol, spacing, "zyx", levels)
 
 
 def _write_imagej(path, data, spacing_um, axes: str, need: str) -> None:
@@ -299,18 +274,15 @@ def read_frames(path, spacing_um=None, channel: int | None = None):
     if not path.is_file():
         raise FileNotFoundError(f"series file not found: {path}")
     raster = read_raster(path)
-    if "T" not in raster.axes:
-        vol, grid = read_volume(path, spacing_um, channel)
-        return vol[None], grid
-    file_spacing = _ome_spacing(raster.ome_xml, axes="ZYX") if raster.ome_xml else None
-    if file_spacing is None and raster.imagej is not None:
-        file_spacing = _imagej_spacing(raster, need_z=True)
-    i = raster.axes.index("T")
-    axes = raster.axes[:i] + raster.axes[i + 1:]
-    frames = np.stack([_axes_to(np.take(raster.data, t, axis=i), axes, channel, 3, path) for t in range(raster.data.shape[i])])
-    if frames.dtype == bool or not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
-        raise ValueError(f"{path} holds {frames.dtype} pixels; tfm reads integer or floating-point images")
-    return frames, Grid(frames.shape[1:], _spacing(path, spacing_um, file_spacing, 3))
+    if "T" in raster.axes:
+        i = raster.axes.index("T")
+        axes = raster.axes[:i] + raster.axes[i + 1:]
+        frames = np.stack([_axes_to(np.take(raster.data, t, axis=i), axes, channel, 3, path)
+                           for t in range(raster.data.shape[i])])
+    else:  # one frame
+        frames = _axes_to(raster.data, raster.axes, channel, 3, path)[None]
+    _check_pixels(frames, path)
+    return frames, Grid(frames.shape[1:], _spacing(path, spacing_um, _raster_spacing(raster, 3), 3))
 
 
 def write_frames(path, frames, spacing_um) -> None:
@@ -426,7 +398,7 @@ def write_result_zarr(path, result: Result, provenance: dict | None = None, leve
     provenance as JSON attributes of the root. 3D results."""
     if result.grid.ndim != 3:
         raise ValueError("OME-Zarr results are written for 3D grids; write 2D results as .h5")
-    _need_ome_zarr()
+    need_ome_zarr()
     import zarr
 
     path = Path(path)
@@ -446,13 +418,13 @@ def write_result_zarr(path, result: Result, provenance: dict | None = None, leve
                 continue
             chans = np.moveaxis(np.asarray(field, np.float32), -1, 0)  # (c = z, y, x components, z, y, x)
             group = root.create_group(name)
-            _write_zarr_image(group, chans, result.grid.spacing_um, "czyx", levels, result.grid.origin_um)
+            write_image_group(group, chans, result.grid.spacing_um, "czyx", levels, result.grid.origin_um)
             group.attrs["tfm"] = {"units": unit, "components": "z,y,x"}
     return path
 
 
 def _read_result_zarr(path) -> Result:
-    _need_ome_zarr()
+    need_ome_zarr()
     import zarr
 
     try:

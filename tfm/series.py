@@ -145,7 +145,7 @@ def _settings_key(method, mode, material, grid: Grid, options) -> str:
 
 def _plain(obj):
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items() if k != "progress"}
+        return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj if isinstance(obj, (int, float, str, bool, type(None))) else str(obj)
@@ -194,7 +194,7 @@ def table_row(t: int, time_s, result: Result, compute_s: float, warm: bool, labe
         valid = float(np.asarray(dvc["valid"])[outside].mean()) if outside.any() else 0.0
     elif "confident_fraction" in result.info:
         valid = float(result.info["confident_fraction"])
-    eq = result.equilibrium()
+    eq = result.info.get("equilibrium") or result.equilibrium()  # stored by every 3D force reconstruction
     has_force = result.force is not None and bool(np.any(result.force))
     return {"frame": t, "label": label, "time_s": time_s, "contractility_pn": result.contractility() if has_force else 0.0,
             "net_force_pn": float(np.linalg.norm(result.net_force())), "net_force_over_total": eq["net_force_over_total"],
@@ -314,7 +314,7 @@ def _run_sequential(job: _Job, n: int, times, reuse: bool, progress):
     from .api import reconstruct
 
     results, rows = [], []
-    prev, windows = None, None
+    prev, windows, prev_vol = None, None, job.ref
     bar_progress = resolve(progress)
     with bar_progress.task(n, f"series ({job.mode})") as bar:
         for t in range(n):
@@ -326,7 +326,7 @@ def _run_sequential(job: _Job, n: int, times, reuse: bool, progress):
             if done is not None:
                 res = done
             elif job.mode == "incremental":
-                res = _increment(job, t, vol, prev, windows, reuse, bar_progress)
+                res = _increment(job, t, prev_vol, vol, prev, windows, reuse, bar_progress)
                 warm = reuse and prev is not None
             else:
                 opts = _with_windows(job.options, windows)
@@ -342,6 +342,7 @@ def _run_sequential(job: _Job, n: int, times, reuse: bool, progress):
             rows.append(table_row(t, float(times[t]), res, float(elapsed), warm, job.label(t)))
             results.append(res if job.parts is None else _part(job.parts, t))  # written: read back when needed
             prev = res if job.mode == "reference" else _state(res)
+            prev_vol = vol
             bar.update(1, note=f"frame {t}: contractility {rows[-1]['contractility_pn']:.4g} pN")
     return results, rows
 
@@ -363,15 +364,15 @@ def _with_windows(options: dict, windows) -> dict:
     return {**options, "dvc_options": {**dvc, "windows": tuple(tuple(w) for w in windows)}}
 
 
-def _increment(job: _Job, t: int, vol, accumulated, windows, reuse: bool, progress=None):
-    """Frame ``t`` of an incremental series: the DVC of frame t-1 -> t, accumulated onto
-    ``accumulated`` (:func:`_state` of frame t-1; None at t = 0)."""
+def _increment(job: _Job, t: int, source, vol, accumulated, windows, reuse: bool, progress=None):
+    """Frame ``t`` of an incremental series: the DVC of ``source`` (frame t-1, or the
+    reference at t = 0) -> ``vol``, accumulated onto ``accumulated`` (:func:`_state` of
+    frame t-1; None at t = 0)."""
     from .api import forces_from_measurement, measure_displacement
     from .fields import trilinear
 
     opts = dict(job.options)
     dvc_options = _with_windows(opts, windows).get("dvc_options") or {}
-    source = job.ref if t == 0 else job.frame(t - 1)
     mask = _mask_at(job.mask, t, job.ref.shape)
     initial = accumulated.info.get("increment_um") if (reuse and accumulated is not None) else None
     t0 = time.perf_counter()
@@ -388,7 +389,7 @@ def _increment(job: _Job, t: int, vol, accumulated, windows, reuse: bool, progre
     disp = Result(inc.grid, total, info={**inc.info, "valid": valid, "accumulated_frames": t + 1})
     force_kwargs = {k: v for k, v in opts.items() if k in ("regularization", "force_method", "force_options", "force_grid",
                                                              "force_spacing_um")}
-    unknown = sorted(set(opts) - set(force_kwargs) - {"dvc_options", "progress"})
+    unknown = sorted(set(opts) - set(force_kwargs) - {"dvc_options"})
     if unknown:
         raise TypeError(f"option(s) {', '.join(unknown)} do not apply to mode='incremental'")
     res = forces_from_measurement(disp, job.grid, job.material, mask=mask, time_dvc_s=time.perf_counter() - t0,
@@ -404,12 +405,12 @@ def _frame_task(job: _Job, t: int) -> dict:
     vol = job.frame(t)
     key = job.key(t, vol)
     if _read_part(job.parts, t, key) is not None:
-        return {"frame": t, "computed": False, "compute_s": 0.0}
+        return {"frame": t, "key": key, "computed": False, "compute_s": 0.0}
     t0 = time.perf_counter()
     res = reconstruct(job.ref, vol, job.grid, job.material, method=job.method, mask=_mask_at(job.mask, t, job.ref.shape),
                       **job.options)
     _write_part(job.parts, t, key, res, time.perf_counter() - t0)
-    return {"frame": t, "computed": True, "compute_s": time.perf_counter() - t0}
+    return {"frame": t, "key": key, "computed": True, "compute_s": time.perf_counter() - t0}
 
 
 def _run_distributed(job: _Job, client, times, progress):
@@ -423,17 +424,17 @@ def _run_distributed(job: _Job, client, times, progress):
     shared = client.scatter(job, broadcast=False)  # the reference (and array frames) sent once, not per task
     futures = [client.submit(_frame_task, shared, t, pure=False, key=f"tfm-series-frame-{t}-{job.settings[:8]}")
                for t in range(n)]
-    spent = {}
+    done = {}
     with resolve(progress).task(n, "series (Dask)") as bar:
         for future in as_completed(futures):
-            done = future.result()  # a failed frame raises here: a series needs every frame
-            spent[done["frame"]] = done["compute_s"]
-            bar.update(1, note=f"frame {done['frame']}")
+            task = future.result()  # a failed frame raises here: a series needs every frame
+            done[task["frame"]] = task
+            bar.update(1, note=f"frame {task['frame']}")
     results, rows = [], []
     for t in range(n):
-        res = _read_part(job.parts, t, job.key(t, job.frame(t)))
+        res = _read_part(job.parts, t, done[t]["key"])
         results.append(_part(job.parts, t))
-        rows.append(table_row(t, float(times[t]), res, spent[t], False, job.label(t)))
+        rows.append(table_row(t, float(times[t]), res, done[t]["compute_s"], False, job.label(t)))
     return results, rows
 
 

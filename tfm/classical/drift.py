@@ -58,19 +58,28 @@ def far_windows(valid, dist) -> np.ndarray:
     return valid & (dist >= np.median(dist[valid]))
 
 
+def plane_far_halves(valid, dist) -> np.ndarray:
+    """Each z-plane's own far half of its valid windows (none in a plane without one)."""
+    return np.stack([far_windows(valid[k], dist[k]) if valid[k].any() else valid[k] for k in range(len(valid))])
+
+
 def _slicewise(u, valid, dist):
-    nz = u.shape[0]
-    per = np.full((nz, 3), np.nan)
-    for k in range(nz):  # each plane's own far half
-        v = valid[k]
-        far = v & (dist[k] >= np.median(dist[k][v])) if v.any() else v
-        if far.sum() >= 5:
-            per[k] = np.median(u[k][far], axis=0)
-    ok = ~np.isnan(per[:, 0])
-    if not ok.any():
+    far = plane_far_halves(valid, dist)
+    per = np.full((u.shape[0], 3), np.nan)
+    for k in range(u.shape[0]):
+        if far[k].sum() >= 5:
+            per[k] = np.median(u[k][far[k]], axis=0)
+    if np.isnan(per[:, 0]).all():
         raise ValueError("drift='slicewise' found no z-plane with 5 or more valid far-field windows")
-    for c in range(3):  # planes without enough far windows: interpolate between planes
-        per[:, c] = np.interp(np.arange(nz), np.flatnonzero(ok), per[ok, c])
+    return _fill_planes(per)
+
+
+def _fill_planes(per):
+    """Per-plane translations (nz, 3) with the planes left NaN (too few far windows)
+    interpolated between the planes that have one."""
+    ok = ~np.isnan(per[:, 0])
+    for c in range(per.shape[1]):
+        per[:, c] = np.interp(np.arange(len(per)), np.flatnonzero(ok), per[ok, c])
     return per
 
 
@@ -189,7 +198,7 @@ def _joint(mode, u, valid, centres, dist, shape, spacing_um, centre_um):
     c = cell_centre(u, far, centres, h, centre_um)
     plane_all = np.broadcast_to(np.arange(u.shape[0])[:, None, None], u.shape[:3])
     if mode == "slicewise":  # each plane's own far half, as the drift-alone fit takes it
-        far = np.stack([far_windows(valid[k], dist[k]) if valid[k].any() else valid[k] for k in range(u.shape[0])])
+        far = plane_far_halves(valid, dist)
     planes = [k for k in np.unique(plane_all[far]) if np.sum(plane_all[far] == k) >= 5]
     if mode == "slicewise":  # a plane's windows enter where the plane has its translation
         far = far & np.isin(plane_all, planes)
@@ -211,9 +220,7 @@ def _joint(mode, u, valid, centres, dist, shape, spacing_um, centre_um):
     per = np.full((u.shape[0], 3), np.nan)
     for i, k in enumerate(planes):
         per[k] = coef[3 * i:3 * i + 3] / h
-    ok = ~np.isnan(per[:, 0])
-    for comp in range(3):  # planes without 5 far windows: interpolated between planes
-        per[:, comp] = np.interp(np.arange(u.shape[0]), np.flatnonzero(ok), per[ok, comp])
+    per = _fill_planes(per)  # planes without 5 far windows: interpolated between planes
     return per[:, None, None, :], np.median(per, axis=0), {"drift_per_plane_voxels": per.tolist(), "drift_fit": "joint"}
 
 

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"tfm {name}: interrupted (a run of tfm synth, tfm train or tfm adapt resumes when started again)", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, KeyError, ImportError) as exc:  # ImportError: an optional extra missing
         print(f"tfm {name}: error: {_message(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # e.g. the FEM did not converge: not the user's input

@@ -114,7 +114,9 @@ def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
     if p.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {p}: the file is written as {suffixes[0]}; name it with that suffix "
                          f"({' or '.join(suffixes)})")
-    if p.is_dir() and not (p.suffix.lower() == ".zarr" and _is_tfm_zarr(p)):
+    from .. import io
+
+    if p.is_dir() and not io.is_result_zarr(p):
         raise UsageError(f"{option} {p} is a directory" + (" that is not a tfm result; name another" if
                                                             p.suffix.lower() == ".zarr" else "; give a file name"))
     for i in inputs:
@@ -132,20 +134,6 @@ def check_output(path, suffixes, inputs=(), option: str = "-o") -> Path:
     except OSError as exc:
         raise UsageError(f"{option} {p}: cannot write in {parent} ({exc.strerror or exc})") from None
     return p
-
-
-def _is_tfm_zarr(path: Path) -> bool:
-    """An existing OME-Zarr folder written by tfm (it may be replaced by a new result)."""
-    import json as _json
-
-    for meta in (path / "zarr.json", path / ".zattrs"):
-        if meta.is_file():
-            try:
-                attrs = _json.loads(meta.read_text())
-            except ValueError:
-                return False
-            return attrs.get("attributes", attrs).get("format") == "tfm-result"
-    return False
 
 
 def add_volume_args(p: argparse.ArgumentParser, pair: bool = True) -> None:

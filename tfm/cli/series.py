@@ -51,7 +51,7 @@ def run(args) -> int:
     inputs = [args.reference, *args.frames, args.cell, *(args.cells or [])]
     common.check_output(args.output, (".h5", ".hdf5"), inputs)
     for path in inputs:
-        if path is not None and not (Path(path).is_file() or (io.is_zarr(path) and Path(path).is_dir())):
+        if path is not None and not io.volume_exists(path):
             raise common.UsageError(f"input file not found: {path}")
     if args.level:
         raise common.UsageError("--level: tfm series reads OME-Zarr frames at their full resolution (level 0)")
