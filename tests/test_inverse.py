@@ -237,5 +237,6 @@ def test_bad_parameters_are_refused_by_name(kw, error, match):
 
 
 def test_neo_hookean_needs_the_fem_operator():
+    """A nonlinear law runs on the FEM operator by default; the FFT operator refuses it."""
     with pytest.raises(TypeError, match="material"):
-        tfm.reconstruct_forces(np.zeros((*G32.shape, 3), np.float32), G32, tfm.NeoHookean(1000.0, 0.45))
+        tfm.reconstruct_forces(np.zeros((*G32.shape, 3), np.float32), G32, tfm.NeoHookean(1000.0, 0.45), operator="fft")

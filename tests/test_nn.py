@@ -522,9 +522,9 @@ def test_cli_train_then_reconstruct_with_the_trained_model(tmp_path, capsys, sam
     assert rc == 0
     res = io.read_result(tmp_path / "r.h5")
     assert res.force.shape == (24, 24, 24, 3) and res.info["method"] == "dl" and res.grid.spacing_um == (2.0, 2.0, 2.0)
-    rc = cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "--material", "neo-hookean",
-                   "--youngs-modulus-pa", e, "-o", str(tmp_path / "x.h5")])
-    assert rc == 2 and "needs --method dl" in capsys.readouterr().err
+    rc = cli.main(["reconstruct", str(tmp_path / "ref.tif"), str(tmp_path / "def.tif"), "--material", "fiber",
+                   "--method", "dl", "--youngs-modulus-pa", e, "-o", str(tmp_path / "x.h5")])
+    assert rc == 2 and "needs --method classical" in capsys.readouterr().err
     rc = cli.main(["train", "--data", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r2"), "--quiet"])
     assert rc == 2 and "dataset not found" in capsys.readouterr().err
 

@@ -241,7 +241,7 @@ def test_manifest_rows_are_checked_before_any_work(tmp_path):
                  "a.tif,b.tif,x,1000,0.45,linear,classical,1\n"
                  "a.tif,b.tif,y,-5,,,,\n"
                  "a.tif,b.tif,z,1000,0.6,,,\n"
-                 "a.tif,b.tif,w,1000,,neo-hookean,classical,\n"
+                 "a.tif,b.tif,w,1000,,fiber,dl,\n"
                  "a.tif,b.tif,x,1000,,,,\n"
                  "a.tif,b.tif,v,,,,,0.5 0.2\n"
                  "a.tif,b.tif,../u,1000,,,,\n")
@@ -249,7 +249,7 @@ def test_manifest_rows_are_checked_before_any_work(tmp_path):
     assert [r.name for r in rows] == ["x"] and rows[0].spacing_um == (1.0, 1.0, 1.0)
     msgs = dict(errors)
     assert set(msgs) == {2, 3, 4, 5, 6, 7}
-    assert "youngs_modulus_pa" in msgs[2] and "poisson_ratio" in msgs[3] and "neo-hookean needs method dl" in msgs[4]
+    assert "youngs_modulus_pa" in msgs[2] and "poisson_ratio" in msgs[3] and "fiber needs method classical" in msgs[4]
     assert "row 1" in msgs[5] and "spacing_um" in msgs[6] and "plain file name" in msgs[7]
     rows, errors = batch.read_manifest(m, defaults={"youngs_modulus_pa": 500})
     assert [r.youngs_modulus_pa for r in rows if r.name == "v"] == [] and 6 in dict(errors)  # spacing still bad

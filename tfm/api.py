@@ -12,7 +12,7 @@ from .classical import dvc, piv
 from .classical.fttc import fttc_3d
 from .classical.fttc2d import fttc_2d
 from .grid import Grid
-from .material import LinearElastic
+from .material import LinearElastic, Material
 from .result import Result
 
 FORCE_METHODS = ("inverse", "fttc")
@@ -28,8 +28,12 @@ def reconstruct_forces(displacement, grid: Grid, material, method: str = "invers
     Args:
       displacement: (Z, Y, X, 3) array, components (u_z, u_y, u_x), µm.
       grid: :class:`~tfm.grid.Grid` of the displacement samples.
-      material: the matrix, :class:`~tfm.material.LinearElastic` (also
-        :class:`~tfm.material.NeoHookean` for the inverse with ``operator="fem"``).
+      material: the matrix, :class:`~tfm.material.LinearElastic`; for the inverse also
+        the nonlinear laws :class:`~tfm.material.NeoHookean` and
+        :class:`~tfm.material.SemiAffineFiber` (collagen), which it solves with the voxel
+        FEM's operator (``operator="fem"``, the default for them; matrix-free L-BFGS on the
+        same objective, forces from the law's energy by autodiff), warm-started from the
+        linear inverse with the law's small-strain moduli.
       method: ``"inverse"`` (the default: the regularised inverse of
         :mod:`tfm.classical.inverse`, an L1 penalty that keeps forces where the cell is,
         noise estimated from the data, alpha by the discrepancy principle) or ``"fttc"``
@@ -85,10 +89,20 @@ def _inverse(displacement, grid, material, regularization, mask, weights, option
     unknown = sorted(set(options) - names)
     if unknown:
         raise TypeError(f"unknown option(s) for method='inverse': {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    nonlinear = isinstance(material, Material) and not material.is_linear()
+    if nonlinear:
+        options = {"operator": "fem", **options}
     config = inverse.InverseConfig(alpha=alpha, **options)
+    info0 = {}
+    if config.operator == "fem" and nonlinear and start_um is None:
+        # The linear inverse with the law's small-strain moduli: the nonlinear solve starts there.
+        linear = dataclasses.replace(config, operator="fft", boundary="free")
+        _, start_um, lin = inverse.solve(displacement, grid, material.linearized(), weights=weights, mask=mask,
+                                         config=linear)
+        info0 = {"warm_start": "linear", "linear_time_s": lin["time_total_s"]}
     force, u_fit, info = inverse.solve(displacement, grid, material, weights=weights, mask=mask, config=config,
                                        start_um=start_um)
-    return force, {**info, "displacement_fit": u_fit}
+    return force, {**info, **info0, "displacement_fit": u_fit}
 
 
 def measure_displacement(reference, deformed, grid, mask=None, progress=None, initial_um=None, **options) -> Result:
@@ -225,7 +239,11 @@ def forces_from_measurement(disp: Result, image_grid: Grid, material, mask=None,
     t0 = time.perf_counter() - time_dvc_s
     t1 = time.perf_counter()
     masked = mask is not None and disp.info["masked"].any()
-    if "window_grid" not in disp.info and (force_grid == "fine" or (force_grid == "auto" and masked and force_method == "inverse")):
+    linear = not isinstance(material, Material) or material.is_linear()
+    if force_grid == "fine" and not linear:
+        raise ValueError("force_grid='fine' assumes a linear matrix: a nonlinear law runs on the DVC grid (force_grid='dvc')")
+    if "window_grid" not in disp.info and (force_grid == "fine" or (force_grid == "auto" and masked and linear
+                                                                   and force_method == "inverse")):
         return _forces_on_fine_grid(disp, image_grid, material, mask, regularization, force_options,
                                     force_spacing_um, t0, t1, progress)
     if force_grid == "fine":

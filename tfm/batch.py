@@ -13,7 +13,7 @@ column                 required  meaning
 ``spacing_um``         no        voxel size, µm: ``z y x`` or one number (default: the files')
 ``youngs_modulus_pa``  yes*      gel modulus, Pa (*or a default given to the batch)
 ``poisson_ratio``      no        default 0.45
-``material``           no        ``linear`` (default) or ``neo-hookean`` (needs ``dl``)
+``material``           no        ``linear`` (default), ``neo-hookean`` or ``fiber`` (collagen, saenopy's values, k = 6 E; needs ``classical``)
 ``method``             no        ``classical`` (default) or ``dl``
 ``force_grid``         no        classical: ``dvc`` (default), ``fine`` or ``auto``
 ``channel``            no        channel of multi-channel stacks
@@ -50,7 +50,7 @@ from .progress import resolve
 COLUMNS = ("reference", "deformed", "cell", "name", "spacing_um", "youngs_modulus_pa", "poisson_ratio", "material",
            "method", "force_grid", "channel", "cell_threshold", "cell_dilate_um")
 REQUIRED = ("reference", "deformed")
-MATERIALS = ("linear", "neo-hookean")
+MATERIALS = ("linear", "neo-hookean", "fiber")
 METHODS = ("classical", "dl")
 FORCE_GRIDS = ("dvc", "fine", "auto")
 SUMMARY = ("row", "name", "status", "error", "result", "contractility_pn", "net_force_over_total", "total_force_pn",
@@ -184,8 +184,8 @@ def _row(number: int, cells: dict, base: Path, defaults: dict) -> Row:
             raise ValueError(f"spacing_um: {get('spacing_um')!r} must be 1 or 3 numbers > 0 (µm)")
         spacing = values * 3 if len(values) == 1 else values
     material, method = choice("material", MATERIALS, "linear"), choice("method", METHODS, "classical")
-    if material == "neo-hookean" and method != "dl":
-        raise ValueError("material neo-hookean needs method dl (the classical force step assumes a linear gel)")
+    if material == "fiber" and method != "classical":
+        raise ValueError("material fiber needs method classical (the learned path takes linear and neo-Hookean gels)")
     channel = get("channel")
     if channel and not channel.isdigit():
         raise ValueError(f"channel: {channel!r} is not a whole number >= 0")
@@ -205,7 +205,7 @@ def run_row(row: Row, out_dir) -> dict:
     atomically; returns the row's summary numbers."""
     from . import io, segment
     from .api import reconstruct
-    from .material import LinearElastic, NeoHookean
+    from .material import make_law
 
     t0 = time.perf_counter()
     ref, grid = io.read_volume(row.reference, spacing_um=row.spacing_um, channel=row.channel)
@@ -218,10 +218,9 @@ def run_row(row: Row, out_dir) -> dict:
         if cell.shape != ref.shape:
             raise ValueError(f"cell stack has shape {cell.shape}, the bead stacks {ref.shape}")
         mask = segment.cell_mask(cell, grid, threshold=row.cell_threshold, dilate_um=row.cell_dilate_um)
-    law = NeoHookean if row.material == "neo-hookean" else LinearElastic
     kwargs = {"force_grid": row.force_grid} if row.method == "classical" else {}
-    result = reconstruct(ref, dfm, grid, law(row.youngs_modulus_pa, row.poisson_ratio), method=row.method, mask=mask,
-                         **kwargs)
+    result = reconstruct(ref, dfm, grid, make_law(row.material, row.youngs_modulus_pa, row.poisson_ratio),
+                         method=row.method, mask=mask, **kwargs)
     numbers = _numbers(result, time.perf_counter() - t0)
     io.write_result(Path(out_dir) / f"{row.name}.h5", result,
                     {"command": "tfm batch", "batch_key": row.key(), "row": dataclasses.asdict(row), "summary": numbers})

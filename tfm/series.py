@@ -137,7 +137,7 @@ def _mask_at(mask, t: int, shape):
 
 
 def _settings_key(method, mode, material, grid: Grid, options) -> str:
-    text = json.dumps(jsonable({"method": method, "mode": mode, "material": type(material).__name__,
+    text = json.dumps(jsonable({"method": method, "mode": mode, "material": repr(material),
                                 "E": material.youngs_modulus_pa, "nu": material.poisson_ratio,
                                 "spacing": list(grid.spacing_um), "options": _plain(options)}), sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

@@ -66,8 +66,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..grid import Grid
-from ..material import LinearElastic, NeoHookean
+from ..material import LinearElastic
+from ..synth.fem import MATERIALS
 from .fttc import check_inputs, check_scale, pad_widths
+from .modes import apply_modes, fft3, fourier_modes, ifft3
 from .noise import estimate_noise
 
 OPERATORS = ("fft", "fem")
@@ -124,23 +126,6 @@ class InverseConfig:
 
 
 # ------------------------------------------------------------------ fft operator
-# Fields are held channel-first, (3, Z, Y, X): XLA's FFT over the leading spatial axes of a
-# channel-last array is about 1.5x slower on CPU.
-def fourier_modes(shape, spacing):
-    """|k|² (Z, Y, Xr) and unit wavevectors (3, Z, Y, Xr) on the rFFT grid of ``shape``."""
-    ks = Grid(shape, spacing).wavevector_axes(rfft=True)
-    k = np.stack(np.meshgrid(*ks, indexing="ij"), 0)
-    k2 = np.sum(k**2, 0)
-    khat = k / np.sqrt(np.where(k2 > 0, k2, 1.0))
-    return jnp.asarray(k2, jnp.float32), jnp.asarray(khat, jnp.float32)
-
-
-def apply_modes(vh, khat, a_long, a_trans):
-    """``a_long P_L v + a_trans (I - P_L) v`` per wavevector (P_L = k̂ k̂ᵀ)."""
-    long = khat * jnp.sum(khat * vh, 0, keepdims=True)
-    return a_long * long + a_trans * (vh - long)
-
-
 def green_modes(k2, lam2mu, mu):
     """``K^-1`` per wavevector: gains ``1 / ((lam + 2 mu) k²)``, ``1 / (mu k²)`` (no mean mode)."""
     safe = jnp.where(k2 > 0, k2, 1.0)
@@ -152,14 +137,6 @@ def box_transfer(shape, spacing, window) -> jnp.ndarray:
     b = [np.sinc(np.asarray(k) * length / (2 * np.pi))  # numpy's sinc(x) = sin(pi x) / (pi x)
          for k, length in zip(Grid(shape, spacing).wavevector_axes(rfft=True), window)]
     return jnp.asarray(b[0][:, None, None] * b[1][None, :, None] * b[2][None, None, :], jnp.float32)
-
-
-def fft3(v):
-    return jnp.fft.rfftn(v, axes=(1, 2, 3))
-
-
-def ifft3(vh, shape):
-    return jnp.fft.irfftn(vh, s=shape, axes=(1, 2, 3))
 
 
 def apply_fft_operator(u, spacing, material):
@@ -467,7 +444,7 @@ def _discrepancy(problem, target: float, config: InverseConfig, finish: bool = T
 
 
 def _check(displacement, grid, material, weights, mask, config):
-    laws = (LinearElastic,) if config.operator == "fft" else (LinearElastic, NeoHookean)
+    laws = (LinearElastic,) if config.operator == "fft" else MATERIALS
     u = check_inputs(displacement, grid, material, laws, f"the force inverse (operator={config.operator!r})")
     scale = float(np.max(np.abs(u))) or 1.0
     check_scale(material.youngs_modulus_pa * scale / min(grid.spacing_um) ** 2, scale, material.youngs_modulus_pa)
@@ -537,8 +514,7 @@ def solve(displacement, grid: Grid, material, weights=None, mask=None, config: I
 
     Args:
       displacement: (Z, Y, X, 3) µm on ``grid``.
-      material: :class:`~tfm.material.LinearElastic` (``"fft"``), or also
-        :class:`~tfm.material.NeoHookean` (``"fem"``).
+      material: :class:`~tfm.material.LinearElastic` (``"fft"``), also nonlinear (``"fem"``).
       weights: (Z, Y, X) >= 0, the trust in each measurement (default 1; 0 = unmeasured).
       mask: optional (Z, Y, X) bool, the cell, on ``grid``: left out of the noise estimate,
         and with its neighbourhood (``support_um``, default 2 grid spacings) the only place
@@ -562,7 +538,7 @@ def solve(displacement, grid: Grid, material, weights=None, mask=None, config: I
         from .inverse_fem import FEMProblem
         if window_um is not None:
             raise ValueError("window_um (window-mean measurements) needs operator='fft'")
-        problem = FEMProblem(u, grid, material, w, support, config)
+        problem = FEMProblem(u, grid, material, w, support, config, start_um)
     else:
         problem = _FFTProblem(u, grid, material, w, support, config, window_um, start_um)
     info = {"operator": config.operator, "penalty": config.penalty, "noise_um": sigma,

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from ..fields import resample
 from ..grid import Grid
 from ..progress import resolve
-from . import inverse
+from . import inverse, modes
 from .fttc import pad_widths
 
 PLATEAU = (5, 0.005)  # CGLS stops where the misfit fell less than 0.5 % over 5 iterations
@@ -81,15 +81,15 @@ def _cgls_operators(shape, spacing, window, lam2mu, mu, weights, support, gel):
     """``(A, AT)`` of the window-mean measurement of the displacement ``G f`` of forces on
     ``support`` plus a translation, ``sqrt(w) (B(chi G(s f)) / B chi + t)``, and its adjoint
     (fields channel-first, scaled units; ``gel``: chi, 1 where the windows' beads are)."""
-    k2, khat = inverse.fourier_modes(shape, spacing)
+    k2, khat = modes.fourier_modes(shape, spacing)
     bk = inverse.box_transfer(shape, spacing, window)
     g_l, g_t = inverse.green_modes(k2, lam2mu, mu)
 
     def green(f):
-        return inverse.ifft3(inverse.apply_modes(inverse.fft3(f), khat, g_l, g_t), shape)
+        return modes.ifft3(modes.apply_modes(modes.fft3(f), khat, g_l, g_t), shape)
 
     def box(v):
-        return inverse.ifft3(bk * inverse.fft3(v), shape)
+        return modes.ifft3(bk * modes.fft3(v), shape)
 
     sw = jnp.sqrt(weights)
     den = jnp.maximum(box(gel), 1e-3)

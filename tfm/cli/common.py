@@ -60,6 +60,41 @@ def add_force_args(p: argparse.ArgumentParser, method_option: str = "--method") 
     p.add_argument("--penalty", choices=("l1", "l2", "elastic-net"), help="inverse: penalty of the force (default l1)")
 
 
+def add_material_args(p: argparse.ArgumentParser) -> None:
+    """The matrix law (tfm reconstruct, tfm series, tfm forces): --material and the fibre law's parameters."""
+    p.add_argument("--material", choices=("linear", "neo-hookean", "fiber"), default="linear",
+                   help="matrix law (default linear). neo-hookean: large-strain hydrogels; fiber: collagen-like fibre "
+                   "networks that buckle under compression and stiffen under tension (Steinwachs et al. 2016, saenopy's "
+                   "law; k = 6 x --youngs-modulus-pa, Poisson ratio 1/4). The nonlinear laws run the classical force "
+                   "step on the voxel FEM (slower than the linear inverse)")
+    p.add_argument("--fiber-d0", type=float, default=0.0008,
+                   help="fiber: buckling, the strain scale of the stiffness's decay under compression (saenopy's d_0; "
+                   "default 0.0008, collagen)")
+    p.add_argument("--fiber-lambda-s", type=float, default=0.0075,
+                   help="fiber: the stretch strain where stiffening starts (saenopy's lambda_s; default 0.0075, collagen)")
+    p.add_argument("--fiber-ds", type=float, default=0.033,
+                   help="fiber: the strain scale of the stiffening (saenopy's d_s; default 0.033, collagen)")
+
+
+def material_from_args(args):
+    """The matrix of :func:`add_material_args` and the modulus options."""
+    from ..material import make_law
+
+    if args.material == "fiber":
+        if args.poisson_ratio != 0.45:
+            raise UsageError("--poisson-ratio does not apply to --material fiber (an affine fibre network's Poisson "
+                             "ratio is 1/4)")
+        fiber = {"d0": args.fiber_d0, "lambda_s": args.fiber_lambda_s, "d_s": args.fiber_ds}
+        try:
+            return make_law("fiber", args.youngs_modulus_pa, **fiber)
+        except ValueError as exc:
+            raise UsageError(f"--fiber-*: {exc}") from None
+    try:
+        return make_law(args.material, args.youngs_modulus_pa, args.poisson_ratio)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def force_options(args) -> dict:
     """The inverse's options from :func:`add_force_args`'s arguments; refuses them with FTTC."""
     method = getattr(args, "force_method", None) or args.method

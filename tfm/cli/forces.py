@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
     f.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the matrix, in (-1, 0.5) (default 0.45)")
     f.add_argument("--spacing-um", type=float, nargs=3, metavar=("Z", "Y", "X"), help="grid spacing in µm (required for .npy input)")
     common.add_force_args(f)
+    common.add_material_args(f)
     f.add_argument("--pad", choices=("taper", "zero", "none"), help="fttc: padding against periodic images (default taper)")
     f.add_argument("--vtk", help="also write a VTK image file (.vti) for ParaView")
     f.add_argument("--quiet", action="store_true", help="print nothing on success")
@@ -59,9 +60,9 @@ def _dvc_maps(path, grid):
 def run(args) -> int:
     from .. import io
     from ..api import reconstruct_forces
-    from ..material import LinearElastic
-
-    material = LinearElastic(args.youngs_modulus_pa, args.poisson_ratio)
+    material = common.material_from_args(args)
+    if args.method == "fttc" and args.material != "linear":
+        raise common.UsageError(f"--material {args.material} needs --method inverse (FTTC assumes a linear matrix)")
     if args.method == "inverse" and args.pad is not None:
         raise common.UsageError("--pad is an option of --method fttc (the inverse pads with unweighted margins)")
     options = common.force_options(args)

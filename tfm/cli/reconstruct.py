@@ -24,7 +24,7 @@ def add_method_args(r) -> None:
     r.add_argument("--poisson-ratio", type=float, default=0.45, help="Poisson ratio of the gel (default 0.45)")
     r.add_argument("--method", choices=("classical", "dl"), default="classical",
                    help="classical: DVC + force inverse; dl: the physics-informed 3D network in one pass (default classical)")
-    r.add_argument("--material", choices=("linear", "neo-hookean"), default="linear", help="matrix law (dl only; default linear)")
+    common.add_material_args(r)
     r.add_argument("--model", help="dl: a saved model or tfm train run directory (default: the shipped weights)")
     r.add_argument("--tile", type=int, help="dl: the network's tile edge on its grid (LK voxels, a multiple of 8; default: the "
                    "whole volume where it holds at most 128³ of them, else 96)")
@@ -47,8 +47,12 @@ def add_method_args(r) -> None:
 
 
 def _check_method_options(args) -> None:
-    if args.material == "neo-hookean" and args.method != "dl":
-        raise common.UsageError("--material neo-hookean needs --method dl (the classical force step assumes a linear matrix)")
+    if args.material == "fiber" and args.method == "dl":
+        raise common.UsageError("--material fiber needs --method classical (the learned path takes linear and neo-Hookean "
+                                "gels)")
+    if args.material != "linear" and args.method == "classical" and (args.force_method == "fttc" or args.force_grid == "fine"):
+        raise common.UsageError(f"--material {args.material} needs --force-method inverse and --force-grid dvc (FTTC and the "
+                                "fine force grid assume a linear matrix)")
     if args.method == "dl":
         unused = [o for o, v in (("--windows", args.windows), ("--overlap", args.overlap != 0.5),
                                  ("--regularization", args.regularization != "auto"),
@@ -65,10 +69,7 @@ def _check_method_options(args) -> None:
 
 def material(args):
     """The gel of ``--material``, ``--youngs-modulus-pa`` and ``--poisson-ratio``."""
-    from ..material import LinearElastic, NeoHookean
-
-    law = NeoHookean if args.material == "neo-hookean" else LinearElastic
-    return law(args.youngs_modulus_pa, args.poisson_ratio)
+    return common.material_from_args(args)
 
 
 def method_kwargs(args, options: dict) -> dict:

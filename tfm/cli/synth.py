@@ -20,8 +20,10 @@ def add_parser(sub) -> None:
     y.add_argument("--size", type=int, nargs="+", default=[48], metavar="N", help="grid size, voxels: N or NZ NY NX (default 48)")
     y.add_argument("--spacing-um", type=float, nargs="+", metavar="H", help="voxel size, µm: H or HZ HY HX (default 1)")
     y.add_argument("--seed", type=int, default=0, help="base seed; sample i uses (seed, i) (default 0)")
-    y.add_argument("--material", choices=("neo-hookean", "linear"), default="neo-hookean",
-                   help="matrix law of the FEM (default neo-hookean)")
+    y.add_argument("--material", choices=("neo-hookean", "linear", "fiber"), default="neo-hookean",
+                   help="matrix law of the FEM (default neo-hookean); fiber: a collagen-like semi-affine fibre network "
+                   "(buckling and stiffening, saenopy's collagen values, k = 6 x the cell's gel modulus) for nonlinear "
+                   "ground truth")
     y.add_argument("--boundary", choices=("fixed", "free"), default="fixed",
                    help="box faces of the FEM: fixed, or free (traction-free) (default fixed)")
     y.add_argument("--preset", choices=("acquisition",),

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..grid import Grid
-from ..material import LinearElastic, NeoHookean
+from ..material import make_law
 from ..atomic import fsync_path
 from ..progress import resolve
 from . import beads, cells, fem
@@ -49,7 +49,7 @@ FORMAT_VERSION = 1
 VOLUME_FIELDS = ("reference", "deformed", "displacement", "force", "cell", "modulus_scale")
 SCALAR_FIELDS = ("youngs_modulus_pa", "poisson_ratio", "contraction", "traction_pa", "photons", "bleaching",
                  "n_beads", "fem_seconds", "fem_iterations")
-MATERIALS = ("neo-hookean", "linear")
+MATERIALS = ("neo-hookean", "linear", "fiber")  # tfm.material.LAW_NAMES, the default first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ class SynthConfig:
 
     size: int | tuple = 48  # voxels per axis (or (Z, Y, X))
     spacing_um: float | tuple = 1.0  # voxel size, µm
-    material: str = "neo-hookean"  # "neo-hookean" or "linear"
+    material: str = "neo-hookean"  # "neo-hookean", "linear" or "fiber" (collagen: saenopy's values, k = 6 E)
     boundary: str = "fixed"  # box faces: "fixed" or "free" (traction-free)
     cell: cells.CellConfig = cells.CellConfig()
     beads: BeadConfig = BeadConfig()
@@ -172,12 +172,11 @@ def generate_sample(config: SynthConfig, seed: int, index: int) -> dict:
 
     rng = np.random.default_rng([seed, index])
     grid, mesh = config.grid, config.fem_grid
-    law = NeoHookean if config.material == "neo-hookean" else LinearElastic
     for attempt in range(5):
         cell = cells.random_cell(rng, mesh, config.cell)
         frac, eps, weight = cells.rasterize(cell, mesh)
         scale = cells.modulus_scale(cell, mesh, frac)
-        mat = law(cell.youngs_modulus_pa, cell.poisson_ratio)
+        mat = make_law(config.material, cell.youngs_modulus_pa, cell.poisson_ratio)
         if cell.loading == "eigenstrain":
             load = {"eigenstrain": eps}
         else:  # traction scales with the matrix: T = traction_pa x E / 1 kPa

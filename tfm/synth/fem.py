@@ -13,7 +13,7 @@ with ``H = grad u`` at the Gauss points, ``s_e`` the modulus scale of the elemen
 heterogeneous matrix: a softer cell, a stiffened or degraded shell) and ``W`` the
 material's :meth:`~tfm.material.Material.energy_density`. A stress-free strain
 (eigenstrain) ``eps*`` -- the cell's contraction -- enters as ``W(H - eps*)`` (linear)
-or multiplicatively, ``F = F_e (I + eps*)`` (neo-Hookean, ``det(I + eps*) W(F_e)``).
+or multiplicatively, ``F = F_e (I + eps*)`` (the nonlinear laws, ``det(I + eps*) W(F_e)``).
 ``grad Pi`` is the residual (by reverse-mode autodiff), its directional derivative the
 tangent stiffness (forward-over-reverse): no matrix is ever assembled, and the same code
 serves every material.
@@ -27,7 +27,7 @@ Solvers
   sine transform (Q1 stiffness and mass matrices are tridiagonal Toeplitz along each
   axis). It is spectrally equivalent to the elasticity operator, so the iteration count
   does not grow with the grid (it grows with 1 / (1 - 2 nu) and the modulus contrast).
-* Neo-Hookean: Newton-Krylov with the same preconditioner, a backtracking line search
+* Nonlinear laws (neo-Hookean, semi-affine fibres): Newton-Krylov with the same preconditioner, a backtracking line search
   on the energy (elements must not invert) and load stepping.
 
 Boundary: the box faces are fixed (``u = 0``, or ``u`` prescribed by
@@ -60,10 +60,12 @@ from ..material import (
     LinearElastic,
     Material,
     NeoHookean,
+    SemiAffineFiber,
     det3,
     inv3,
+    law_energy,
     linear_energy,
-    neo_hookean_energy,
+    small_strain_moduli,
 )
 
 GAUSS = (0.5 - 0.5 / math.sqrt(3.0), 0.5 + 0.5 / math.sqrt(3.0))
@@ -75,8 +77,8 @@ class FEMConfig:
 
     rtol: float = 1e-5  # stop when ||residual|| <= rtol * ||load|| (free nodes)
     maxiter: int = 3000  # conjugate-gradient iterations per linear solve
-    newton_maxiter: int = 25  # Newton iterations per load step (neo-Hookean)
-    load_steps: int = 1  # initial number of load increments (neo-Hookean); halved steps on failure
+    newton_maxiter: int = 25  # Newton iterations per load step (nonlinear laws)
+    load_steps: int = 1  # initial number of load increments (nonlinear laws); halved steps on failure
     max_load_steps: int = 64  # give up beyond this many increments
     # give up beyond this many Newton iterations in all (a failing solve otherwise retries up
     # to 64 load steps x 25 iterations; measured: one such sample held `tfm synth` > 10 min)
@@ -146,41 +148,65 @@ def nodes_to_elements(v):
     return v
 
 
-LAWS = {"linear": linear_energy, "neo-hookean": neo_hookean_energy}
+MATERIALS = (LinearElastic, NeoHookean, SemiAffineFiber)
 
 
 def _law(material) -> str:
-    return "linear" if isinstance(material, LinearElastic) else "neo-hookean"
+    return material.law
 
 
 def _moduli(material, dtype):
-    return jnp.asarray([material.lame_lambda_pa, material.shear_modulus_pa], dtype)
+    return jnp.asarray(material.law_parameters(), dtype)
 
 
 def energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
     """Total potential energy (pN µm) of nodal displacement ``u`` (Z, Y, X, 3) µm:
     ``scale_e`` the element modulus scale (Z-1, Y-1, X-1), ``eps_e`` the element eigenstrain
-    (or None), ``f_ext`` nodal external forces in pN (or None), ``moduli = (lambda, mu)`` Pa
-    (traced, so one compilation serves every stiffness), ``law`` a key of :data:`LAWS`,
-    ``spacing`` the voxel size. Its gradient is the nodal internal force (pN)."""
-    density = LAWS[law]
-    lam, mu = moduli[0], moduli[1]
+    (or None), ``f_ext`` nodal external forces in pN (or None), ``moduli`` the law's
+    parameters (:meth:`~tfm.material.Material.law_parameters`, e.g. ``(lambda, mu)`` Pa;
+    traced, so one compilation serves every stiffness), ``law`` a key of
+    :func:`~tfm.material.law_energy`,
+    ``spacing`` the voxel size. Its gradient is the nodal internal force (pN).
+
+    ``law + ":centroid"`` (the force inverse's fibre operator): the law's small-strain
+    (Hookean) energy at the 8 Gauss points plus its nonlinear remainder ``W - W_lin`` at
+    the element's centre only -- the remainder's cost falls 8x, and the Hookean part keeps
+    the element free of hourglass modes."""
+    if law.endswith(":centroid"):
+        return _centroid_energy(u, scale_e, eps_e, f_ext, moduli, law.split(":")[0], spacing)
+    law_density = law_energy(law)
+
+    def density(h):
+        return law_density(h, moduli)
+
     if eps_e is not None and law != "linear":
         fstar = jnp.eye(3, dtype=u.dtype) + eps_e
         fstar_inv, fstar_det = inv3(fstar), det3(fstar)
     w = 0.0
     for h in _gauss_gradients(u, spacing):  # accumulate point by point: no 8x temporaries
         if eps_e is None:
-            w = w + density(h, lam, mu)
+            w = w + density(h)
         elif law == "linear":
-            w = w + density(h - eps_e, lam, mu)
+            w = w + density(h - eps_e)
         else:
             he = jnp.einsum("...ij,...jk->...ik", h - eps_e, fstar_inv)  # F_e - I, no cancellation
-            w = w + fstar_det * density(he, lam, mu)
+            w = w + fstar_det * density(he)
     e = spacing[0] * spacing[1] * spacing[2] / 8.0 * jnp.sum(scale_e * w)  # spacing may be traced
     if f_ext is not None:
         e = e - jnp.sum(f_ext * u)
     return e
+
+
+def _centroid_energy(u, scale_e, eps_e, f_ext, moduli, law, spacing):
+    if eps_e is not None:
+        raise ValueError("the centroid-corrected energy takes no eigenstrain (it serves the force inverse)")
+    lam, mu = small_strain_moduli(law, moduli)
+    hs = list(_gauss_gradients(u, spacing))
+    w = sum(linear_energy(h, lam, mu) for h in hs) / 8.0
+    hc = sum(hs) / 8.0  # the gradient at the centre (the Gauss points are symmetric about it)
+    w = w + law_energy(law)(hc, moduli) - linear_energy(hc, lam, mu)
+    e = spacing[0] * spacing[1] * spacing[2] * jnp.sum(scale_e * w)
+    return e if f_ext is None else e - jnp.sum(f_ext * u)
 
 
 # -- preconditioner: displacement decomposition, diagonalised by DST-I ------------------
@@ -309,8 +335,9 @@ def _prepare(grid, material, eigenstrain, body_force, modulus_scale, boundary_di
         raise ValueError(f"grid must be a 3D tfm.Grid, got {grid!r}")
     if any(n < 3 for n in grid.shape):
         raise ValueError(f"the FEM needs at least 3 nodes along each axis, got grid shape {grid.shape}")
-    if not isinstance(material, (LinearElastic, NeoHookean)):
-        raise TypeError(f"material must be tfm.LinearElastic or tfm.NeoHookean, got {type(material).__name__}")
+    if not isinstance(material, MATERIALS):
+        raise TypeError(f"material must be tfm.LinearElastic, tfm.NeoHookean or tfm.SemiAffineFiber, got "
+                        f"{type(material).__name__}")
     if eigenstrain is None and body_force is None and boundary_displacement is None:
         raise ValueError("give a load: eigenstrain, body_force or boundary_displacement")
 
@@ -392,8 +419,9 @@ def solve(grid: Grid, material: Material, eigenstrain=None, body_force=None, mod
 
     Args:
       grid: the voxel grid (nodes = voxels), spacing in µm.
-      material: :class:`~tfm.material.LinearElastic` or :class:`~tfm.material.NeoHookean`
-        (the matrix; ``modulus_scale`` multiplies both Lamé parameters pointwise).
+      material: :class:`~tfm.material.LinearElastic`, :class:`~tfm.material.NeoHookean`
+        or :class:`~tfm.material.SemiAffineFiber` (the matrix; ``modulus_scale``
+        multiplies its energy pointwise).
       eigenstrain: stress-free strain of the cell, ``(Z, Y, X)`` (dilatational, ``< 0``
         contracts) or ``(Z, Y, X, 3, 3)`` symmetric; zero outside the cell.
       body_force: applied force density ``(Z, Y, X, 3)``, pN/µm³ (e.g. cell-surface tractions
@@ -480,10 +508,10 @@ def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
             info["cg_iterations"] += int(k)
             info["newton_iterations"] += 1
             if info["newton_iterations"] > config.newton_budget:
-                raise ConvergenceError(f"neo-Hookean solve failed: more than {config.newton_budget} Newton iterations "
+                raise ConvergenceError(f"nonlinear solve failed: more than {config.newton_budget} Newton iterations "
                                        f"(newton_budget) at load factor {t:.3f}; the load is too large for the matrix")
             if info["cg_iterations"] > config.cg_budget:
-                raise ConvergenceError(f"neo-Hookean solve failed: more than {config.cg_budget} conjugate-gradient "
+                raise ConvergenceError(f"nonlinear solve failed: more than {config.cg_budget} conjugate-gradient "
                                        f"iterations (cg_budget) at load factor {t:.3f}; the load is too large for the matrix")
             e0 = float(_total_energy(u_try, t, *args, mp, law, spacing))
             slope = -float(jnp.vdot(r, du))  # directional derivative of the energy along du
@@ -508,7 +536,7 @@ def _newton(u, args, ops, mp, law, spacing, config, tol_abs, load_norm, info):
             steps *= 2
             if steps > config.max_load_steps:
                 raise ConvergenceError(
-                    f"neo-Hookean solve failed at load factor {t:.3f} even with {config.max_load_steps} load steps: "
+                    f"nonlinear solve failed at load factor {t:.3f} even with {config.max_load_steps} load steps: "
                     "the load is too large for the matrix (elements invert) or rtol is below float precision")
     return u
 
