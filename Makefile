@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   create .venv if needed, install tfm, run the demo into demo_output/
 #   make test   create .venv if needed, install tfm with test extras, run the default test suite
-# Other targets: make test-slow (the slow tests too), make bench (benchmarks), make clean.
+# Other targets: make test-slow (the slow tests too), make bench (benchmarks), make peers (the peers' virtualenvs
+# for the side-by-side benchmarks, outside the repository), make clean.
 # Choose the interpreter with PYTHON=/path/to/python3 (default: scripts/find-python).
 
 VENV   ?= .venv
@@ -17,7 +18,7 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
 export PYVISTA_OFF_SCREEN ?= true
 export VTK_DEFAULT_OPENGL_WINDOW ?= vtkEGLRenderWindow
 
-.PHONY: demo test test-slow bench clean venv
+.PHONY: demo test test-slow bench peers clean venv
 
 venv: $(STAMP)
 
@@ -43,6 +44,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.fttc --out benchmarks/results
 	$(PY) -m benchmarks.inverse --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
+	$(PY) -m benchmarks.nonlinear --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.dvc --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
 	$(PY) -m benchmarks.synth --out benchmarks/results
 	$(PY) -m benchmarks.dl_vs_classical --out benchmarks/results $(if $(SAENOPY_PYTHON),--saenopy-python $(SAENOPY_PYTHON))
@@ -56,6 +58,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.flow_profile --out benchmarks/results
 	$(PY) -m benchmarks.series --out benchmarks/results
 	$(PY) -m benchmarks.make_docs
+
+# The peers' virtualenvs (saenopy 1.0.8, al-dvc 1.2.1) outside the repository, in $(PEERS_DIR):
+# then `make bench SAENOPY_PYTHON=$(PEERS_DIR)/saenopy/bin/python` runs every side-by-side row.
+PEERS_DIR ?= $(CURDIR)/../peers
+peers:
+	sh scripts/install-peers $(PEERS_DIR)
 
 clean:
 	rm -rf $(VENV) .cache demo_output .pytest_cache

@@ -17,6 +17,7 @@ SECTIONS = [
                  ("flow_profile.md", "python -m benchmarks.flow_profile")]),
     ("dvc", [("dvc.md", "python -m benchmarks.dvc")]),
     ("inverse", [("inverse.md", "python -m benchmarks.inverse")]),
+    ("nonlinear", [("nonlinear.md", "python -m benchmarks.nonlinear")]),
     ("fttc", [("fttc.md", "python -m benchmarks.fttc")]),
     ("synth", [("synth.md", "python -m benchmarks.synth")]),
     ("stiffness", [("stiffness.md", "python -m benchmarks.stiffness")]),

@@ -102,11 +102,12 @@ import json, sys, time
 import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 from saenopy import Solver
-from saenopy.materials import LinearMaterial
+from saenopy.materials import LinearMaterial, SemiAffineFiberMaterial
 from saenopy.multigrid_helper import create_box_mesh, get_nodes_with_one_face
 
 d = np.load(sys.argv[1])
 u, spacing, element, k = d["u"], d["spacing"], float(d["element"]), float(d["k"])
+fiber = [None if not np.isfinite(v) else float(v) for v in d["fiber"]]  # d_0, lambda_s, d_s (inf: None)
 axes = [np.arange(n) * h for n, h in zip(u.shape[:3], spacing)]  # tfm's (z, y, x), µm
 # saenopy's coordinates (x, y, z) in m are tfm's (z, y, x) reversed.
 lines = [np.arange(0.0, a[-1] + 1e-9, element) * 1e-6 for a in axes[::-1]]
@@ -121,7 +122,7 @@ for i, alpha in enumerate(d["alphas"]):
     M.set_nodes(R)
     M.set_tetrahedra(T)
     M.set_target_displacements(U, inside)
-    M.set_material_model(LinearMaterial(k))
+    M.set_material_model(LinearMaterial(k) if all(v is None for v in fiber) else SemiAffineFiberMaterial(k, *fiber))
     rec = M.solve_regularized(alpha=float(alpha), max_iterations=int(d["max_iterations"]))
     el = time.perf_counter() - t0
     f, uf = np.asarray(M.mesh.forces), np.asarray(M.mesh.displacements)
@@ -134,18 +135,21 @@ json.dump({"rows": rows, "nodes": len(R), "tetrahedra": len(T)}, open(sys.argv[3
 """
 
 
-def saenopy_solve(python, u, spacing_um, element_um: float, stiffness_k_pa: float, alphas, max_iterations: int = 300) -> dict:
+def saenopy_solve(python, u, spacing_um, element_um: float, stiffness_k_pa: float, alphas, max_iterations: int = 300,
+                  fiber=(None, None, None)) -> dict:
     """saenopy's regularised force solve (its ``solve_regularized``: Huber-weighted, its own
     convergence rule) on a given displacement field, in its own interpreter: the field
     ``u`` (Z, Y, X, 3) µm on a grid of ``spacing_um`` is interpolated onto saenopy's box mesh
     of ``element_um`` tetrahedral cells (border nodes unconstrained, as in its pipeline) and
-    solved once per alpha, material ``LinearMaterial(stiffness_k_pa)``. Returns per alpha
+    solved once per alpha, material ``LinearMaterial(stiffness_k_pa)`` or, with ``fiber =
+    (d_0, lambda_s, d_s)``, ``SemiAffineFiberMaterial(stiffness_k_pa, *fiber)``. Returns per alpha
     its time (including the material's lookup table), iterations, misfit and force norm,
     and ``nodes_um`` (N, 3) with ``forces_pn`` (one (N, 3) array per alpha), in tfm's
     (z, y, x) order."""
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(f"{tmp}/in.npz", u=np.asarray(u, np.float64), spacing=np.asarray(spacing_um, float), element=element_um,
-                 k=stiffness_k_pa, alphas=np.asarray(alphas, float), max_iterations=max_iterations)
+                 k=stiffness_k_pa, alphas=np.asarray(alphas, float), max_iterations=max_iterations,
+                 fiber=np.asarray([np.inf if v is None else v for v in fiber], float))
         Path(f"{tmp}/s.py").write_text(SAENOPY_SOLVE_SCRIPT)
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
         proc = subprocess.run([python, f"{tmp}/s.py", f"{tmp}/in.npz", f"{tmp}/out.npz", f"{tmp}/out.json"],

@@ -14,13 +14,13 @@ from . import analytic, fields, io, segment  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .api import measure_displacement, reconstruct, reconstruct_forces, reconstruct_tractions  # noqa: E402
 from .grid import Grid  # noqa: E402
-from .material import LinearElastic, Material, NeoHookean  # noqa: E402
+from .material import LinearElastic, Material, NeoHookean, SemiAffineFiber  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .result import Result  # noqa: E402
 from .series import reconstruct_series  # noqa: E402
 
 __all__ = [
-    "Grid", "LinearElastic", "Material", "NeoHookean", "Progress", "Result", "analytic", "fields", "io",
+    "Grid", "LinearElastic", "Material", "NeoHookean", "Progress", "Result", "SemiAffineFiber", "analytic", "fields", "io",
     "measure_displacement", "reconstruct", "reconstruct_forces", "reconstruct_series", "reconstruct_tractions", "segment",
     "__version__",
 ]

@@ -498,13 +498,6 @@ class SemiAffineFiber(Material):
         return self.linearized().strain_energy_density(strain)
 
 
-def small_strain_moduli(law: str, params):
-    """``(lambda, mu)`` (Pa) of a law at zero strain from its :meth:`~Material.law_parameters`."""
-    if law.startswith("fiber"):
-        return params[0] / 15.0, params[0] / 15.0
-    return params[0], params[1]
-
-
 def law_energy(law: str):
     """The energy density ``(H, params) -> W`` of a law key (:attr:`Material.law`)."""
     if law == "linear":

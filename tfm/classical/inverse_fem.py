@@ -55,8 +55,7 @@ class FEMProblem:
         self.h = float(np.exp(np.mean(np.log(self.spacing))))
         self.scale_u = float(np.sqrt(np.mean(np.sum(u**2, -1)))) or 1.0
         self.scale_f = material.youngs_modulus_pa * self.scale_u / self.h**2
-        # the fibre law: its nonlinear part at the element centres (8x cheaper, tfm.synth.fem.energy)
-        self.law = material.law + (":centroid" if material.law.startswith("fiber") else "")
+        self.law = material.law
         self.moduli = jnp.asarray(material.law_parameters(), jnp.float32)
         self.scale_e = jnp.ones(tuple(n - 1 for n in grid.shape), jnp.float32)
         s = np.asarray(support, np.float32)

@@ -64,8 +64,6 @@ from ..material import (
     det3,
     inv3,
     law_energy,
-    linear_energy,
-    small_strain_moduli,
 )
 
 GAUSS = (0.5 - 0.5 / math.sqrt(3.0), 0.5 + 0.5 / math.sqrt(3.0))
@@ -166,14 +164,7 @@ def energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
     parameters (:meth:`~tfm.material.Material.law_parameters`, e.g. ``(lambda, mu)`` Pa;
     traced, so one compilation serves every stiffness), ``law`` a key of
     :func:`~tfm.material.law_energy`,
-    ``spacing`` the voxel size. Its gradient is the nodal internal force (pN).
-
-    ``law + ":centroid"`` (the force inverse's fibre operator): the law's small-strain
-    (Hookean) energy at the 8 Gauss points plus its nonlinear remainder ``W - W_lin`` at
-    the element's centre only -- the remainder's cost falls 8x, and the Hookean part keeps
-    the element free of hourglass modes."""
-    if law.endswith(":centroid"):
-        return _centroid_energy(u, scale_e, eps_e, f_ext, moduli, law.split(":")[0], spacing)
+    ``spacing`` the voxel size. Its gradient is the nodal internal force (pN)."""
     law_density = law_energy(law)
 
     def density(h):
@@ -195,18 +186,6 @@ def energy(u, scale_e, eps_e, f_ext, moduli, law: str, spacing):
     if f_ext is not None:
         e = e - jnp.sum(f_ext * u)
     return e
-
-
-def _centroid_energy(u, scale_e, eps_e, f_ext, moduli, law, spacing):
-    if eps_e is not None:
-        raise ValueError("the centroid-corrected energy takes no eigenstrain (it serves the force inverse)")
-    lam, mu = small_strain_moduli(law, moduli)
-    hs = list(_gauss_gradients(u, spacing))
-    w = sum(linear_energy(h, lam, mu) for h in hs) / 8.0
-    hc = sum(hs) / 8.0  # the gradient at the centre (the Gauss points are symmetric about it)
-    w = w + law_energy(law)(hc, moduli) - linear_energy(hc, lam, mu)
-    e = spacing[0] * spacing[1] * spacing[2] * jnp.sum(scale_e * w)
-    return e if f_ext is None else e - jnp.sum(f_ext * u)
 
 
 # -- preconditioner: displacement decomposition, diagonalised by DST-I ------------------
