@@ -55,7 +55,7 @@ E = 1000.0
 BLOCK_UM = 4.0
 
 
-def _noisy(u, level, seed):
+def noisy(u, level, seed):
     rng = np.random.default_rng(seed)
     return (u + level * np.sqrt(np.mean(u**2)) * rng.standard_normal(u.shape)).astype(np.float32)
 
@@ -95,7 +95,7 @@ def closed_form(levels) -> list:
     e = (x - c) / np.maximum(r, 1e-9)[..., None]
     for name, (u0, cell, near, total, pole_true) in cases.items():
         for level in levels:
-            u = _noisy(u0, level, 0)
+            u = noisy(u0, level, 0)
             for method, kw in _methods(cell):
                 res, el = _run(u, grid, mat, kw)
                 f = res.force
@@ -128,7 +128,7 @@ def fem_cell(n: int = 64, nu: float = 0.45) -> dict:
             "mask": frac > 0.5, "center": np.asarray(grid.center_um()), "fem_s": time.perf_counter() - t0}
 
 
-def _blocks(points_um, forces_pn, shape_blocks):
+def blocks(points_um, forces_pn, shape_blocks):
     """Forces (pN) summed in BLOCK_UM blocks centred on multiples of BLOCK_UM."""
     idx = np.floor((points_um + BLOCK_UM / 2) / BLOCK_UM).astype(int)
     idx = np.clip(idx, 0, np.asarray(shape_blocks) - 1)
@@ -137,13 +137,13 @@ def _blocks(points_um, forces_pn, shape_blocks):
     return out
 
 
-def _grid_blocks(grid, force):
+def grid_blocks(grid, force):
     nb = tuple(int(math.floor((n - 1) * h / BLOCK_UM + 0.5)) + 1 for n, h in zip(grid.shape, grid.spacing_um))
     pts = grid.coordinates_um().reshape(-1, 3) - np.asarray(grid.origin_um)
-    return _blocks(pts, force.reshape(-1, 3) * grid.voxel_volume_um3, nb), nb
+    return blocks(pts, force.reshape(-1, 3) * grid.voxel_volume_um3, nb), nb
 
 
-def _contractility(points_um, forces_pn, center):
+def contractility_of(points_um, forces_pn, center):
     rel = points_um - center
     return float(-np.sum(np.sum(forces_pn * rel, 1) / np.maximum(np.linalg.norm(rel, axis=1), 1e-9)))
 
@@ -152,13 +152,13 @@ def fem_rows(data, levels) -> list:
     grid, mat, f_true = data["grid"], data["material"], data["f"]
     truth = tfm.Result(grid, data["u"], f_true)
     c_true = truth.contractility(center_um=data["center"])
-    b_true, _ = _grid_blocks(grid, f_true)
+    b_true, _ = grid_blocks(grid, f_true)
     rows = []
     for level in levels:
-        u = _noisy(data["u"], level, 1)
+        u = noisy(data["u"], level, 1)
         for method, kw in _methods(data["mask"]):
             res, el = _run(u, grid, mat, kw)
-            b, _ = _grid_blocks(grid, res.force)
+            b, _ = grid_blocks(grid, res.force)
             rows.append({"case": "polarised cell", "noise": level, "method": method,
                          "rel_l2": float(np.linalg.norm(res.force - f_true) / np.linalg.norm(f_true)),
                          "rel_l2_blocks": float(np.linalg.norm(b - b_true) / np.linalg.norm(b_true)),
@@ -227,7 +227,7 @@ def bead_cell_rows(data, seeds=(0, 1)) -> list:
 
     grid, mat, f_true = data["grid"], data["material"], data["f"]
     c_true = tfm.Result(grid, data["u"], f_true).contractility(center_um=data["center"])
-    b_true, nb = _grid_blocks(grid, f_true)
+    b_true, nb = grid_blocks(grid, f_true)
     rows = []
     for seed in seeds:
         ref, dfm = _render(grid, lambda q: np.asarray(trilinear(data["u"], (q - np.asarray(grid.origin_um)) /
@@ -237,7 +237,7 @@ def bead_cell_rows(data, seeds=(0, 1)) -> list:
                 warnings.simplefilter("ignore")
                 res = tfm.reconstruct(ref, dfm, grid, mat, mask=data["mask"], progress=False, force_grid=force_grid)
             pts = res.grid.coordinates_um().reshape(-1, 3) - np.asarray(grid.origin_um)
-            b = _blocks(pts, np.asarray(res.force).reshape(-1, 3) * res.grid.voxel_volume_um3, nb)
+            b = blocks(pts, np.asarray(res.force).reshape(-1, 3) * res.grid.voxel_volume_um3, nb)
             rows.append({"case": "polarised cell", "seed": seed, "force_grid": force_grid,
                          "rel_l2_blocks": float(np.linalg.norm(b - b_true) / np.linalg.norm(b_true)),
                          "contractility_ratio": res.contractility(center_um=data["center"]) / c_true,
@@ -248,7 +248,7 @@ def bead_cell_rows(data, seeds=(0, 1)) -> list:
 
 
 # ---------------------------------------------------------------------------- saenopy
-def _corner(misfit, norm) -> int:
+def lcurve_corner(misfit, norm) -> int:
     """Index of the L-curve's corner: the largest Menger curvature of consecutive triples of
     (log misfit, log force norm), alphas in increasing order."""
     p = np.stack([np.log(misfit), np.log(norm)], 1)
@@ -267,21 +267,21 @@ def saenopy_rows(python, alphas, level: float = 0.05, element_um: float = 4.0) -
 
     data = fem_cell(64, 0.25)
     grid, mat = data["grid"], data["material"]
-    u = _noisy(data["u"], level, 2)
+    u = noisy(data["u"], level, 2)
     truth = tfm.Result(grid, data["u"], data["f"])
     c_true = truth.contractility(center_um=data["center"])
-    b_true, nb = _grid_blocks(grid, data["f"])
+    b_true, nb = grid_blocks(grid, data["f"])
     out = saenopy_solve(python, u, grid.spacing_um, element_um, 6 * E, alphas)
     nodes = out["nodes_um"]
     scan = []
     for row, f in zip(out["rows"], out["forces_pn"]):
         f = -f  # its reactions -> the force applied to the matrix
-        b = _blocks(nodes, f, nb)
+        b = blocks(nodes, f, nb)
         scan.append({**row, "rel_l2_blocks": float(np.linalg.norm(b - b_true) / np.linalg.norm(b_true)),
-                     "contractility_ratio": _contractility(nodes, f, data["center"]) / c_true})
-    k = _corner([r["misfit_m"] for r in scan], [r["force_norm_n"] for r in scan])
+                     "contractility_ratio": contractility_of(nodes, f, data["center"]) / c_true})
+    k = lcurve_corner([r["misfit_m"] for r in scan], [r["force_norm_n"] for r in scan])
     res, el = _run(u, grid, mat, {})
-    b, _ = _grid_blocks(grid, res.force)
+    b, _ = grid_blocks(grid, res.force)
     tfm_row = {"rel_l2_blocks": float(np.linalg.norm(b - b_true) / np.linalg.norm(b_true)),
                "contractility_ratio": res.contractility(center_um=data["center"]) / c_true, "time_s": el}
     return {"noise": level, "element_um": element_um, "nodes": out["nodes"], "scan": scan, "corner": k,
@@ -295,7 +295,7 @@ def speed(n: int = 128) -> dict:
     a = n / 10.0
     c = np.asarray(grid.center_um())
     sphere = tfm.analytic.EshelbySphere(a, -0.05, tuple(c), mat)
-    u = _noisy(np.asarray(sphere.sample(grid)), 0.05, 3)
+    u = noisy(np.asarray(sphere.sample(grid)), 0.05, 3)
     out = {"n": n}
     for method, kw in (("inverse", {}), ("fttc", {"method": "fttc"})):
         _run(u, grid, mat, kw)  # compile

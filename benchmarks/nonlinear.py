@@ -39,7 +39,7 @@ from tfm.material import SemiAffineFiber
 from tfm.synth import cells, fem
 
 from .common import machine, write_report
-from .inverse import _blocks, _contractility, _corner, _grid_blocks, _noisy
+from .inverse import blocks, contractility_of, grid_blocks, lcurve_corner, noisy
 
 E = 200.0  # small-strain Young's modulus, Pa (the fibre law's k = 1200 Pa)
 NOISE = 0.01
@@ -63,7 +63,7 @@ def small_strain(n: int) -> list:
     c = np.asarray(grid.center_um())
     a = n / 6.0
     sphere = tfm.analytic.EshelbySphere(a, -1e-5, tuple(c), tfm.LinearElastic(E, 0.25))
-    u = _noisy(np.asarray(sphere.sample(grid)), NOISE, 0)
+    u = noisy(np.asarray(sphere.sample(grid)), NOISE, 0)
     x = grid.coordinates_um()
     r = np.linalg.norm(x - c, axis=-1)
     e = (x - c) / np.maximum(r, 1e-9)[..., None]
@@ -105,15 +105,15 @@ def large_strain(n: int, contraction: float) -> tuple[list, dict]:
         fields[truth_name] = data
         grid, f_true = data["grid"], data["f"]
         c_true = tfm.Result(grid, data["u"], f_true).contractility(center_um=data["center"])
-        b_true, _ = _grid_blocks(grid, f_true)
-        data["u_noisy"] = _noisy(data["u"], NOISE, 1)
+        b_true, _ = grid_blocks(grid, f_true)
+        data["u_noisy"] = noisy(data["u"], NOISE, 1)
         runs = [(NOISE, truth_name, law), (NOISE, "linear", law.linearized()), (0.0, truth_name, law)]
         for level, name, rec in runs:
             # noise-free: the exact FEM field, the noise given as 1e-4 of its RMS (alpha near zero)
             u = data["u_noisy"] if level else data["u"]
             kw = {} if level else {"noise_um": 1e-4 * float(np.sqrt(np.mean(data["u"] ** 2)))}
             res, el = _solve(u, grid, rec, **kw)
-            b, _ = _grid_blocks(grid, res.force)
+            b, _ = grid_blocks(grid, res.force)
             rows.append({"truth": truth_name, "noise": level, "law": name, "peak_strain": data["peak_strain"],
                          "fem_s": data["fem_s"],
                          "rel_l2_blocks": float(np.linalg.norm(b - b_true) / np.linalg.norm(b_true)),
@@ -130,7 +130,7 @@ def saenopy_rows(python, data, alphas, element_um: float = 2.0) -> dict:
     grid, f_true = data["grid"], data["f"]
     law = laws()["fiber"]
     c_true = tfm.Result(grid, data["u"], f_true).contractility(center_um=data["center"])
-    b_true, nb = _grid_blocks(grid, f_true)
+    b_true, nb = grid_blocks(grid, f_true)
     t0 = time.perf_counter()
     out = saenopy_solve(python, data["u_noisy"], grid.spacing_um, element_um, law.k_pa, alphas,
                         fiber=(law.d0, law.lambda_s, law.d_s))
@@ -138,10 +138,10 @@ def saenopy_rows(python, data, alphas, element_um: float = 2.0) -> dict:
     scan = []
     for row, f in zip(out["rows"], out["forces_pn"]):
         f = -f  # its reactions -> the force applied to the matrix
-        b = _blocks(out["nodes_um"], f, nb)
+        b = blocks(out["nodes_um"], f, nb)
         scan.append({**row, "rel_l2_blocks": float(np.linalg.norm(b - b_true) / np.linalg.norm(b_true)),
-                     "contractility_ratio": _contractility(out["nodes_um"], f, data["center"]) / c_true})
-    k = _corner([r["misfit_m"] for r in scan], [r["force_norm_n"] for r in scan])
+                     "contractility_ratio": contractility_of(out["nodes_um"], f, data["center"]) / c_true})
+    k = lcurve_corner([r["misfit_m"] for r in scan], [r["force_norm_n"] for r in scan])
     return {"element_um": element_um, "nodes": out["nodes"], "scan": scan, "corner": k, "wall_s": wall,
             "total_scan_s": float(sum(r["time_s"] for r in scan))}
 
