@@ -265,13 +265,16 @@ def test_manifest_rows_are_checked_before_any_work(tmp_path):
 def _run_until(cmd, ready, sig, timeout=120):
     """Start ``cmd``, wait until ``ready()``, then send it ``sig``; returns its exit status."""
     import os
-    import signal  # noqa: F401  (the caller's signal)
+    import signal
     import subprocess
     import sys
     import time
 
+    # SIGINT as from a terminal: a shell's background job (nohup CMD &) starts with SIGINT
+    # ignored, which the child would inherit, and then it never hears the interrupt
     proc = subprocess.Popen([sys.executable, "-m", "tfm.cli", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not ready() and proc.poll() is None and time.time() - t0 < timeout:
         time.sleep(0.05)
