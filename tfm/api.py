@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 
@@ -97,8 +98,10 @@ def _inverse(displacement, grid, material, regularization, mask, weights, option
     if config.operator == "fem" and nonlinear and start_um is None:
         # The linear inverse with the law's small-strain moduli: the nonlinear solve starts there.
         linear = dataclasses.replace(config, operator="fft", boundary="free")
-        _, start_um, lin = inverse.solve(displacement, grid, material.linearized(), weights=weights, mask=mask,
-                                         config=linear)
+        with warnings.catch_warnings():  # its noise warning is the nonlinear solve's too: said once, by that
+            warnings.simplefilter("ignore")
+            _, start_um, lin = inverse.solve(displacement, grid, material.linearized(), weights=weights, mask=mask,
+                                             config=linear)
         info0 = {"warm_start": "linear", "linear_time_s": lin["time_total_s"]}
     force, u_fit, info = inverse.solve(displacement, grid, material, weights=weights, mask=mask, config=config,
                                        start_um=start_um)

@@ -127,27 +127,9 @@ def lame_parameters(youngs_modulus, poisson_ratio):
     return e * nu / ((1.0 + nu) * (1.0 - 2.0 * nu)), e / (2.0 * (1.0 + nu))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Isotropic(Material):
-    """Young's modulus and Poisson's ratio, validated; the derived moduli."""
-
-    youngs_modulus_pa: float
-    poisson_ratio: float = 0.45
-
-    def __post_init__(self):
-        E, nu = self.youngs_modulus_pa, self.poisson_ratio
-        try:
-            E, nu = float(E), float(nu)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"youngs_modulus_pa and poisson_ratio must be numbers, got {self.youngs_modulus_pa!r}, {self.poisson_ratio!r}"
-            ) from None
-        if not (math.isfinite(E) and E > 0):
-            raise ValueError(f"youngs_modulus_pa must be finite and > 0 (Pa), got {E}")
-        if not (math.isfinite(nu) and -1.0 < nu < 0.5):
-            raise ValueError(f"poisson_ratio must lie in (-1, 0.5), got {nu}")
-        object.__setattr__(self, "youngs_modulus_pa", E)
-        object.__setattr__(self, "poisson_ratio", nu)
+class _SmallStrainModuli(Material):
+    """The moduli derived from ``youngs_modulus_pa`` and ``poisson_ratio`` (the small-strain
+    ones, for a nonlinear law), and its small-strain (Hookean) law."""
 
     @property
     def shear_modulus_pa(self) -> float:
@@ -172,6 +154,36 @@ class _Isotropic(Material):
     def linearized(self) -> LinearElastic:
         """The small-strain (Hookean) law with the same moduli."""
         return LinearElastic(self.youngs_modulus_pa, self.poisson_ratio)
+
+    def stress(self, strain):
+        """Small-strain stress (the linearised law), Pa: for the FTTC-style linear operators."""
+        return self.linearized().stress(strain)
+
+    def strain_energy_density(self, strain):
+        return self.linearized().strain_energy_density(strain)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Isotropic(_SmallStrainModuli):
+    """Young's modulus and Poisson's ratio, validated; the derived moduli."""
+
+    youngs_modulus_pa: float
+    poisson_ratio: float = 0.45
+
+    def __post_init__(self):
+        E, nu = self.youngs_modulus_pa, self.poisson_ratio
+        try:
+            E, nu = float(E), float(nu)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"youngs_modulus_pa and poisson_ratio must be numbers, got {self.youngs_modulus_pa!r}, {self.poisson_ratio!r}"
+            ) from None
+        if not (math.isfinite(E) and E > 0):
+            raise ValueError(f"youngs_modulus_pa must be finite and > 0 (Pa), got {E}")
+        if not (math.isfinite(nu) and -1.0 < nu < 0.5):
+            raise ValueError(f"poisson_ratio must lie in (-1, 0.5), got {nu}")
+        object.__setattr__(self, "youngs_modulus_pa", E)
+        object.__setattr__(self, "poisson_ratio", nu)
 
     def law_parameters(self) -> tuple:
         return (self.lame_lambda_pa, self.shear_modulus_pa)
@@ -233,15 +245,10 @@ class NeoHookean(_Isotropic):
         lnj = jnp.log(det3(f))[..., None, None]
         return self.shear_modulus_pa * (f - finv_t) + self.lame_lambda_pa * lnj * finv_t
 
-    def stress(self, strain):
-        """Small-strain stress (the linearised law), Pa: for the FTTC-style linear operators."""
-        return self.linearized().stress(strain)
-
-    def strain_energy_density(self, strain):
-        return self.linearized().strain_energy_density(strain)
-
 
 # ----------------------------------------------------------------- semi-affine fibres
+# saenopy's collagen values (1.2 mg/ml; Steinwachs et al. 2016); the CLI's --fiber-* defaults repeat them
+COLLAGEN = {"d0": 0.0008, "lambda_s": 0.0075, "d_s": 0.033}
 SERIES = 2e-2  # below this |x| the fibre's exponential parts are summed as a series (float32: no cancellation)
 EXP_MAX = 30.0  # beyond this (s - lambda_s) / d_s the stiffening continues with the stiffness it has there
 
@@ -391,7 +398,7 @@ def _optional(value, name, zero_ok=False):
 
 
 @dataclasses.dataclass(frozen=True)
-class SemiAffineFiber(Material):
+class SemiAffineFiber(_SmallStrainModuli):
     """Collagen-like fibre network (Steinwachs et al. 2016; saenopy's ``SemiAffineFiberMaterial``).
 
     Args:
@@ -440,7 +447,7 @@ class SemiAffineFiber(Material):
     @classmethod
     def collagen(cls, k_pa: float = 1645.0, directions: int = 8) -> SemiAffineFiber:
         """Saenopy's collagen values (1.2 mg/ml; Steinwachs et al. 2016) at stiffness ``k_pa``."""
-        return cls(k_pa, d0=0.0008, lambda_s=0.0075, d_s=0.033, directions=directions)
+        return cls(k_pa, **COLLAGEN, directions=directions)
 
     @classmethod
     def from_linear(cls, youngs_modulus_pa: float, **kwargs) -> SemiAffineFiber:
@@ -458,26 +465,9 @@ class SemiAffineFiber(Material):
 
     @property
     def poisson_ratio(self) -> float:
-        """The small-strain Poisson ratio: 1/4 (the Cauchy relation lambda = mu of affine fibres)."""
+        """The small-strain Poisson ratio: 1/4 (the Cauchy relation lambda = mu of affine fibres,
+        so lambda = mu = k / 15)."""
         return 0.25
-
-    @property
-    def shear_modulus_pa(self) -> float:
-        """mu = k / 15 at small strain, Pa."""
-        return self.k_pa / 15.0
-
-    @property
-    def lame_lambda_pa(self) -> float:
-        """lambda = k / 15 at small strain, Pa."""
-        return self.k_pa / 15.0
-
-    @property
-    def p_wave_modulus_pa(self) -> float:
-        return self.lame_lambda_pa + 2.0 * self.shear_modulus_pa
-
-    def linearized(self) -> LinearElastic:
-        """The small-strain (Hookean) law: E = k / 6, nu = 1/4."""
-        return LinearElastic(self.youngs_modulus_pa, self.poisson_ratio)
 
     @property
     def law(self) -> str:
@@ -489,13 +479,6 @@ class SemiAffineFiber(Material):
 
     def energy_density(self, grad_u):
         return fiber_energy(grad_u, jnp.asarray(self.law_parameters(), jnp.asarray(grad_u).dtype), self.directions)
-
-    def stress(self, strain):
-        """Small-strain stress (the linearised law), Pa."""
-        return self.linearized().stress(strain)
-
-    def strain_energy_density(self, strain):
-        return self.linearized().strain_energy_density(strain)
 
 
 def law_energy(law: str):
@@ -523,6 +506,6 @@ def make_law(name: str, youngs_modulus_pa: float, poisson_ratio: float = 0.45, *
     if name == "neo-hookean":
         return NeoHookean(youngs_modulus_pa, poisson_ratio)
     if name == "fiber":
-        params = {"d0": 0.0008, "lambda_s": 0.0075, "d_s": 0.033, **fiber}
+        params = {**COLLAGEN, **fiber}
         return SemiAffineFiber.from_linear(youngs_modulus_pa, **params)
     raise ValueError(f"material must be one of {LAW_NAMES}, got {name!r}")

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from ..synth import fem
-from .modes import apply_modes, fourier_modes
+from .modes import apply_modes, fft3, fourier_modes, ifft3
 
 DELTA = 0.01  # pseudo-Huber corner, in units of the force scale
 
@@ -86,8 +86,7 @@ class FEMProblem:
         gl, gt = self._gains(alpha)
         if inverse:
             gl, gt = 1.0 / gl, 1.0 / gt
-        vh = jnp.fft.rfftn(jnp.moveaxis(v, -1, 0), axes=(1, 2, 3))
-        out = jnp.fft.irfftn(apply_modes(vh, self.khat, gl, gt), s=v.shape[:3], axes=(1, 2, 3))
+        out = ifft3(apply_modes(fft3(jnp.moveaxis(v, -1, 0)), self.khat, gl, gt), v.shape[:3])
         return jnp.moveaxis(out, 0, -1).astype(v.dtype)
 
     def _objective(self, penalty: str):
